@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+// TwinFS: a two-node replicated file service for PACS archives.
+// The target list is the architecture: each module has one job (see docs/ARCHITECTURE.md).
+import PackageDescription
+
+let package = Package(
+    name: "TwinFS",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "twinfs", targets: ["twinfs"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // System libraries the user fixed: libfuse3, libsqlite3, libxxhash.
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // Constants and macro wrappers Swift's Glibc module does not expose (_GNU_SOURCE).
+        .target(name: "CTwinShims", cSettings: [.define("_GNU_SOURCE")]),
+
+        // Value types shared by every layer: errors an admin can read, ids, file kinds.
+        .target(name: "TwinCore"),
+        // The node's TOML configuration and its validation.
+        .target(name: "TwinConfig", dependencies: ["TwinCore", .product(name: "TOMLKit", package: "TOMLKit")]),
+        // XXH3-128 content hashing (streaming and whole-file).
+        .target(name: "Fixity", dependencies: ["CXXHash", "TwinCore"]),
+        // The brick: a plain directory tree, its marker and TwinFS's private area.
+        .target(name: "BrickStore", dependencies: ["TwinCore", "CTwinShims", "Fixity"]),
+        // The SQLite journal: one row per inode and per name, group-committed.
+        .target(name: "Journal", dependencies: ["TwinCore", "CSQLite"]),
+        // The operations interface and the local volume (brick + journal); replication plugs in here.
+        .target(name: "Volume", dependencies: ["TwinCore", "BrickStore", "Journal", "Fixity", "CTwinShims",
+                                               .product(name: "Logging", package: "swift-log")]),
+        // The libfuse low-level adapter: kernel requests -> Volume calls -> exactly one reply.
+        .target(name: "FuseAdapter", dependencies: ["CFuse3", "CTwinShims", "TwinCore", "Volume",
+                                                    .product(name: "Logging", package: "swift-log")]),
+        // The root-only local control socket (status, verify) and its client.
+        .target(name: "ControlSocket", dependencies: ["TwinCore",
+                                                      .product(name: "NIOCore", package: "swift-nio"),
+                                                      .product(name: "NIOPosix", package: "swift-nio"),
+                                                      .product(name: "Logging", package: "swift-log")]),
+        // A node: validates config, opens brick and journal, recovers, mounts, serves control.
+        .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
+                                                 "FuseAdapter", "ControlSocket", "Fixity",
+                                                 .product(name: "Logging", package: "swift-log")]),
+        // The `twinfs` command: node, status, verify, journal rebuild, demo.
+        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore",
+                                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                         .product(name: "Logging", package: "swift-log")]),
+
+        .testTarget(name: "UnitTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "BrickStore", "Journal", "Volume"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "Fixity", "Journal"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

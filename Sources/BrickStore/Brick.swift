@@ -1,0 +1,163 @@
+import CTwinShims
+import Foundation
+import Glibc
+import TwinCore
+
+/// A brick: a plain directory tree holding the volume's files at their own relative paths,
+/// readable with `ls` and `cp` without TwinFS. TwinFS's own state lives in `.twinfs/` at the
+/// top, which the mount never shows. Each entry carries its stable id in the xattr
+/// `trusted.twinfs.id`, so the journal can always be rebuilt from the brick.
+public final class Brick: Sendable {
+    public static let privateDir = ".twinfs"
+    public static let markerFile = ".twinfs/brick.json"
+    public static let idXattr = "trusted.twinfs.id"
+    /// Prefix of every xattr TwinFS keeps for itself; hidden from and refused to clients.
+    public static let privateXattrPrefix = "trusted.twinfs."
+
+    public let path: String
+    /// An O_PATH descriptor of the brick root: every operation resolves relative to it.
+    public let rootFD: Int32
+
+    public init(path: String) throws(AdminError) {
+        let fd = open(path, twin_O_PATH() | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw AdminError(problem: "cannot open brick \(path): \(String(cString: strerror(errno)))",
+                             fix: "create the brick directory (on the node's data disk) or correct 'brick' in the config")
+        }
+        self.path = path
+        self.rootFD = fd
+    }
+
+    deinit { close(rootFD) }
+
+    /// The argument for *at() calls: "." for the brick root, else the relative path.
+    @inline(__always)
+    public static func at(_ rel: String) -> String { rel.isEmpty ? "." : rel }
+
+    @inline(__always)
+    public static func join(_ parent: String, _ name: String) -> String { parent.isEmpty ? name : parent + "/" + name }
+
+    public func absolute(_ rel: String) -> String { rel.isEmpty ? path : path + "/" + rel }
+
+    /// True for the one name the mount must never show or let a client touch.
+    @inline(__always)
+    public static func isPrivate(parentPath: String, name: String) -> Bool {
+        parentPath.isEmpty && name == privateDir
+    }
+
+    // MARK: - Marker
+
+    public enum State: Equatable, Sendable {
+        case missing
+        case notDirectory
+        case notWritable
+        case empty
+        /// Holds files but no TwinFS marker: not ours (or a replaced disk with foreign data).
+        case unmarked
+        case marked(VolumeIdentity)
+        case badMarker(String)
+    }
+
+    /// Looks at a brick directory without changing anything.
+    public static func inspect(path: String) -> State {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return .missing }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else { return .notDirectory }
+        guard access(path, W_OK | X_OK) == 0 else { return .notWritable }
+        let markerPath = path + "/" + markerFile
+        if let data = FileManager.default.contents(atPath: markerPath) {
+            guard let id = try? JSONDecoder().decode(Marker.self, from: data), id.format == "twinfs-brick" else {
+                return .badMarker(markerPath)
+            }
+            return .marked(VolumeIdentity(volume: id.volume, node: id.node))
+        }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        let visible = entries.filter { $0 != privateDir && $0 != "lost+found" }
+        return visible.isEmpty ? .empty : .unmarked
+    }
+
+    struct Marker: Codable {
+        var format: String
+        var volume: String
+        var node: String
+        var created: String
+    }
+
+    /// Writes the marker (and the private area) durably. Only called on an empty brick or by
+    /// an explicit `journal rebuild` import.
+    public func writeMarker(_ identity: VolumeIdentity) throws(AdminError) {
+        let priv = absolute(Brick.privateDir)
+        mkdir(priv, 0o700)
+        mkdir(priv + "/tmp", 0o700)
+        let m = Marker(format: "twinfs-brick", volume: identity.volume, node: identity.node,
+                       created: ISO8601DateFormatter().string(from: Date()))
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? enc.encode(m) else { return }
+        let tmp = priv + "/brick.json.tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw AdminError(problem: "cannot write the brick marker in \(priv): \(String(cString: strerror(errno)))",
+                             fix: "check that the brick is writable and not full")
+        }
+        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        fsync(fd)
+        close(fd)
+        rename(tmp, absolute(Brick.markerFile))
+        let dfd = open(priv, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+        // Give the root its stable id so `journal rebuild` finds it.
+        _ = try? writeID(rel: "", id: StableID.root)
+    }
+
+    // MARK: - Stable ids in xattrs
+
+    public func readID(rel: String) -> UInt64? {
+        var v: UInt64 = 0
+        let n = twin_lgetxattr(absolute(rel), Brick.idXattr, &v, 8)
+        return n == 8 ? UInt64(littleEndian: v) : nil
+    }
+
+    public func readID(fd: Int32) -> UInt64? {
+        var v: UInt64 = 0
+        let n = twin_fgetxattr(fd, Brick.idXattr, &v, 8)
+        return n == 8 ? UInt64(littleEndian: v) : nil
+    }
+
+    public func writeID(rel: String, id: UInt64) throws(FSError) {
+        var v = id.littleEndian
+        _ = try sys { twin_lsetxattr(absolute(rel), Brick.idXattr, &v, 8, 0) }
+    }
+
+    public func writeID(fd: Int32, id: UInt64) throws(FSError) {
+        var v = id.littleEndian
+        _ = try sys { twin_fsetxattr(fd, Brick.idXattr, &v, 8, 0) }
+    }
+
+    // MARK: - Plain syscalls relative to the brick root
+
+    public func lstat(_ rel: String) throws(FSError) -> stat {
+        var st = stat()
+        _ = try sys { fstatat(rootFD, Brick.at(rel), &st, AT_SYMLINK_NOFOLLOW) }
+        return st
+    }
+
+    public func openFile(_ rel: String, flags: Int32, mode: mode_t = 0) throws(FSError) -> Int32 {
+        try sys { openat(rootFD, Brick.at(rel), flags | O_CLOEXEC | O_NOFOLLOW, mode) }
+    }
+
+    public func statfs() throws(FSError) -> statvfs {
+        var sv = statvfs()
+        let fd = try sys { openat(rootFD, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(fd) }
+        _ = try sys { fstatvfs(fd, &sv) }
+        return sv
+    }
+
+    /// fsyncs a directory so that a namespace change in it is on disk.
+    public func syncDirectory(_ rel: String) {
+        let fd = openat(rootFD, Brick.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+}
+

@@ -1,0 +1,224 @@
+import Foundation
+import TOMLKit
+import TwinCore
+
+/// One node's configuration, read from a TOML file (see docs/twinfs.example.toml).
+/// Key names are part of the admin interface and stay stable.
+public struct NodeConfig: Sendable, Equatable {
+    public struct Peer: Sendable, Equatable {
+        public var node: String
+        public var address: String
+        public var secretFile: String
+    }
+
+    public var volume: String
+    public var node: String
+    public var brick: String
+    public var journal: String
+    public var mountpoint: String
+    public var controlSocket: String
+    public var listen: String
+    public var peer: Peer?
+    /// Kernel attribute/entry cache lifetime in seconds.
+    public var attrTimeout: Double = 1.0
+    /// FUSE worker threads at most.
+    public var maxThreads: Int = 16
+    /// Where this config was read from (absolute).
+    public var path: String = "<string>"
+
+    public var identity: VolumeIdentity { VolumeIdentity(volume: volume, node: node) }
+
+    /// The node's ordinal in stable ids: 1 for the name that sorts first, 2 for the other.
+    public var nodeOrdinal: UInt8 {
+        guard let p = peer else { return 1 }
+        return node < p.node ? 1 : 2
+    }
+
+    public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
+                                                "listen", "peer", "attr_timeout", "max_threads"]
+
+    public static func load(path: String) throws(AdminError) -> NodeConfig {
+        let abs = URL(fileURLWithPath: path).standardizedFileURL.path
+        guard let data = FileManager.default.contents(atPath: abs) else {
+            throw AdminError(problem: "cannot read config file \(abs)",
+                             fix: "check the path given with --config and that the file is readable")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw AdminError(problem: "config file \(abs) is not UTF-8 text", fix: "save it as UTF-8")
+        }
+        return try parse(text, path: abs)
+    }
+
+    public static func parse(_ text: String, path: String = "<string>") throws(AdminError) -> NodeConfig {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw AdminError(problem: "config \(path) line \(e.source.begin.line): \(e.description)",
+                             fix: "correct the TOML syntax (see docs/twinfs.example.toml)")
+        } catch {
+            throw AdminError(problem: "config \(path) is not valid TOML: \(error)",
+                             fix: "correct the TOML syntax (see docs/twinfs.example.toml)")
+        }
+        let r = Reader(table: table, path: path)
+        for key in table.keys.sorted() where !knownKeys.contains(key) {
+            throw AdminError(problem: "config \(path): unknown key '\(key)'",
+                             fix: "remove it or correct its spelling (known keys: \(knownKeys.sorted().joined(separator: ", ")))")
+        }
+        var cfg = NodeConfig(volume: try r.name("volume"), node: try r.name("node"),
+                             brick: try r.absolutePath("brick"), journal: try r.absolutePath("journal"),
+                             mountpoint: try r.absolutePath("mountpoint"),
+                             controlSocket: try r.absolutePath("control_socket"),
+                             listen: try r.hostPort("listen"), peer: nil, path: path)
+        if let d = try r.number("attr_timeout", range: 0...3600) { cfg.attrTimeout = d }
+        if let n = try r.number("max_threads", range: 1...256) { cfg.maxThreads = Int(n) }
+        if let p = table["peer"] {
+            guard let pt = p.table else {
+                throw AdminError(problem: "config \(path): 'peer' must be a table",
+                                 fix: "write it as a [peer] section with node, address and secret_file")
+            }
+            for key in pt.keys.sorted() where !["node", "address", "secret_file"].contains(key) {
+                throw AdminError(problem: "config \(path): unknown key 'peer.\(key)'",
+                                 fix: "the [peer] section takes node, address and secret_file")
+            }
+            let pr = Reader(table: pt, path: path, section: "peer")
+            let peer = Peer(node: try pr.name("node"), address: try pr.hostPort("address"),
+                            secretFile: try pr.absolutePath("secret_file"))
+            guard peer.node != cfg.node else {
+                throw AdminError(problem: "config \(path): peer.node is '\(peer.node)', the same as this node",
+                                 fix: "name the other node of the pair in [peer]")
+            }
+            cfg.peer = peer
+        }
+        try cfg.checkLayout()
+        return cfg
+    }
+
+    /// Paths must not nest into each other: a journal inside the mount or the brick would
+    /// replicate or hide itself, a brick inside the mount would recurse.
+    func checkLayout() throws(AdminError) {
+        func inside(_ a: String, _ b: String) -> Bool { a == b || a.hasPrefix(b.hasSuffix("/") ? b : b + "/") }
+        if inside(journal, mountpoint) || inside(journal, brick) {
+            throw AdminError(problem: "config \(path): journal \(journal) lies inside the \(inside(journal, mountpoint) ? "mount point" : "brick")",
+                             fix: "put the journal on the node's local disk outside the brick and the mount point, e.g. /var/lib/twinfs/\(volume).journal")
+        }
+        if inside(brick, mountpoint) || inside(mountpoint, brick) {
+            throw AdminError(problem: "config \(path): brick \(brick) and mount point \(mountpoint) overlap",
+                             fix: "use separate directories, e.g. brick = /srv/twinfs/brick and mountpoint = /mnt/pacs")
+        }
+        if inside(controlSocket, mountpoint) || inside(controlSocket, brick) {
+            throw AdminError(problem: "config \(path): control_socket lies inside the brick or the mount point",
+                             fix: "use e.g. /run/twinfs/\(volume).sock")
+        }
+    }
+
+    /// "host:port" or "[v6]:port".
+    public static func parseHostPort(_ s: String) -> (host: String, port: Int)? {
+        let host: Substring
+        let portPart: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]") else { return nil }
+            host = s[s.index(after: s.startIndex)..<close]
+            let rest = s[s.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            portPart = rest.dropFirst()
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { return nil }
+            host = s[..<colon]
+            portPart = s[s.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portPart), (1...65535).contains(port) else { return nil }
+        return (String(host), port)
+    }
+
+    /// A config file text for the given values (used by `twinfs demo` and tests).
+    public static func render(volume: String, node: String, brick: String, journal: String, mountpoint: String,
+                              controlSocket: String, listen: String,
+                              peer: Peer? = nil) -> String {
+        var s = """
+        # TwinFS node configuration (see docs/twinfs.example.toml for every key)
+        volume = "\(volume)"
+        node = "\(node)"
+        brick = "\(brick)"
+        journal = "\(journal)"
+        mountpoint = "\(mountpoint)"
+        control_socket = "\(controlSocket)"
+        listen = "\(listen)"
+
+        """
+        if let p = peer {
+            s += """
+
+            [peer]
+            node = "\(p.node)"
+            address = "\(p.address)"
+            secret_file = "\(p.secretFile)"
+
+            """
+        }
+        return s
+    }
+}
+
+/// Typed access to one TOML table with admin-readable errors.
+private struct Reader {
+    let table: TOMLTable
+    let path: String
+    var section = ""
+
+    func label(_ key: String) -> String { section.isEmpty ? key : "\(section).\(key)" }
+
+    func string(_ key: String) throws(AdminError) -> String {
+        guard let v = table[key] else {
+            throw AdminError(problem: "config \(path): required key '\(label(key))' is missing",
+                             fix: "add \(key) = \"...\"\(section.isEmpty ? "" : " under [\(section)]") (see docs/twinfs.example.toml)")
+        }
+        guard let s = v.string else {
+            throw AdminError(problem: "config \(path): '\(label(key))' must be a string",
+                             fix: "write it in double quotes, e.g. \(key) = \"...\"")
+        }
+        guard !s.isEmpty else {
+            throw AdminError(problem: "config \(path): '\(label(key))' is empty", fix: "give it a value")
+        }
+        return s
+    }
+
+    func name(_ key: String) throws(AdminError) -> String {
+        let s = try string(key)
+        let ok = s.utf8.count <= 64 && s.allSatisfy {
+            $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".")
+        }
+        guard ok else {
+            throw AdminError(problem: "config \(path): '\(label(key))' = '\(s)' is not a valid name",
+                             fix: "use up to 64 letters, digits, '-', '_' or '.'")
+        }
+        return s
+    }
+
+    func absolutePath(_ key: String) throws(AdminError) -> String {
+        let s = try string(key)
+        guard s.hasPrefix("/") else {
+            throw AdminError(problem: "config \(path): '\(label(key))' must be an absolute path, got '\(s)'",
+                             fix: "write the full path starting with /")
+        }
+        return URL(fileURLWithPath: s).standardizedFileURL.path
+    }
+
+    func hostPort(_ key: String) throws(AdminError) -> String {
+        let s = try string(key)
+        guard NodeConfig.parseHostPort(s) != nil else {
+            throw AdminError(problem: "config \(path): \(label(key)) = '\(s)' is not host:port",
+                             fix: "write it as \"192.0.2.10:7780\" or \"[2001:db8::10]:7780\"")
+        }
+        return s
+    }
+
+    func number(_ key: String, range: ClosedRange<Double>) throws(AdminError) -> Double? {
+        guard let v = table[key] else { return nil }
+        guard let d = v.double ?? v.int.map(Double.init), range.contains(d) else {
+            throw AdminError(problem: "config \(path): '\(label(key))' must be a number from \(range.lowerBound) to \(range.upperBound)",
+                             fix: "e.g. \(key) = \(range.lowerBound)")
+        }
+        return d
+    }
+}

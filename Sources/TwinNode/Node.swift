@@ -1,0 +1,207 @@
+import BrickStore
+import ControlSocket
+import Foundation
+import FuseAdapter
+import Glibc
+import Journal
+import Logging
+import TwinConfig
+import TwinCore
+import Volume
+
+/// `twinfs status --json`: this shape is documented in README.md and kept stable.
+public struct NodeStatus: Codable, Sendable {
+    public var volume: String
+    public var node: String
+    public var brick: String
+    public var mountpoint: String
+    /// HEALTHY, or once a peer is configured DEGRADED / HEALING / SPLIT-BRAIN.
+    public var state: String
+    public var pid: Int32
+    public var uptimeSeconds: Int
+    public var files: Int64
+    public var directories: Int64
+    public var symlinks: Int64
+    public var bytes: Int64
+    /// Files being written now (their journal row is dirty until close/fsync).
+    public var dirtyFiles: Int64
+    public var journalPath: String
+    public var journalBytes: Int64
+    public var openHandles: Int
+    public var kernelInodes: Int
+    public var brickFreeBytes: Int64
+    public var brickTotalBytes: Int64
+    /// "clean", "crash" (process ended without unmounting) or "system-crash" (the machine rebooted).
+    public var lastShutdown: String
+    public var recoveredIntents: Int
+    public var recoveredFiles: Int
+    public var peer: String?
+    public var version: String
+
+    enum CodingKeys: String, CodingKey {
+        case volume, node, brick, mountpoint, state, pid, files, directories, symlinks, bytes, peer, version
+        case uptimeSeconds = "uptime_seconds"
+        case dirtyFiles = "dirty_files"
+        case journalPath = "journal_path"
+        case journalBytes = "journal_bytes"
+        case openHandles = "open_handles"
+        case kernelInodes = "kernel_inodes"
+        case brickFreeBytes = "brick_free_bytes"
+        case brickTotalBytes = "brick_total_bytes"
+        case lastShutdown = "last_shutdown"
+        case recoveredIntents = "recovered_intents"
+        case recoveredFiles = "recovered_files"
+    }
+}
+
+public let twinfsVersion = "0.1.0"
+
+/// One TwinFS node process: brick + journal + volume + FUSE mount + control socket.
+public final class Node: @unchecked Sendable {
+    let cfg: NodeConfig
+    let log: Logger
+    let started = Date()
+
+    public init(config: NodeConfig, logger: Logger) {
+        cfg = config
+        log = logger
+    }
+
+    /// Blocks the stop signals in every thread; a dedicated thread waits for them. Call first
+    /// thing in main, before any thread exists, so that every later thread inherits the mask.
+    public static func blockStopSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        // SIGUSR1 only interrupts the FUSE loop's sem_wait (no SA_RESTART).
+        var sa = sigaction()
+        sa.__sigaction_handler.sa_handler = { _ in }
+        sa.sa_flags = 0
+        sigaction(SIGUSR1, &sa, nil)
+    }
+
+    /// Runs the node until SIGTERM/SIGINT or an external unmount. Returns the exit status.
+    public func run() throws(AdminError) -> Int32 {
+        let plan = try Preflight.check(cfg)
+        let brick = try Brick(path: cfg.brick)
+        if plan.brick == .initialize {
+            log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity)")
+            try brick.writeMarker(cfg.identity)
+        }
+        if plan.journal == .rebuildFromBrick {
+            log.warning("journal \(cfg.journal) is missing: rebuilding it from brick \(cfg.brick)")
+            let r = try JournalRebuilder(brickPath: cfg.brick, journalPath: cfg.journal, identity: cfg.identity,
+                                         nodeOrdinal: cfg.nodeOrdinal).run()
+            log.notice("journal rebuilt: \(r.files) files, \(r.directories) directories")
+        }
+        let journal: Journal
+        do {
+            journal = try Journal(path: cfg.journal, identity: cfg.identity, create: plan.journal == .create)
+            if plan.journal == .create {
+                let st = try brick.lstat("")
+                try journal.submit([.insertInode(LocalVolume.record(st, id: StableID.root))], wait: .durable)
+            }
+        } catch let e as JournalError {
+            throw e.adminError
+        } catch {
+            throw AdminError(problem: "cannot read the brick root \(cfg.brick): \(error)", fix: "check the brick's disk")
+        }
+
+        let lastShutdown = Self.lastShutdown(journal)
+        if lastShutdown == "system-crash" {
+            log.warning("the machine went down without unmounting TwinFS; run `twinfs verify --config \(cfg.path)` to check every file")
+        }
+        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: cfg.nodeOrdinal, logger: log)
+        let report: RecoveryReport
+        do { report = try volume.recover() } catch {
+            journal.close(cleanShutdown: false)
+            throw AdminError(problem: "crash recovery failed: \(error)", fix: "check the brick's disk; then `twinfs journal rebuild`")
+        }
+        if report.intentsReplayed + report.filesRehashed + report.rowsDropped > 0 {
+            log.notice("recovered after \(lastShutdown): \(report.intentsReplayed) unfinished changes re-read, \(report.filesRehashed) files re-hashed")
+        }
+        try? journal.submit([.setMeta(key: "clean_shutdown", value: "0"),
+                             .setMeta(key: "boot_id", value: Self.bootID())], wait: .durable)
+
+        let adapter = FuseAdapter(volume: volume, attrTimeout: cfg.attrTimeout, logger: log)
+        let session = try FuseSession(adapter: adapter, mountpoint: cfg.mountpoint,
+                                      fsname: "twinfs:\(cfg.volume)", maxThreads: cfg.maxThreads)
+        do {
+            try session.mount()
+        } catch {
+            journal.close(cleanShutdown: true)
+            throw error
+        }
+        let control: ControlServer
+        do {
+            control = try ControlServer(path: cfg.controlSocket, logger: log) { [self] req in
+                self.handle(req, journal: journal, volume: volume, adapter: adapter, brick: brick,
+                            lastShutdown: lastShutdown, report: report)
+            }
+        } catch {
+            session.unmount()
+            journal.close(cleanShutdown: true)
+            throw error
+        }
+        let signals = Thread { [log] in
+            var set = sigset_t()
+            sigemptyset(&set)
+            for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+            var sig: Int32 = 0
+            sigwait(&set, &sig)
+            log.notice("signal \(sig): finishing requests in flight and unmounting")
+            session.requestExit()
+        }
+        signals.start()
+        log.notice("TwinFS \(cfg.identity) mounted at \(cfg.mountpoint) over brick \(cfg.brick)")
+        let rc = session.run()
+        session.unmount()
+        control.close()
+        journal.close(cleanShutdown: true)
+        log.notice("unmounted \(cfg.mountpoint); journal closed cleanly")
+        return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1
+    }
+
+    func handle(_ req: ControlRequest, journal: Journal, volume: LocalVolume, adapter: FuseAdapter, brick: Brick,
+                lastShutdown: String, report: RecoveryReport) -> ControlResponse {
+        switch req.command {
+        case "ping":
+            return ControlResponse(ok: true, body: "{}")
+        case "status":
+            do {
+                let s = try journal.stats()
+                let fs = try? brick.statfs()
+                let st = NodeStatus(
+                    volume: cfg.volume, node: cfg.node, brick: cfg.brick, mountpoint: cfg.mountpoint,
+                    state: "HEALTHY", pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
+                    files: s.files, directories: s.directories, symlinks: s.symlinks, bytes: s.bytes,
+                    dirtyFiles: s.dirty, journalPath: cfg.journal, journalBytes: journal.sizeOnDisk(),
+                    openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,
+                    brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
+                    brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
+                    lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
+                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, version: twinfsVersion)
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                return ControlResponse(ok: true, body: String(decoding: try enc.encode(st), as: UTF8.self))
+            } catch {
+                return ControlResponse(ok: false, error: "\(error)")
+            }
+        default:
+            return ControlResponse(ok: false, error: "unknown command '\(req.command)'")
+        }
+    }
+
+    static func bootID() -> String {
+        (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
+    }
+
+    static func lastShutdown(_ journal: Journal) -> String {
+        let clean = (try? journal.meta("clean_shutdown")) ?? nil
+        guard clean == "0" else { return "clean" }
+        let boot = (try? journal.meta("boot_id")) ?? nil
+        return boot == bootID() ? "crash" : "system-crash"
+    }
+}

@@ -1,0 +1,140 @@
+import BrickStore
+import ControlSocket
+import Foundation
+import Glibc
+import Journal
+import TwinConfig
+import TwinCore
+
+/// What starting the node will do to the disk, decided before anything is changed.
+public struct StartPlan: Sendable, Equatable {
+    public enum BrickAction: Sendable, Equatable { case use, initialize }
+    public enum JournalAction: Sendable, Equatable { case open, create, rebuildFromBrick }
+    public var brick: BrickAction
+    public var journal: JournalAction
+}
+
+/// Every check that can refuse a start, run before anything is written: a refused start
+/// leaves brick, journal and mount point exactly as they were.
+public enum Preflight {
+    public static func check(_ cfg: NodeConfig) throws(AdminError) -> StartPlan {
+        let brickAction: StartPlan.BrickAction
+        switch Brick.inspect(path: cfg.brick) {
+        case .missing:
+            throw AdminError(problem: "brick \(cfg.brick) does not exist",
+                             fix: "create it on the node's data disk (mkdir -p \(cfg.brick)) or correct 'brick' in \(cfg.path)")
+        case .notDirectory:
+            throw AdminError(problem: "brick \(cfg.brick) is not a directory", fix: "point 'brick' at a directory")
+        case .notWritable:
+            throw AdminError(problem: "brick \(cfg.brick) is not writable",
+                             fix: "run the node as root and check that the brick's disk is mounted read-write")
+        case .badMarker(let p):
+            throw AdminError(problem: "the brick marker \(p) is damaged",
+                             fix: "inspect it by hand; TwinFS will not guess which volume the brick belongs to")
+        case .unmarked:
+            throw AdminError(problem: "brick \(cfg.brick) holds files but no TwinFS marker (not a TwinFS brick)",
+                             fix: "point 'brick' at an empty directory, or import this directory with `twinfs journal rebuild --config \(cfg.path)`")
+        case .marked(let id) where id != cfg.identity:
+            throw AdminError(problem: "brick \(cfg.brick) belongs to \(id), not to \(cfg.identity)",
+                             fix: "point 'brick' at this node's own brick, or correct 'volume'/'node' in \(cfg.path)")
+        case .marked:
+            brickAction = .use
+        case .empty:
+            brickAction = .initialize
+        }
+
+        try checkMountpoint(cfg.mountpoint)
+
+        var journalAction: StartPlan.JournalAction
+        if FileManager.default.fileExists(atPath: cfg.journal) {
+            let found: VolumeIdentity
+            do { found = try Journal.storedIdentity(path: cfg.journal) } catch { throw error.adminError }
+            guard found == cfg.identity else {
+                throw JournalError.foreign(path: cfg.journal, found: found, expected: cfg.identity).adminError
+            }
+            if brickAction == .initialize {
+                throw AdminError(problem: "brick \(cfg.brick) is empty but journal \(cfg.journal) lists the volume's files",
+                                 fix: "mount the brick's disk (is it missing?); to start over on purpose, move the old journal away")
+            }
+            journalAction = .open
+        } else {
+            let dir = (cfg.journal as NSString).deletingLastPathComponent
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue,
+                  access(dir, W_OK) == 0 else {
+                throw AdminError(problem: "the journal's directory \(dir) does not exist or is not writable",
+                                 fix: "create it on the node's local disk (mkdir -p \(dir)) or correct 'journal'")
+            }
+            journalAction = brickAction == .use ? .rebuildFromBrick : .create
+        }
+        if isLocked(cfg.journal + ".lock") {
+            throw JournalError.locked(path: cfg.journal).adminError
+        }
+        if FileManager.default.fileExists(atPath: cfg.controlSocket),
+           (try? ControlServer.request(path: cfg.controlSocket, ControlRequest(command: "ping"), timeout: .seconds(2))) != nil {
+            throw AdminError(problem: "a TwinFS node is already running with control socket \(cfg.controlSocket)",
+                             fix: "stop it first, or give this node its own control_socket")
+        }
+        guard access("/dev/fuse", R_OK | W_OK) == 0 else {
+            throw AdminError(problem: "/dev/fuse is not available",
+                             fix: "install fuse3 and load the module (modprobe fuse); in a container, pass --device /dev/fuse")
+        }
+        return StartPlan(brick: brickAction, journal: journalAction)
+    }
+
+    static func checkMountpoint(_ mp: String) throws(AdminError) {
+        var st = stat()
+        if stat(mp, &st) != 0 {
+            if errno == ENOTCONN {
+                throw AdminError(problem: "mount point \(mp) is a dead TwinFS mount (transport endpoint is not connected)",
+                                 fix: "unmount it with `fusermount3 -u \(mp)` (or `umount -l \(mp)`) and start again")
+            }
+            throw AdminError(problem: "mount point \(mp) does not exist", fix: "create it (mkdir -p \(mp)) or correct 'mountpoint'")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFDIR else {
+            throw AdminError(problem: "mount point \(mp) is not a directory", fix: "point 'mountpoint' at a directory")
+        }
+        if mountPoints().contains(mp) {
+            throw AdminError(problem: "mount point \(mp) is busy: something is already mounted there",
+                             fix: "unmount it first (umount \(mp)) or choose another mount point")
+        }
+    }
+
+    /// Mount points of this mount namespace, from /proc/self/mountinfo (octal escapes decoded).
+    public static func mountPoints() -> Set<String> {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        var out = Set<String>()
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count > 4 { out.insert(unescape(String(f[4]))) }
+        }
+        return out
+    }
+
+    static func unescape(_ s: String) -> String {
+        guard s.contains("\\") else { return s }
+        var bytes: [UInt8] = []
+        var u = Array(s.utf8)[...]
+        while let c = u.first {
+            if c == UInt8(ascii: "\\"), u.count >= 4, let v = UInt8(String(decoding: u.dropFirst().prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(v)
+                u = u.dropFirst(4)
+            } else {
+                bytes.append(c)
+                u = u.dropFirst()
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func isLocked(_ lockPath: String) -> Bool {
+        let fd = open(lockPath, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        if flock(fd, LOCK_EX | LOCK_NB) == 0 {
+            flock(fd, LOCK_UN)
+            return false
+        }
+        return true
+    }
+}

@@ -1,0 +1,637 @@
+import BrickStore
+import CTwinShims
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import TwinCore
+
+/// An open file: a brick descriptor plus the inode's shared content state when writable.
+final class OpenFile: @unchecked Sendable {
+    let fd: Int32
+    let id: UInt64
+    let content: ContentState?
+    init(fd: Int32, id: UInt64, content: ContentState?) {
+        self.fd = fd
+        self.id = id
+        self.content = content
+    }
+}
+
+/// An open directory stream. Guarded by its own lock (the kernel may reuse a handle).
+final class OpenDir: @unchecked Sendable {
+    let dir: OpaquePointer
+    let fd: Int32
+    let node: NodeRef
+    let lock = NSLock()
+    /// Offset the stream is at, to avoid seekdir when reading on.
+    var position: Int64 = 0
+    init(dir: OpaquePointer, fd: Int32, node: NodeRef) {
+        self.dir = dir
+        self.fd = fd
+        self.node = node
+    }
+}
+
+/// Hands out stable ids: the node's ordinal in the top byte, a counter reserved durably in
+/// blocks from the journal so that no id is ever handed out twice, even after a crash.
+final class IDAllocator: Sendable {
+    private struct Range { var next: UInt64; var limit: UInt64 }
+    private let range = Locked(Range(next: 0, limit: 0))
+    private let journal: Journal
+    private let ordinal: UInt8
+    static let block: UInt64 = 4096
+
+    init(journal: Journal, ordinal: UInt8) {
+        self.journal = journal
+        self.ordinal = ordinal
+    }
+
+    func next() throws(FSError) -> UInt64 {
+        let counter: UInt64 = try range.with { (r: inout Range) throws(FSError) -> UInt64 in
+            if r.next >= r.limit {
+                do {
+                    let first = try journal.reserveIDs(Self.block)
+                    r = Range(next: first, limit: first + Self.block)
+                } catch {
+                    throw FSError.io
+                }
+            }
+            defer { r.next += 1 }
+            return r.next
+        }
+        return StableID.make(nodeOrdinal: ordinal, counter: counter)
+    }
+}
+
+/// The volume of one node on its own: applies every operation to the brick and records it in
+/// the journal. Crash consistency (docs/ARCHITECTURE.md): a namespace change first writes an
+/// intent naming the entries it touches, file content is marked dirty before its first byte
+/// reaches the brick, and close/fsync record size and XXH3-128 durably after fsyncing the data.
+public final class LocalVolume: VolumeOperations, @unchecked Sendable {
+    public let brick: Brick
+    public let journal: Journal
+    let log: Logger
+    let ids: IDAllocator
+    let content = ContentTracker()
+    private let files = Locked<[UInt64: OpenFile]>([:])
+    private let dirs = Locked<[UInt64: OpenDir]>([:])
+    private let handleCounter = Locked<UInt64>(0)
+    private let adoptLock = NSLock()
+
+    public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
+        self.brick = brick
+        self.journal = journal
+        self.log = logger
+        self.ids = IDAllocator(journal: journal, ordinal: nodeOrdinal)
+    }
+
+    // MARK: - Helpers
+
+    @inline(__always)
+    func rel(_ parent: NodeRef, _ name: String) -> String { Brick.join(parent.path, name) }
+
+    func checkName(_ parent: NodeRef, _ name: String) throws(FSError) {
+        if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError(EPERM) }
+    }
+
+    func submit(_ ops: [JournalOp], wait: Journal.Wait) throws(FSError) {
+        do {
+            try journal.submit(ops, wait: wait)
+        } catch {
+            log.error("journal write failed: \(error)")
+            throw FSError.io
+        }
+    }
+
+    /// Runs a namespace change under intents for the names it touches: the intents reach the
+    /// journal before the brick changes, and go with the result ops in a later group commit.
+    func withIntent<R>(_ names: [(UInt64, String)], extra: [JournalOp] = [],
+                       _ body: () throws(FSError) -> (R, [JournalOp])) throws(FSError) -> R {
+        var seqs: [Int64] = []
+        var ops: [JournalOp] = extra
+        for (p, n) in names {
+            let s = journal.nextIntentSeq()
+            seqs.append(s)
+            ops.append(.intent(seq: s, parent: p, name: n))
+        }
+        try submit(ops, wait: .written)
+        let clear = seqs.map { JournalOp.clearIntent(seq: $0) }
+        do {
+            let (r, result) = try body()
+            try submit(result + clear, wait: .queued)
+            return r
+        } catch {
+            try? submit(clear, wait: .queued)
+            throw error
+        }
+    }
+
+    public static func record(_ st: stat, id: UInt64, hash: [UInt8]? = nil, dirty: Bool = false) -> InodeRecord {
+        InodeRecord(id: id, kind: st.kind, size: Int64(st.st_size), mode: st.st_mode, uid: st.st_uid, gid: st.st_gid,
+                    mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, nlink: Int64(st.st_nlink), hash: hash, dirty: dirty)
+    }
+
+    func newHandle() -> UInt64 { handleCounter.with { $0 += 1; return $0 } }
+
+    func file(_ h: UInt64) throws(FSError) -> OpenFile {
+        guard let f = files.with({ $0[h] }) else { throw FSError.badHandle }
+        return f
+    }
+
+    /// The stable id of a brick entry; an entry put into the brick behind TwinFS's back is
+    /// adopted: given an id, hashed and journaled.
+    func idOf(parent: NodeRef, name: String, rel: String, st: stat) throws(FSError) -> UInt64 {
+        if let id = brick.readID(rel: rel) { return id }
+        adoptLock.lock()
+        defer { adoptLock.unlock() }
+        if let id = brick.readID(rel: rel) { return id }
+        let id = try ids.next()
+        try brick.writeID(rel: rel, id: id)
+        var hash: [UInt8]?
+        if st.kind == .file, let fd = try? brick.openFile(rel, flags: O_RDONLY) {
+            hash = (try? XXH128Hasher.hash(fd: fd))?.0.bytes
+            close(fd)
+        } else if st.kind == .symlink {
+            hash = (try? readlink(NodeRef(id: id, path: rel))).map { XXH128Hasher.hash(Array($0.utf8)).bytes }
+        }
+        log.notice("adopted \(rel) found in the brick without a TwinFS id (id \(id))")
+        try submit([.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id)],
+                   wait: .queued)
+        return id
+    }
+
+    // MARK: - Metadata
+
+    public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
+        if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
+        let r = rel(parent, name)
+        var st = try brick.lstat(r)
+        st.st_ino = UInt(try idOf(parent: parent, name: name, rel: r, st: st))
+        return st
+    }
+
+    public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat {
+        var st = stat()
+        if let h = handle, let f = files.with({ $0[h] }) {
+            _ = try sys { fstat(f.fd, &st) }
+        } else {
+            st = try brick.lstat(node.path)
+        }
+        st.st_ino = UInt(node.id)
+        return st
+    }
+
+    public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
+        let open = handle.flatMap { h in files.with { $0[h] } }
+        let at = Brick.at(node.path)
+        if let mode = changes.mode {
+            if let f = open { _ = try sys { fchmod(f.fd, mode & 0o7777) } }
+            else { _ = try sys { fchmodat(brick.rootFD, at, mode & 0o7777, 0) } }
+        }
+        if changes.uid != nil || changes.gid != nil {
+            let u = changes.uid ?? uid_t.max
+            let g = changes.gid ?? gid_t.max
+            _ = try sys { fchownat(brick.rootFD, at, u, g, AT_SYMLINK_NOFOLLOW) }
+        }
+        if let size = changes.size {
+            try truncate(node, open: open, to: size)
+        }
+        if changes.atime != nil || changes.mtime != nil {
+            func spec(_ t: AttrChanges.Time?) -> timespec {
+                switch t {
+                case .none: return timespec(tv_sec: 0, tv_nsec: twin_UTIME_OMIT())
+                case .now: return timespec(tv_sec: 0, tv_nsec: twin_UTIME_NOW())
+                case .at(let ts): return ts
+                }
+            }
+            var times = [spec(changes.atime), spec(changes.mtime)]
+            if let f = open { _ = try sys { futimens(f.fd, &times) } }
+            else { _ = try sys { utimensat(brick.rootFD, at, &times, AT_SYMLINK_NOFOLLOW) } }
+        }
+        var st = try getattr(node, handle: handle)
+        st.st_ino = UInt(node.id)
+        if changes.size == nil {
+            try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
+        }
+        return st
+    }
+
+    /// Truncate is a content change: dirty first, then the brick, then the hash.
+    func truncate(_ node: NodeRef, open: OpenFile?, to size: Int64) throws(FSError) {
+        if let s = open?.content ?? content.existing(node.id) {
+            s.lock()
+            defer { s.unlock() }
+            try markDirty(s)
+            if let f = open { _ = try sys { ftruncate(f.fd, off_t(size)) } }
+            else { _ = try sys { Glibc.truncate(brick.absolute(node.path), off_t(size)) } }
+            if size == 0 { s.restartEmpty() } else if size != s.nextOffset { s.sequential = false }
+            s.unsynced = true
+            return
+        }
+        // No writer open: a truncate(2) by path. Commit the new content at once.
+        try submit([.markDirty(id: node.id)], wait: .written)
+        let fd = try brick.openFile(node.path, flags: O_RDWR)
+        defer { close(fd) }
+        _ = try sys { ftruncate(fd, off_t(size)) }
+        try commitContent(fd: fd, id: node.id, streamed: nil)
+    }
+
+    func markDirty(_ s: ContentState) throws(FSError) {
+        guard !s.journalDirty else { return }
+        try submit([.markDirty(id: s.id)], wait: .written)
+        s.journalDirty = true
+    }
+
+    /// Makes the file's bytes durable and records size and hash durably. Caller holds `streamed`'s lock.
+    func commitContent(fd: Int32, id: UInt64, streamed: ContentState?) throws(FSError) {
+        if Glibc.fsync(fd) != 0 {
+            log.error("fsync of file id \(id) failed: \(String(cString: strerror(errno)))")
+            throw FSError.io
+        }
+        var st = stat()
+        _ = try sys { fstat(fd, &st) }
+        let digest: XXH128Digest
+        if let s = streamed, s.sequential, s.nextOffset == Int64(st.st_size) {
+            digest = s.hasher.digest()
+        } else if let s = streamed {
+            // Not written front to back: hash what is on disk, and stream on from there.
+            s.hasher.reset()
+            var off: Int64 = 0
+            let chunk = 1 << 20
+            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+            defer { buf.deallocate() }
+            while true {
+                let n = try sys { pread(fd, buf.baseAddress, chunk, off_t(off)) }
+                if n == 0 { break }
+                s.hasher.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+                off += Int64(n)
+            }
+            s.nextOffset = off
+            s.sequential = true
+            digest = s.hasher.digest()
+        } else {
+            digest = try XXH128Hasher.hash(fd: fd).0
+        }
+        try submit([.setContent(id: id, size: Int64(st.st_size), hash: digest.bytes,
+                                mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs)], wait: .durable)
+        streamed?.journalDirty = false
+        streamed?.unsynced = false
+    }
+
+    public func readlink(_ node: NodeRef) throws(FSError) -> String {
+        var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = try sys { readlinkat(brick.rootFD, Brick.at(node.path), &buf, buf.count - 1) }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    // MARK: - Namespace
+
+    public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        try checkName(parent, name)
+        let id = try ids.next()
+        let r = rel(parent, name)
+        return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
+            _ = try sys { mkdirat(brick.rootFD, r, mode) }
+            do throws(FSError) {
+                _ = try sys { fchownat(brick.rootFD, r, ctx.uid, ctx.gid, AT_SYMLINK_NOFOLLOW) }
+                try brick.writeID(rel: r, id: id)
+            } catch {
+                unlinkat(brick.rootFD, r, AT_REMOVEDIR)
+                throw error
+            }
+            var st = try brick.lstat(r)
+            st.st_ino = UInt(id)
+            return (st, [.putAttributes(Self.record(st, id: id)), .link(parent: parent.id, name: name, id: id)])
+        }
+    }
+
+    public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        try checkName(parent, name)
+        let id = try ids.next()
+        let r = rel(parent, name)
+        return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
+            _ = try sys { symlinkat(target, brick.rootFD, r) }
+            do throws(FSError) {
+                _ = try sys { fchownat(brick.rootFD, r, ctx.uid, ctx.gid, AT_SYMLINK_NOFOLLOW) }
+                try brick.writeID(rel: r, id: id)
+            } catch {
+                unlinkat(brick.rootFD, r, 0)
+                throw error
+            }
+            var st = try brick.lstat(r)
+            st.st_ino = UInt(id)
+            let hash = XXH128Hasher.hash(Array(target.utf8)).bytes
+            return (st, [.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id)])
+        }
+    }
+
+    public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
+        try checkName(newParent, newName)
+        let r = rel(newParent, newName)
+        return try withIntent([(newParent.id, newName)]) { () throws(FSError) -> (stat, [JournalOp]) in
+            _ = try sys { linkat(brick.rootFD, node.path, brick.rootFD, r, 0) }
+            var st = try brick.lstat(r)
+            st.st_ino = UInt(node.id)
+            return (st, [.link(parent: newParent.id, name: newName, id: node.id), .putAttributes(Self.record(st, id: node.id))])
+        }
+    }
+
+    public func unlink(parent: NodeRef, name: String) throws(FSError) {
+        if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
+        let r = rel(parent, name)
+        try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
+            _ = try sys { unlinkat(brick.rootFD, r, 0) }
+            return ((), [.unlink(parent: parent.id, name: name)])
+        }
+    }
+
+    public func rmdir(parent: NodeRef, name: String) throws(FSError) {
+        if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
+        let r = rel(parent, name)
+        try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
+            _ = try sys { unlinkat(brick.rootFD, r, AT_REMOVEDIR) }
+            return ((), [.unlink(parent: parent.id, name: name)])
+        }
+    }
+
+    public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
+        try checkName(newParent, newName)
+        let from = rel(parent, name)
+        let to = rel(newParent, newName)
+        try withIntent([(parent.id, name), (newParent.id, newName)]) { () throws(FSError) -> ((), [JournalOp]) in
+            _ = try sys { twin_renameat2(brick.rootFD, from, brick.rootFD, to, flags) }
+            if flags & twin_RENAME_EXCHANGE() != 0 {
+                return ((), [.exchange(parentA: parent.id, nameA: name, parentB: newParent.id, nameB: newName)])
+            }
+            return ((), [.move(fromParent: parent.id, fromName: name, toParent: newParent.id, toName: newName)])
+        }
+    }
+
+    // MARK: - Files
+
+    /// Flags for the brick descriptor: the kernel already applied O_CREAT/O_EXCL semantics and
+    /// append positions; write-only becomes read-write so the file can be re-hashed in place.
+    static func brickFlags(_ flags: Int32) -> Int32 {
+        var f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC)
+        if f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
+        return f
+    }
+
+    public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
+        try checkName(parent, name)
+        let id = try ids.next()
+        let r = rel(parent, name)
+        // The new row is dirty from the start: a crash before close leaves it to be re-hashed.
+        let placeholder = InodeRecord(id: id, kind: .file, size: 0, mode: S_IFREG | mode, uid: ctx.uid, gid: ctx.gid,
+                                      mtimeNs: 0, ctimeNs: 0, hash: nil, dirty: true)
+        return try withIntent([(parent.id, name)], extra: [.insertInode(placeholder)]) { () throws(FSError) -> ((stat, UInt64), [JournalOp]) in
+            let fd: Int32
+            do throws(FSError) {
+                fd = try brick.openFile(r, flags: Self.brickFlags(flags) | O_CREAT | O_EXCL, mode: mode)
+            } catch {
+                try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
+                throw error
+            }
+            do throws(FSError) {
+                _ = try sys { fchown(fd, ctx.uid, ctx.gid) }
+                try brick.writeID(fd: fd, id: id)
+            } catch {
+                close(fd)
+                unlinkat(brick.rootFD, r, 0)
+                try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
+                throw error
+            }
+            var st = stat()
+            _ = try sys { fstat(fd, &st) }
+            st.st_ino = UInt(id)
+            let state = content.acquire(id) { s in
+                s.restartEmpty()
+                s.journalDirty = true
+                s.unsynced = true
+            }
+            let h = newHandle()
+            files.with { $0[h] = OpenFile(fd: fd, id: id, content: state) }
+            return ((st, h), [.putAttributes(Self.record(st, id: id, dirty: true)), .link(parent: parent.id, name: name, id: id)])
+        }
+    }
+
+    public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
+        let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        var state: ContentState?
+        if writable {
+            state = content.acquire(node.id) { s in
+                var st = stat()
+                if (try? brick.lstat(node.path)).map({ st = $0 }) != nil, st.st_size == 0 {
+                    s.restartEmpty()
+                } else {
+                    s.sequential = false
+                }
+            }
+        }
+        do {
+            if let s = state, flags & O_TRUNC != 0 {
+                s.lock()
+                defer { s.unlock() }
+                try markDirty(s)
+                let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags) | O_TRUNC)
+                s.restartEmpty()
+                s.unsynced = true
+                return register(fd: fd, id: node.id, state: s)
+            }
+            let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags))
+            return register(fd: fd, id: node.id, state: state)
+        } catch {
+            if let s = state { content.releaseWriter(s) }
+            throw error
+        }
+    }
+
+    func register(fd: Int32, id: UInt64, state: ContentState?) -> UInt64 {
+        let h = newHandle()
+        files.with { $0[h] = OpenFile(fd: fd, id: id, content: state) }
+        return h
+    }
+
+    public func read(handle: UInt64, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        let f = try file(handle)
+        return try sys { pread(f.fd, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+
+    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
+        let f = try file(handle)
+        guard let s = f.content else { throw FSError.badHandle }
+        s.lock()
+        defer { s.unlock() }
+        try markDirty(s)
+        var done = 0
+        while done < data.count {
+            let n = try sys { pwrite(f.fd, data.baseAddress! + done, data.count - done, off_t(offset) + off_t(done)) }
+            if n == 0 { break }
+            done += n
+        }
+        s.record(offset: offset, UnsafeRawBufferPointer(rebasing: data[0..<done]))
+        return done
+    }
+
+    /// close(): the bytes written are durable on disk and their hash is in the journal.
+    public func flush(handle: UInt64) throws(FSError) {
+        let f = try file(handle)
+        guard let s = f.content else { return }
+        s.lock()
+        defer { s.unlock() }
+        guard s.unsynced || s.journalDirty else { return }
+        try commitContent(fd: f.fd, id: f.id, streamed: s)
+    }
+
+    public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
+        let f = try file(handle)
+        guard let s = f.content else {
+            if Glibc.fsync(f.fd) != 0 { throw FSError.io }
+            return
+        }
+        s.lock()
+        defer { s.unlock() }
+        guard s.unsynced || s.journalDirty else { return }
+        try commitContent(fd: f.fd, id: f.id, streamed: s)
+    }
+
+    public func release(handle: UInt64) throws(FSError) {
+        guard let f = files.with({ $0.removeValue(forKey: handle) }) else { return }
+        defer { close(f.fd) }
+        if let s = f.content {
+            defer { content.releaseWriter(s) }
+            s.lock()
+            defer { s.unlock() }
+            if s.unsynced || s.journalDirty {
+                try commitContent(fd: f.fd, id: f.id, streamed: s)
+            }
+        }
+    }
+
+    public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {
+        let f = try file(handle)
+        guard let s = f.content else { throw FSError.badHandle }
+        s.lock()
+        defer { s.unlock() }
+        try markDirty(s)
+        _ = try sys { twin_fallocate(f.fd, mode, offset, length) }
+        if mode & twin_FALLOC_FL_KEEP_SIZE() == 0 || offset < s.nextOffset { s.sequential = false }
+        s.unsynced = true
+    }
+
+    // MARK: - Directories
+
+    public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
+        let fd = try sys { openat(brick.rootFD, Brick.at(node.path), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) }
+        guard let dir = fdopendir(fd) else {
+            let e = FSError.last
+            close(fd)
+            throw e
+        }
+        let h = newHandle()
+        dirs.with { $0[h] = OpenDir(dir: dir, fd: fd, node: node) }
+        return h
+    }
+
+    public func readdir(handle: UInt64, offset: Int64, plus: Bool, emit: (DirEntry) -> Bool) throws(FSError) {
+        guard let d = dirs.with({ $0[handle] }) else { throw FSError.badHandle }
+        d.lock.lock()
+        defer { d.lock.unlock() }
+        if offset != d.position {
+            seekdir(d.dir, Int(offset))
+            d.position = offset
+        }
+        while true {
+            errno = 0
+            guard let ent = Glibc.readdir(d.dir) else {
+                if errno != 0 { throw FSError.last }
+                return
+            }
+            let next = Int64(telldir(d.dir))
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            let type = ent.pointee.d_type
+            if Brick.isPrivate(parentPath: d.node.path, name: name) {
+                d.position = next
+                continue
+            }
+            var entry = DirEntry(name: name, id: UInt64(ent.pointee.d_ino), type: type, nextOffset: next, attributes: nil)
+            if name == "." || name == ".." {
+                // No lookup for these: the kernel knows them.
+            } else if plus {
+                guard let st = try? lookup(parent: d.node, name: name) else {
+                    d.position = next
+                    continue // vanished meanwhile
+                }
+                entry.attributes = st
+                entry.id = UInt64(st.st_ino)
+            } else if let id = brick.readID(rel: rel(d.node, name)) {
+                entry.id = id
+            }
+            guard emit(entry) else {
+                // Not taken: come back to this entry next time.
+                seekdir(d.dir, Int(d.position))
+                return
+            }
+            d.position = next
+        }
+    }
+
+    public func releasedir(handle: UInt64) {
+        guard let d = dirs.with({ $0.removeValue(forKey: handle) }) else { return }
+        closedir(d.dir)
+    }
+
+    public func statfs() throws(FSError) -> statvfs { try brick.statfs() }
+
+    public func openHandle(for id: UInt64) -> UInt64? {
+        files.with { m in m.first(where: { $0.value.id == id })?.key }
+    }
+
+    /// Open file and directory handles (for status).
+    public var openHandles: Int { files.with { $0.count } + dirs.with { $0.count } }
+
+    // MARK: - Extended attributes (user.*, security.*, ...; TwinFS's own trusted.twinfs.* are hidden)
+
+    func checkXattr(_ name: String) throws(FSError) {
+        if name.hasPrefix(Brick.privateXattrPrefix) { throw FSError(EPERM) }
+    }
+
+    public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        if name.hasPrefix(Brick.privateXattrPrefix) { throw FSError.noData }
+        return try sys { twin_lgetxattr(brick.absolute(node.path), name, buffer?.baseAddress, buffer?.count ?? 0) }
+    }
+
+    public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        try checkXattr(name)
+        _ = try sys { twin_lsetxattr(brick.absolute(node.path), name, value.baseAddress, value.count, flags) }
+        let st = try brick.lstat(node.path)
+        try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
+    }
+
+    public func listxattr(_ node: NodeRef) throws(FSError) -> [String] {
+        let p = brick.absolute(node.path)
+        var size = try sys { twin_llistxattr(p, nil, 0) }
+        var buf = [CChar](repeating: 0, count: max(size, 1))
+        size = try sys { twin_llistxattr(p, &buf, buf.count) }
+        var names: [String] = []
+        var start = 0
+        for i in 0..<size where buf[i] == 0 {
+            let n = buf[start..<i].withUnsafeBufferPointer { String(decoding: UnsafeRawBufferPointer($0), as: UTF8.self) }
+            if !n.hasPrefix(Brick.privateXattrPrefix) { names.append(n) }
+            start = i + 1
+        }
+        return names
+    }
+
+    public func removexattr(_ node: NodeRef, name: String) throws(FSError) {
+        try checkXattr(name)
+        _ = try sys { twin_lremovexattr(brick.absolute(node.path), name) }
+        let st = try brick.lstat(node.path)
+        try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
+    }
+}

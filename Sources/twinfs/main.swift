@@ -1,0 +1,175 @@
+import ArgumentParser
+import BrickStore
+import ControlSocket
+import Foundation
+import Glibc
+import Journal
+import Logging
+import TwinConfig
+import TwinCore
+import TwinNode
+import Volume
+
+/// Prints an admin error as one line and exits with its status (2 refused, 3 not running, 1 problem).
+func exitWith(_ e: AdminError) -> Never {
+    let line = "twinfs: \(e.description)\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+    exit(e.exitCode)
+}
+
+func out(_ s: String) {
+    let line = s + "\n"
+    _ = line.withCString { write(1, $0, strlen($0)) }
+}
+
+func loadConfig(_ path: String) -> NodeConfig {
+    do { return try NodeConfig.load(path: path) } catch { exitWith(error) }
+}
+
+struct TwinFS: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "twinfs",
+        abstract: "TwinFS: a two-node replicated file service for PACS image archives.",
+        version: twinfsVersion,
+        subcommands: [NodeCommand.self, Status.self, Verify.self, JournalCommand.self, Demo.self])
+}
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "The node's TOML config file.")
+    var config: String
+}
+
+struct NodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "node", abstract: "Run a node: mount the volume and serve it until SIGTERM.")
+    @OptionGroup var options: ConfigOption
+    @Option(help: "Mount here instead of the config's mountpoint (used by mount.twinfs).")
+    var mountpoint: String?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String = "info"
+
+    func run() throws {
+        Node.blockStopSignals()
+        var cfg = loadConfig(options.config)
+        if let mp = mountpoint { cfg.mountpoint = URL(fileURLWithPath: mp).standardizedFileURL.path }
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let log = Logger(label: "twinfs.\(cfg.volume).\(cfg.node)")
+        do {
+            let rc = try Node(config: cfg, logger: log).run()
+            throw ExitCode(rc)
+        } catch let e as AdminError {
+            exitWith(e)
+        }
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Ask the running node how it is.")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Print the status as JSON (shape documented in README.md).")
+    var json = false
+
+    func run() throws {
+        let cfg = loadConfig(options.config)
+        let resp: ControlResponse
+        do { resp = try ControlServer.request(path: cfg.controlSocket, ControlRequest(command: "status")) } catch { exitWith(error) }
+        guard resp.ok, let body = resp.body else {
+            exitWith(AdminError(problem: "the node answered with an error: \(resp.error ?? "unknown")", fix: "check the node's log"))
+        }
+        if json { out(body); return }
+        guard let s = try? JSONDecoder().decode(NodeStatus.self, from: Data(body.utf8)) else { out(body); return }
+        out("Volume \(s.volume)  node \(s.node)  state \(s.state)")
+        out("  mount       \(s.mountpoint)")
+        out("  brick       \(s.brick)  (\(bytes(s.brickFreeBytes)) free of \(bytes(s.brickTotalBytes)))")
+        out("  files       \(s.files) (\(bytes(s.bytes))), directories \(s.directories), symlinks \(s.symlinks), being written \(s.dirtyFiles)")
+        out("  journal     \(s.journalPath) (\(bytes(s.journalBytes)))")
+        out("  uptime      \(duration(s.uptimeSeconds)), pid \(s.pid), last stop \(s.lastShutdown)")
+        if s.recoveredIntents + s.recoveredFiles > 0 {
+            out("  recovery    \(s.recoveredIntents) unfinished changes re-read, \(s.recoveredFiles) files re-hashed at start")
+        }
+        out("  peer        \(s.peer ?? "none configured")")
+    }
+
+    func bytes(_ n: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var v = Double(n)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    }
+
+    func duration(_ s: Int) -> String {
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return "\(s / 60)m \(s % 60)s" }
+        return "\(s / 3600)h \(s % 3600 / 60)m"
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-read every file of the brick and compare it with the journal's XXH3-128.",
+        discussion: "Exit status: 0 when brick and journal agree, 1 when a problem was found, 2 on bad input.")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    func run() throws {
+        let cfg = loadConfig(options.config)
+        let journal: Journal
+        do {
+            journal = try Journal(readOnlyPath: cfg.journal)
+        } catch {
+            exitWith(error.adminError)
+        }
+        guard journal.identity == cfg.identity else {
+            exitWith(JournalError.foreign(path: cfg.journal, found: journal.identity, expected: cfg.identity).adminError)
+        }
+        let brick: Brick
+        do { brick = try Brick(path: cfg.brick) } catch { exitWith(error) }
+        let report: VerifyReport
+        do {
+            report = try Verifier(brick: brick, journal: journal).run { p in
+                if !json { out("\(p.kind.rawValue)  \(p.path)  \(p.detail)") }
+            }
+        } catch {
+            exitWith(error.adminError)
+        }
+        if json {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+            out(String(decoding: (try? enc.encode(report)) ?? Data(), as: UTF8.self))
+        } else {
+            out("verified \(report.filesChecked) files and \(report.directoriesChecked) directories, \(report.bytesHashed) bytes hashed; \(report.inProgress) being written; \(report.problems.count) problems")
+        }
+        if !report.problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct JournalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "journal", abstract: "Journal maintenance.",
+                                                    subcommands: [Rebuild.self])
+
+    struct Rebuild: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rebuild the journal from the brick (node stopped). The old journal is kept as a backup.")
+        @OptionGroup var options: ConfigOption
+
+        func run() throws {
+            let cfg = loadConfig(options.config)
+            do {
+                let r = try JournalRebuilder(brickPath: cfg.brick, journalPath: cfg.journal, identity: cfg.identity,
+                                             nodeOrdinal: cfg.nodeOrdinal).run()
+                out("journal \(cfg.journal) rebuilt from \(cfg.brick): \(r.files) files (\(r.bytes) bytes), \(r.directories) directories, \(r.symlinks) symlinks, \(r.idsAssigned) new ids")
+                if let b = r.backup { out("the previous journal is kept as \(b)") }
+            } catch {
+                exitWith(error)
+            }
+        }
+    }
+}
+
+TwinFS.main()
