@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // System libraries the user fixed: libfuse3, libsqlite3, libxxhash.
@@ -54,7 +55,8 @@ let package = Package(
                                                          .product(name: "Logging", package: "swift-log")]),
 
         .testTarget(name: "UnitTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "BrickStore", "Journal", "Volume"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "Fixity", "Journal"]),
+        // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
+        .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims"]),
     ],
     swiftLanguageModes: [.v6]
 )

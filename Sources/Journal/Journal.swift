@@ -314,6 +314,8 @@ public final class Journal: @unchecked Sendable {
         cond.unlock()
         while writerThread?.isExecuting == true { usleep(1000) }
         try? writer.exec("PRAGMA wal_checkpoint(TRUNCATE)")
+        // Let the next owner (a restarted node, `journal rebuild`) in.
+        flock(lockFD, LOCK_UN)
     }
 
     private func apply(_ op: JournalOp) throws(JournalError) {

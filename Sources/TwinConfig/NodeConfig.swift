@@ -9,6 +9,11 @@ public struct NodeConfig: Sendable, Equatable {
         public var node: String
         public var address: String
         public var secretFile: String
+        public init(node: String, address: String, secretFile: String) {
+            self.node = node
+            self.address = address
+            self.secretFile = secretFile
+        }
     }
 
     public var volume: String

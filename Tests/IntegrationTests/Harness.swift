@@ -1,0 +1,314 @@
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import TwinConfig
+import TwinCore
+import XCTest
+
+/// Test support: real node processes, real FUSE mounts, bounded waits, and cleanup that
+/// never leaves a mount behind, even when a test fails or the node hangs.
+enum TestEnv {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+    static var binary: String {
+        ProcessInfo.processInfo.environment["TWINFS_BIN"] ?? repoRoot + "/.build/debug/twinfs"
+    }
+    /// Every test directory lives under this prefix (on disk, not tmpfs), so CI can sweep it.
+    static let prefix = "/var/tmp/twinfs-test"
+
+    static func requireFuse() throws {
+        guard getuid() == 0 else { throw XCTSkip("FUSE integration tests need root") }
+        guard access("/dev/fuse", R_OK | W_OK) == 0 else { throw XCTSkip("/dev/fuse is not available") }
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw XCTSkip("twinfs binary not built at \(binary) (run `swift build` first)")
+        }
+    }
+}
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a command with a hard time limit (`timeout -k`, so a child stuck on a dead mount is
+/// killed too) and returns its status and output.
+@discardableResult
+func runCommand(_ args: [String], timeout: Int = 120, environment: [String: String]? = nil) -> CommandResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+    p.arguments = ["-k", "5", "\(timeout)"] + args
+    if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    let outURL = FileManager.default.temporaryDirectory.appendingPathComponent("twinfs-test-\(UUID().uuidString).out")
+    let errURL = outURL.appendingPathExtension("err")
+    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    defer {
+        try? FileManager.default.removeItem(at: outURL)
+        try? FileManager.default.removeItem(at: errURL)
+    }
+    guard let outH = try? FileHandle(forWritingTo: outURL), let errH = try? FileHandle(forWritingTo: errURL) else {
+        return CommandResult(status: -1, stdout: "", stderr: "cannot create output files")
+    }
+    p.standardOutput = outH
+    p.standardError = errH
+    p.standardInput = FileHandle.nullDevice
+    do { try p.run() } catch { return CommandResult(status: -1, stdout: "", stderr: "\(error)") }
+    p.waitUntilExit()
+    try? outH.close()
+    try? errH.close()
+    let o = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
+    let e = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+    return CommandResult(status: p.terminationStatus, stdout: o, stderr: e)
+}
+
+@discardableResult
+func sh(_ script: String, timeout: Int = 120) -> CommandResult {
+    runCommand(["/bin/bash", "-c", script], timeout: timeout)
+}
+
+/// Mount points of this mount namespace.
+func mountPoints() -> [String: String] {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [:] }
+    var out: [String: String] = [:]
+    for line in text.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        if f.count > 4 { out[String(f[4])] = String(f[2]) }
+    }
+    return out
+}
+
+/// True when a TwinFS FUSE filesystem is mounted at `path`.
+func isTwinFSMount(_ path: String) -> Bool {
+    let text = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").contains { line in
+        let f = line.split(separator: " ")
+        return f.count > 2 && f[1] == path && f[2] == "fuse.twinfs"
+    }
+}
+
+/// Aborts the FUSE connection of a mount: frees anything blocked on it (ENOTCONN).
+func abortFuseConnection(_ mountpoint: String) {
+    guard let dev = mountPoints()[mountpoint], let minor = dev.split(separator: ":").last else { return }
+    if !FileManager.default.fileExists(atPath: "/sys/fs/fuse/connections/\(minor)") {
+        runCommand(["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"], timeout: 10)
+    }
+    let fd = open("/sys/fs/fuse/connections/\(minor)/abort", O_WRONLY)
+    if fd >= 0 {
+        _ = write(fd, "1", 1)
+        close(fd)
+    }
+}
+
+/// One TwinFS node run as a child process over a fresh brick, with its own mount.
+final class TestNode: @unchecked Sendable {
+    let name: String
+    let volume: String
+    let dir: String
+    var brick: String { dir + "/brick" }
+    var mnt: String { dir + "/mnt" }
+    var state: String { dir + "/state" }
+    var journalPath: String { state + "/journal.db" }
+    var configPath: String { dir + "/\(name).toml" }
+    var logPath: String { state + "/node-\(name).log" }
+    private(set) var process: Process?
+    private var watchdog: Thread?
+    private let watchdogDeadline = Locked<Date?>(nil)
+
+    init(name: String = "a", volume: String = "test", extraConfig: String = "") throws {
+        try TestEnv.requireFuse()
+        self.name = name
+        self.volume = volume
+        dir = TestEnv.prefix + "/" + UUID().uuidString.prefix(8).lowercased()
+        for d in [brick, mnt, state] {
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        let cfg = NodeConfig.render(volume: volume, node: name, brick: brick, journal: journalPath, mountpoint: mnt,
+                                    controlSocket: state + "/control.sock", listen: "127.0.0.1:7780") + extraConfig
+        try cfg.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    var isMounted: Bool { mountPoints()[mnt] != nil }
+
+    /// Starts the node and waits (bounded) until its mount is up.
+    func start(file: StaticString = #filePath, line: UInt = #line) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: TestEnv.binary)
+        p.arguments = ["node", "--config", configPath]
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        h.seekToEndOfFile()
+        p.standardOutput = h
+        p.standardError = h
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let deadline = Date().addingTimeInterval(60)
+        while !isMounted {
+            if !p.isRunning {
+                XCTFail("node exited with \(p.terminationStatus) before mounting; log:\n\(log)", file: file, line: line)
+                throw CocoaError(.fileNoSuchFile)
+            }
+            if Date() > deadline {
+                XCTFail("node did not mount within 60 s; log:\n\(log)", file: file, line: line)
+                throw CocoaError(.fileNoSuchFile)
+            }
+            usleep(20_000)
+        }
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// SIGTERM and wait: the node finishes requests, unmounts and exits 0.
+    @discardableResult
+    func stop(timeout: TimeInterval = 30) -> Int32? {
+        guard let p = process else { return nil }
+        if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning {
+            abortFuseConnection(mnt)
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
+        process = nil
+        if isMounted { runCommand(["umount", "-l", mnt], timeout: 10) }
+        return p.terminationStatus
+    }
+
+    /// A crash: SIGKILL, then detach the dead mount as an admin would.
+    func kill9() {
+        guard let p = process else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+        if isMounted {
+            abortFuseConnection(mnt)
+            runCommand(["umount", "-l", mnt], timeout: 10)
+        }
+    }
+
+    /// True when a TwinFS FUSE filesystem is mounted at `path`.
+func isTwinFSMount(_ path: String) -> Bool {
+    let text = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
+    return text.split(separator: "\n").contains { line in
+        let f = line.split(separator: " ")
+        return f.count > 2 && f[1] == path && f[2] == "fuse.twinfs"
+    }
+}
+
+/// Aborts the FUSE connection if the test is still running after `seconds`, so a hung
+    /// request can never hang the test runner.
+    func armWatchdog(seconds: TimeInterval) {
+        watchdogDeadline.with { $0 = Date().addingTimeInterval(seconds) }
+        guard watchdog == nil else { return }
+        let t = Thread { [weak self] in
+            while let s = self {
+                if let d = s.watchdogDeadline.with({ $0 }), Date() > d, s.isMounted {
+                    abortFuseConnection(s.mnt)
+                    return
+                }
+                if s.process == nil && !s.isMounted { return }
+                usleep(200_000)
+            }
+        }
+        watchdog = t
+        t.start()
+    }
+
+    func destroy() {
+        stop()
+        if isMounted { abortFuseConnection(mnt); runCommand(["umount", "-l", mnt], timeout: 10) }
+        if dir.hasPrefix(TestEnv.prefix + "/") && !isMounted {
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    func twinfs(_ args: [String], timeout: Int = 300) -> CommandResult {
+        runCommand([TestEnv.binary] + args, timeout: timeout)
+    }
+
+    func statusJSON() throws -> [String: Any] {
+        let r = twinfs(["status", "--config", configPath, "--json"], timeout: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] ?? [:]
+    }
+
+    /// The journal's record of a brick-relative path (read-only open, safe beside the node).
+    func journalRecord(_ rel: String) throws -> InodeRecord? {
+        let j = try Journal(readOnlyPath: journalPath)
+        var id = StableID.root
+        for comp in rel.split(separator: "/") {
+            guard let next = try j.lookup(parent: id, name: String(comp)) else { return nil }
+            id = next
+        }
+        return try j.inode(id)
+    }
+}
+
+extension XCTestCase {
+    /// A started node that is stopped and removed when the test ends, pass or fail.
+    func startedNode(name: String = "a", watchdog: TimeInterval = 600) throws -> TestNode {
+        let n = try TestNode(name: name)
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        n.armWatchdog(seconds: watchdog)
+        return n
+    }
+}
+
+/// XXH3-128 of a file's bytes, read with plain POSIX calls.
+func xxh128(path: String) throws -> XXH128Digest {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw FSError.last }
+    defer { close(fd) }
+    return try XXH128Hasher.hash(fd: fd).0
+}
+
+/// Deterministic pseudo-random bytes (a test must be reproducible).
+func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var x = seed &+ 0x9E37_79B9_7F4A_7C15
+    var out = [UInt8](repeating: 0, count: count)
+    var i = 0
+    while i < count {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17
+        var v = x
+        for _ in 0..<8 where i < count {
+            out[i] = UInt8(truncatingIfNeeded: v)
+            v >>= 8
+            i += 1
+        }
+    }
+    return out
+}
+
+func writeFile(_ path: String, _ bytes: [UInt8], flags: Int32 = O_WRONLY | O_CREAT | O_TRUNC, fsync doSync: Bool = false) throws {
+    let fd = open(path, flags, 0o644)
+    guard fd >= 0 else { throw FSError.last }
+    defer { close(fd) }
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+        guard n > 0 else { throw FSError.last }
+        done += n
+    }
+    if doSync { guard fsync(fd) == 0 else { throw FSError.last } }
+}
+
+func readFile(_ path: String) throws -> [UInt8] {
+    guard let d = FileManager.default.contents(atPath: path) else { throw FSError.notFound }
+    return [UInt8](d)
+}
+
+/// A recursive listing with sizes and mtimes: "nothing changed on disk" compares two of these.
+func snapshot(_ root: String) -> [String] {
+    var out: [String] = []
+    guard let e = FileManager.default.enumerator(atPath: root) else { return [] }
+    while let rel = e.nextObject() as? String {
+        var st = stat()
+        guard lstat(root + "/" + rel, &st) == 0 else { continue }
+        out.append("\(rel) \(st.st_mode) \(st.st_size) \(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)")
+    }
+    return out.sorted()
+}

@@ -1,0 +1,194 @@
+import Fixity
+import Foundation
+import Glibc
+import TwinCore
+import XCTest
+
+/// The admin's view: start and stop, status, refusals that change nothing, verify, rebuild.
+final class NodeAdminTests: XCTestCase {
+    func testSigtermUnmountsAndExitsZeroAndStatusSaysNotRunning() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        try writeFile(n.mnt + "/a", Array("a".utf8))
+        let s = try n.statusJSON()
+        XCTAssertEqual(s["volume"] as? String, "test")
+        XCTAssertEqual(s["node"] as? String, "a")
+        XCTAssertEqual(s["state"] as? String, "HEALTHY")
+        XCTAssertEqual(s["files"] as? Int, 1)
+        XCTAssertEqual(s["directories"] as? Int, 1)
+        XCTAssertEqual(s["bytes"] as? Int, 1)
+        for key in ["brick", "mountpoint", "journal_bytes", "uptime_seconds", "pid", "journal_path", "last_shutdown"] {
+            XCTAssertNotNil(s[key], "status JSON has \(key)")
+        }
+        let text = n.twinfs(["status", "--config", n.configPath])
+        XCTAssertEqual(text.status, 0)
+        XCTAssertTrue(text.stdout.contains("state HEALTHY"), text.stdout)
+        XCTAssertEqual(n.stop(), 0, n.log)
+        XCTAssertFalse(n.isMounted)
+        XCTAssertTrue(n.log.contains("journal closed cleanly"), n.log)
+        let r = n.twinfs(["status", "--config", n.configPath])
+        XCTAssertEqual(r.status, 3, "no node running: exit 3")
+        XCTAssertTrue(r.stderr.contains("no TwinFS node is running"), r.stderr)
+        // Restart: the data is still there, the last stop was clean.
+        try n.start()
+        XCTAssertEqual(try readFile(n.mnt + "/a"), Array("a".utf8))
+        XCTAssertEqual(try n.statusJSON()["last_shutdown"] as? String, "clean")
+    }
+
+    /// Each refused start prints one line with the problem and the fix, exits 2, and leaves
+    /// brick, journal and mount point exactly as they were.
+    func testRefusedStartsChangeNothing() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        try writeFile(n.mnt + "/keep.dcm", Array("keep".utf8))
+        n.stop()
+        func refused(_ config: String, mention: String, file: StaticString = #filePath, line: UInt = #line) {
+            let path = n.dir + "/bad.toml"
+            try? config.write(toFile: path, atomically: true, encoding: .utf8)
+            // SQLite's shared-memory index (-shm) is touched by any reader; it holds no data.
+            func state() -> [String] { snapshot(n.dir).filter { !$0.hasPrefix("bad.toml") && !$0.contains("-shm ") } }
+            let before = state()
+            let r = n.twinfs(["node", "--config", path], timeout: 60)
+            XCTAssertEqual(r.status, 2, "exit 2 for: \(mention); stderr: \(r.stderr)", file: file, line: line)
+            let lines = r.stderr.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "one line: \(r.stderr)", file: file, line: line)
+            XCTAssertTrue(r.stderr.contains(mention) && r.stderr.contains("fix:"), r.stderr, file: file, line: line)
+            XCTAssertEqual(state(), before, "nothing changed on disk", file: file, line: line)
+            XCTAssertFalse(isTwinFSMount(n.mnt), "not mounted", file: file, line: line)
+        }
+        let good = try String(contentsOfFile: n.configPath, encoding: .utf8)
+        refused(good.replacingOccurrences(of: "volume = \"test\"", with: "volume = "), mention: "line")
+        refused(good.replacingOccurrences(of: n.brick, with: n.dir + "/nope"), mention: "does not exist")
+        refused(good.replacingOccurrences(of: "volume = \"test\"", with: "volume = \"other\""), mention: "belongs to")
+        refused(good.replacingOccurrences(of: "node = \"a\"", with: "node = \"b\""), mention: "belongs to")
+        // A journal of another volume, with a fresh brick.
+        let otherBrick = n.dir + "/brick2"
+        try FileManager.default.createDirectory(atPath: otherBrick, withIntermediateDirectories: true)
+        refused(good.replacingOccurrences(of: n.brick + "\"", with: otherBrick + "\""), mention: "is empty but journal")
+        // A non-empty directory that is not a brick.
+        try writeFile(otherBrick + "/stranger.txt", Array("x".utf8))
+        refused(good.replacingOccurrences(of: n.brick + "\"", with: otherBrick + "\""), mention: "no TwinFS marker")
+        // A busy mount point (something mounted there already).
+        XCTAssertEqual(runCommand(["mount", "-t", "tmpfs", "tmpfs", n.mnt]).status, 0)
+        refused(good, mention: "busy")
+        runCommand(["umount", n.mnt])
+        // A corrupt journal file.
+        let jcopy = try Data(contentsOf: URL(fileURLWithPath: n.journalPath))
+        try Data(repeating: 0x41, count: 8192).write(to: URL(fileURLWithPath: n.journalPath))
+        refused(good, mention: "journal")
+        try jcopy.write(to: URL(fileURLWithPath: n.journalPath))
+        // And after all that, the node starts and serves the old data.
+        try n.start()
+        XCTAssertEqual(try readFile(n.mnt + "/keep.dcm"), Array("keep".utf8))
+    }
+
+    func testVerifyNamesFlippedMissingAndUnexpectedFiles() throws {
+        let n = try startedNode()
+        try FileManager.default.createDirectory(atPath: n.mnt + "/S/1", withIntermediateDirectories: true)
+        for i in 0..<5 { try writeFile(n.mnt + "/S/1/IM\(i).dcm", pseudoRandomBytes(70_000, seed: UInt64(i))) }
+        var r = n.twinfs(["verify", "--config", n.configPath])
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        // Behind TwinFS's back: flip one byte, delete one file, add one file.
+        let fd = open(n.brick + "/S/1/IM2.dcm", O_RDWR)
+        var b: UInt8 = 0
+        XCTAssertEqual(pread(fd, &b, 1, 12345), 1)
+        b ^= 0x01
+        XCTAssertEqual(pwrite(fd, &b, 1, 12345), 1)
+        close(fd)
+        XCTAssertEqual(unlink(n.brick + "/S/1/IM3.dcm"), 0)
+        try writeFile(n.brick + "/S/1/intruder.dcm", Array("?".utf8))
+        r = n.twinfs(["verify", "--config", n.configPath])
+        XCTAssertEqual(r.status, 1, "verify exits 1 on problems")
+        XCTAssertTrue(r.stdout.contains("MISMATCH  /S/1/IM2.dcm"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("MISSING  /S/1/IM3.dcm"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("UNEXPECTED  /S/1/intruder.dcm"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("3 problems"), r.stdout)
+        XCTAssertFalse(r.stdout.contains("IM1.dcm"), "good files are not named")
+        let j = n.twinfs(["verify", "--config", n.configPath, "--json"])
+        let obj = try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual((obj?["problems"] as? [Any])?.count, 3)
+    }
+
+    func testJournalRebuildFromBrickKeepsStableIDsAndBacksUpTheOldJournal() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        try FileManager.default.createDirectory(atPath: n.mnt + "/St/Se", withIntermediateDirectories: true)
+        var inodes: [String: UInt] = [:]
+        for i in 0..<20 {
+            let p = "St/Se/IM\(i).dcm"
+            try writeFile(n.mnt + "/" + p, pseudoRandomBytes(10_000 + i, seed: UInt64(i)))
+            var st = stat()
+            XCTAssertEqual(stat(n.mnt + "/" + p, &st), 0)
+            inodes[p] = st.st_ino
+        }
+        XCTAssertEqual(symlink("St", n.mnt + "/link"), 0)
+        // Refused while the node runs (journal locked).
+        var r = n.twinfs(["journal", "rebuild", "--config", n.configPath])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertTrue(r.stderr.contains("in use by a running TwinFS node"), r.stderr)
+        n.stop()
+        let oldHash = try n.journalRecord("St/Se/IM7.dcm")?.hash
+        r = n.twinfs(["journal", "rebuild", "--config", n.configPath])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("20 files"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("previous journal is kept"), r.stdout)
+        let backups = try FileManager.default.contentsOfDirectory(atPath: n.state).filter { $0.hasPrefix("journal.db.bak-") }
+        XCTAssertFalse(backups.isEmpty)
+        XCTAssertEqual(try n.journalRecord("St/Se/IM7.dcm")?.hash, oldHash)
+        // A lost journal is rebuilt by itself at start; inode numbers stay the same.
+        for s in ["", "-wal", "-shm"] { unlink(n.journalPath + s) }
+        try n.start()
+        for (p, ino) in inodes {
+            var st = stat()
+            XCTAssertEqual(stat(n.mnt + "/" + p, &st), 0)
+            XCTAssertEqual(st.st_ino, ino, "stable id of \(p) survives a journal rebuild")
+        }
+        XCTAssertTrue(n.log.contains("rebuilding it from brick"), n.log)
+        XCTAssertEqual(n.twinfs(["verify", "--config", n.configPath]).status, 0)
+    }
+
+    func testImportingAPlainDirectoryWithRebuild() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        // An existing archive copied in with cp: no marker, no ids.
+        try FileManager.default.createDirectory(atPath: n.brick + "/old/study", withIntermediateDirectories: true)
+        try writeFile(n.brick + "/old/study/a.dcm", pseudoRandomBytes(5000, seed: 9))
+        let r = n.twinfs(["journal", "rebuild", "--config", n.configPath])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("new ids"), r.stdout)
+        try n.start()
+        XCTAssertEqual(try readFile(n.mnt + "/old/study/a.dcm"), pseudoRandomBytes(5000, seed: 9))
+        XCTAssertEqual(n.twinfs(["verify", "--config", n.configPath]).status, 0)
+    }
+
+    func testDemoStartsAMountedVolumeAndStopsOnCtrlC() throws {
+        try TestEnv.requireFuse()
+        let dir = TestEnv.prefix + "/demo-" + UUID().uuidString.prefix(8)
+        addTeardownBlock {
+            if mountPoints()[dir + "/a/mnt"] != nil { runCommand(["umount", "-l", dir + "/a/mnt"]) }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: TestEnv.binary)
+        p.arguments = ["demo", "--dir", dir]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while mountPoints()[dir + "/a/mnt"] == nil && Date() < deadline && p.isRunning { usleep(50_000) }
+        XCTAssertNotNil(mountPoints()[dir + "/a/mnt"], "demo mounted node a")
+        try writeFile(dir + "/a/mnt/hello.txt", Array("hi".utf8))
+        XCTAssertEqual(try readFile(dir + "/a/brick/hello.txt"), Array("hi".utf8))
+        let st = runCommand([TestEnv.binary, "status", "--config", dir + "/a.toml"])
+        XCTAssertEqual(st.status, 0, st.stderr)
+        kill(p.processIdentifier, SIGINT)
+        let stopBy = Date().addingTimeInterval(60)
+        while p.isRunning && Date() < stopBy { usleep(50_000) }
+        XCTAssertFalse(p.isRunning)
+        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertNil(mountPoints()[dir + "/a/mnt"], "Ctrl-C unmounted the demo")
+    }
+}

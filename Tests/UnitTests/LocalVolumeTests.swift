@@ -1,0 +1,92 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import TwinCore
+import Volume
+import XCTest
+
+/// The local volume driven directly (no FUSE): crash recovery from intents and dirty marks,
+/// and the streamed hash. Needs root for the trusted.* id xattrs.
+final class LocalVolumeTests: XCTestCase {
+    let identity = VolumeIdentity(volume: "v", node: "a")
+
+    func makeVolume(_ dir: String) throws -> (LocalVolume, Journal) {
+        guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
+        try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
+        let brick = try Brick(path: dir + "/brick")
+        if case .empty = Brick.inspect(path: dir + "/brick") { try brick.writeMarker(identity) }
+        let create = !FileManager.default.fileExists(atPath: dir + "/j.db")
+        let j = try Journal(path: dir + "/j.db", identity: identity, create: create)
+        if create { try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true) }
+        return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test")), j)
+    }
+
+    func testStreamedAndRehashedContentHashes() throws {
+        let d = try tempDir(self)
+        let (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        let (st, h) = try v.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY, ctx: .root)
+        let data = (0..<500_000).map { UInt8(truncatingIfNeeded: $0 * 31) }
+        for off in stride(from: 0, to: data.count, by: 65536) {
+            let chunk = Array(data[off..<min(off + 65536, data.count)])
+            _ = try chunk.withUnsafeBytes { try v.write(handle: h, offset: Int64(off), data: $0) }
+        }
+        try v.flush(handle: h)
+        XCTAssertEqual(try readFileBytes(d + "/brick/f"), data, "the brick holds the bytes")
+        XCTAssertEqual(try j.inode(UInt64(st.st_ino))?.hash, XXH128Hasher.hash(data).bytes)
+        // A write back into the middle: the hash is recomputed from the brick at the next flush.
+        _ = try [UInt8]([9, 9, 9]).withUnsafeBytes { try v.write(handle: h, offset: 10, data: $0) }
+        XCTAssertEqual(try j.inode(UInt64(st.st_ino))?.dirty, true, "dirty before the bytes reach the brick")
+        try v.release(handle: h)
+        var expected = data
+        expected.replaceSubrange(10..<13, with: [9, 9, 9])
+        let rec = try XCTUnwrap(try j.inode(UInt64(st.st_ino)))
+        XCTAssertEqual(rec.hash, XXH128Hasher.hash(expected).bytes)
+        XCTAssertFalse(rec.dirty)
+    }
+
+    /// A crash between the intent and the journal's result: recovery reads the brick.
+    func testRecoveryReplaysIntentsOfCreateRenameAndUnlink() throws {
+        let d = try tempDir(self)
+        var (v, j) = try makeVolume(d)
+        _ = try v.mkdir(parent: .root, name: "dir", mode: 0o755, ctx: .root)
+        let (st, h) = try v.create(parent: .root, name: "old", mode: 0o644, flags: O_WRONLY, ctx: .root)
+        _ = try [UInt8]([1, 2, 3]).withUnsafeBytes { try v.write(handle: h, offset: 0, data: $0) }
+        try v.release(handle: h)
+        XCTAssertThrowsError(try v.unlink(parent: .root, name: "nothing"), "unlink of a missing name fails")
+        j.close(cleanShutdown: false)
+
+        // Behind the journal's back, as if the process died right after these syscalls:
+        let b = d + "/brick"
+        XCTAssertEqual(rename(b + "/old", b + "/dir/new"), 0)                 // a rename
+        _ = FileManager.default.createFile(atPath: b + "/fresh", contents: Data([7, 7]))  // a create (no id yet)
+        let id = UInt64(st.st_ino)
+        // ...with the intents the volume had written first.
+        let j2 = try Journal(path: d + "/j.db", identity: identity, create: false)
+        let dirID = try XCTUnwrap(try j2.lookup(parent: 1, name: "dir"))
+        try j2.submit([.intent(seq: 100, parent: 1, name: "old"), .intent(seq: 101, parent: dirID, name: "new"),
+                       .intent(seq: 102, parent: 1, name: "fresh")], durable: true)
+        j2.close(cleanShutdown: false)
+
+        (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        let report = try v.recover()
+        XCTAssertEqual(report.intentsReplayed, 3)
+        XCTAssertNil(try j.lookup(parent: 1, name: "old"))
+        XCTAssertEqual(try j.lookup(parent: dirID, name: "new"), id, "the renamed file keeps its id")
+        XCTAssertEqual(try j.inode(id)?.hash, XXH128Hasher.hash([1, 2, 3]).bytes)
+        let freshID = try XCTUnwrap(try j.lookup(parent: 1, name: "fresh"))
+        XCTAssertEqual(try j.inode(freshID)?.hash, XXH128Hasher.hash([7, 7]).bytes)
+        XCTAssertEqual(v.brick.readID(rel: "fresh"), freshID, "the adopted file got its id xattr")
+        XCTAssertTrue(try j.pendingIntents().isEmpty)
+        let verify = try Verifier(brick: v.brick, journal: j).run()
+        XCTAssertEqual(verify.problems, [])
+    }
+}
+
+func readFileBytes(_ p: String) throws -> [UInt8] {
+    [UInt8](try Data(contentsOf: URL(fileURLWithPath: p)))
+}
