@@ -45,16 +45,22 @@ let package = Package(
                                                       .product(name: "NIOCore", package: "swift-nio"),
                                                       .product(name: "NIOPosix", package: "swift-nio"),
                                                       .product(name: "Logging", package: "swift-log")]),
+        // The peer link's wire format: versioned binary frames, authentication, bounds-checked decoding.
+        .target(name: "PeerProtocol", dependencies: ["TwinCore",
+                                                     .product(name: "NIOCore", package: "swift-nio"),
+                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
                                                  "FuseAdapter", "ControlSocket", "Fixity",
                                                  .product(name: "Logging", package: "swift-log")]),
         // The `twinfs` command: node, status, verify, journal rebuild, demo.
-        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore",
+        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims",
                                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                          .product(name: "Logging", package: "swift-log")]),
 
         .testTarget(name: "UnitTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "BrickStore", "Journal", "Volume"]),
+        .testTarget(name: "PeerProtocolTests", dependencies: ["PeerProtocol", "TwinCore",
+                                                              .product(name: "NIOCore", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
         .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims"]),
     ],

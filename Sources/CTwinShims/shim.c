@@ -41,3 +41,7 @@ int twin_lsetxattr(const char *path, const char *name, const void *value, size_t
 int twin_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags) { return fsetxattr(fd, name, value, size, flags); }
 long twin_llistxattr(const char *path, char *list, size_t size) { return llistxattr(path, list, size); }
 int twin_lremovexattr(const char *path, const char *name) { return lremovexattr(path, name); }
+
+int twin_close_from(unsigned int first) {
+    return (int)syscall(SYS_close_range, first, ~0U, 0);
+}

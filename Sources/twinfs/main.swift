@@ -1,4 +1,5 @@
 import ArgumentParser
+import CTwinShims
 import BrickStore
 import ControlSocket
 import Foundation
@@ -48,6 +49,9 @@ struct NodeCommand: ParsableCommand {
     var logLevel: String = "info"
 
     func run() throws {
+        // Started from mount(8) or a script, the node must not keep their descriptors open
+        // (a caller waiting for EOF on a pipe would wait for the node's whole lifetime).
+        _ = twin_close_from(3)
         Node.blockStopSignals()
         var cfg = loadConfig(options.config)
         if let mp = mountpoint { cfg.mountpoint = URL(fileURLWithPath: mp).standardizedFileURL.path }

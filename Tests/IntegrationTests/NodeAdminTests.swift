@@ -191,4 +191,40 @@ final class NodeAdminTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0)
         XCTAssertNil(mountPoints()[dir + "/a/mnt"], "Ctrl-C unmounted the demo")
     }
+
+    /// `mount -t twinfs CONFIG MOUNTPOINT` through the shipped helper, then `umount`.
+    func testMountHelperMountsAndUmountStopsTheNode() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        let helper = TestEnv.repoRoot + "/mount/mount.twinfs"
+        let installed = "/sbin/mount.twinfs"
+        var linked = false
+        if !FileManager.default.fileExists(atPath: installed) {
+            try FileManager.default.createSymbolicLink(atPath: installed, withDestinationPath: helper)
+            linked = true
+        }
+        addTeardownBlock { if linked { unlink(installed) } }
+        let other = n.dir + "/elsewhere"
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        addTeardownBlock { if isTwinFSMount(other) { runCommand(["umount", "-l", other]) } }
+        let r = runCommand(["mount", "-t", "twinfs", "-o", "defaults,_netdev", n.configPath, other], timeout: 90,
+                           environment: ["TWINFS": TestEnv.binary, "TWINFS_LOG_DIR": n.state])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(isTwinFSMount(other), "mounted at the mount point given to mount(8)")
+        try writeFile(other + "/via-mount.dcm", Array("m".utf8))
+        XCTAssertEqual(try readFile(n.brick + "/via-mount.dcm"), Array("m".utf8))
+        XCTAssertEqual(n.twinfs(["status", "--config", n.configPath]).status, 0)
+        XCTAssertEqual(runCommand(["umount", other], timeout: 60).status, 0)
+        // The node notices the unmount, closes its journal and exits.
+        let deadline = Date().addingTimeInterval(30)
+        while n.twinfs(["status", "--config", n.configPath], timeout: 10).status == 0 && Date() < deadline { usleep(100_000) }
+        XCTAssertEqual(n.twinfs(["status", "--config", n.configPath]).status, 3)
+        let log = (try? String(contentsOfFile: n.state + "/\(n.name).log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("journal closed cleanly"), log)
+        // A bad config: the helper fails with the node's one-line reason.
+        let bad = runCommand(["mount", "-t", "twinfs", n.dir + "/missing.toml", other], timeout: 60,
+                             environment: ["TWINFS": TestEnv.binary, "TWINFS_LOG_DIR": n.state])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("cannot read config file"), bad.stderr)
+    }
 }

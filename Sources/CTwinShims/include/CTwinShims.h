@@ -20,6 +20,8 @@ int twin_fallocate(int fd, int mode, int64_t offset, int64_t len);
 /* O_NOFOLLOW|O_CLOEXEC-safe open of a directory, resolving strictly beneath dirfd
  * (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS): a path can never escape the brick. */
 int twin_open_beneath(int dirfd, const char *path, int flags, unsigned int mode);
+/* Closes every descriptor from `first` on (a daemon must not hold what its starter passed it). */
+int twin_close_from(unsigned int first);
 /* fcntl(F_OFD_*) constants for record locks. */
 int twin_F_OFD_SETLK(void);
 int twin_F_OFD_GETLK(void);

@@ -1,0 +1,111 @@
+import NIOCore
+
+/// The message type in a frame header. Numbers are part of the wire format: never reuse one.
+public enum MessageType: UInt16, Sendable, CaseIterable {
+    // Link management.
+    case hello = 1
+    case authChallengeResponse = 2
+    case authOK = 3
+    case authFailed = 4
+    case ping = 5
+    case pong = 6
+    case reply = 7
+    // Replication: one per namespace change, plus file data.
+    case mkdir = 16
+    case create = 17
+    case write = 18
+    case commit = 19
+    case unlink = 20
+    case rmdir = 21
+    case rename = 22
+    case link = 23
+    case symlink = 24
+    case setattr = 25
+    case setxattr = 26
+    case removexattr = 27
+}
+
+/// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
+/// the sender resolves "now" to the time it applied, so both bricks end up identical.
+public struct AttrUpdate: Sendable, Equatable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: Int64?
+    public var atimeNs: Int64?
+    public var mtimeNs: Int64?
+
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: Int64? = nil,
+                atimeNs: Int64? = nil, mtimeNs: Int64? = nil) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.size = size; self.atimeNs = atimeNs; self.mtimeNs = mtimeNs
+    }
+}
+
+/// One message on the peer link. Paths are brick-relative ("" is the root) and were checked by
+/// `PeerPath` when decoded; ids are stable ids (see TwinCore's `StableID`).
+public enum PeerMessage: Sendable, Equatable {
+    /// Sent first by both sides; `nonce` is 32 fresh random bytes (see `Handshake`).
+    case hello(node: String, volume: String, protocolVersion: UInt16, nonce: [UInt8])
+    /// The sender's HMAC-SHA256 proof that it holds the cluster secret.
+    case authChallengeResponse(proof: [UInt8])
+    case authOK
+    case authFailed(reason: String)
+    case ping
+    case pong
+
+    case mkdir(parentPath: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32, stableID: UInt64)
+    case create(parentPath: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32, stableID: UInt64)
+    /// At most `PeerMessage.maxWriteChunk` bytes of file data at `offset`.
+    case write(path: String, stableID: UInt64, offset: Int64, data: ByteBuffer)
+    /// "fsync the file, check it has `size` bytes hashing to `xxh128` (canonical bytes), set mtime".
+    case commit(path: String, stableID: UInt64, size: Int64, xxh128: [UInt8], mtimeNs: Int64)
+    case unlink(parentPath: String, name: String)
+    case rmdir(parentPath: String, name: String)
+    /// `flags` are renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
+    case rename(fromParent: String, fromName: String, toParent: String, toName: String, flags: UInt32)
+    case link(path: String, newParent: String, newName: String)
+    case symlink(parentPath: String, name: String, target: String, uid: UInt32, gid: UInt32, stableID: UInt64)
+    case setattr(path: String, changes: AttrUpdate)
+    /// `flags` are XATTR_CREATE / XATTR_REPLACE.
+    case setxattr(path: String, name: String, value: [UInt8], flags: UInt32)
+    case removexattr(path: String, name: String)
+    /// The answer to request `requestID`: errno 0 for success, with an optional result.
+    case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
+
+    public static let nonceSize = 32
+    public static let proofSize = 32
+    public static let digestSize = 16
+    public static let maxWriteChunk = 4 << 20
+    /// Linux's XATTR_SIZE_MAX and XATTR_NAME_MAX.
+    public static let maxXattrValue = 65536
+    public static let maxXattrName = 255
+    /// PATH_MAX without its NUL.
+    public static let maxSymlinkTarget = 4095
+    public static let maxReasonBytes = 512
+    /// Node and volume names, as the config accepts them.
+    public static let maxLabelBytes = 64
+
+    public var type: MessageType {
+        switch self {
+        case .hello: return .hello
+        case .authChallengeResponse: return .authChallengeResponse
+        case .authOK: return .authOK
+        case .authFailed: return .authFailed
+        case .ping: return .ping
+        case .pong: return .pong
+        case .mkdir: return .mkdir
+        case .create: return .create
+        case .write: return .write
+        case .commit: return .commit
+        case .unlink: return .unlink
+        case .rmdir: return .rmdir
+        case .rename: return .rename
+        case .link: return .link
+        case .symlink: return .symlink
+        case .setattr: return .setattr
+        case .setxattr: return .setxattr
+        case .removexattr: return .removexattr
+        case .reply: return .reply
+        }
+    }
+}
