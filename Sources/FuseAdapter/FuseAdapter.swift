@@ -139,8 +139,12 @@ public final class FuseAdapter: Sendable {
                 else if set & UInt32(FUSE_SET_ATTR_ATIME) != 0 { ch.atime = .at(attr.pointee.st_atim) }
                 if set & UInt32(FUSE_SET_ATTR_MTIME_NOW) != 0 { ch.mtime = .now }
                 else if set & UInt32(FUSE_SET_ATTR_MTIME) != 0 { ch.mtime = .at(attr.pointee.st_mtim) }
-                let handle = fi?.pointee.fh ?? (a.inodes.path(of: ino) == nil ? a.volume.openHandle(for: ino) : nil)
-                let node = NodeRef(id: ino, path: a.inodes.path(of: ino) ?? "")
+                let path = a.inodes.path(of: ino)
+                let handle = fi?.pointee.fh ?? (path == nil ? a.volume.openHandle(for: ino) : nil)
+                // A file with no name left is changed only through its open descriptor: an
+                // empty path would be the brick root.
+                guard path != nil || handle != nil else { throw FSError(ESTALE) }
+                let node = NodeRef(id: ino, path: path ?? "")
                 var st = try a.volume.setattr(node, handle: handle, changes: ch)
                 fuse_reply_attr(req, &st, a.timeout)
             } catch { FuseAdapter.fail(req, error) }

@@ -112,6 +112,8 @@ public final class Journal: @unchecked Sendable {
             try w.exec("PRAGMA journal_mode=WAL")
             // FULL: a commit that backs an acknowledgement survives power loss (see docs).
             try w.exec("PRAGMA synchronous=FULL")
+            // INSERT OR REPLACE must fire the delete trigger too, or the totals drift.
+            try w.exec("PRAGMA recursive_triggers=ON")
             if !exists {
                 try Self.createSchema(w, identity: identity)
             }

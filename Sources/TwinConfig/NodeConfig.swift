@@ -101,7 +101,7 @@ public struct NodeConfig: Sendable, Equatable {
 
     /// Paths must not nest into each other: a journal inside the mount or the brick would
     /// replicate or hide itself, a brick inside the mount would recurse.
-    func checkLayout() throws(AdminError) {
+    public func checkLayout() throws(AdminError) {
         func inside(_ a: String, _ b: String) -> Bool { a == b || a.hasPrefix(b.hasSuffix("/") ? b : b + "/") }
         if inside(journal, mountpoint) || inside(journal, brick) {
             throw AdminError(problem: "config \(path): journal \(journal) lies inside the \(inside(journal, mountpoint) ? "mount point" : "brick")",

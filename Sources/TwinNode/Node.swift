@@ -84,6 +84,10 @@ public final class Node: @unchecked Sendable {
     /// Runs the node until SIGTERM/SIGINT or an external unmount. Returns the exit status.
     public func run() throws(AdminError) -> Int32 {
         let plan = try Preflight.check(cfg)
+        if plan.detachStaleMount {
+            log.warning("detaching the dead mount at \(cfg.mountpoint) left by a crashed node")
+            umount2(cfg.mountpoint, Int32(MNT_DETACH))
+        }
         let brick = try Brick(path: cfg.brick)
         if plan.brick == .initialize {
             log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity)")
@@ -112,7 +116,11 @@ public final class Node: @unchecked Sendable {
         if lastShutdown == "system-crash" {
             log.warning("the machine went down without unmounting TwinFS; run `twinfs verify --config \(cfg.path)` to check every file")
         }
-        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: cfg.nodeOrdinal, logger: log)
+        // The ordinal in stable ids is fixed when the journal is made: adding a [peer] later
+        // must not change which ids this node hands out.
+        let ordinal = UInt8(((try? journal.meta("id_ordinal")) ?? nil) ?? "") ?? cfg.nodeOrdinal
+        try? journal.submit([.setMeta(key: "id_ordinal", value: "\(ordinal)")], wait: .queued)
+        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log)
         let report: RecoveryReport
         do { report = try volume.recover() } catch {
             journal.close(cleanShutdown: false)

@@ -12,6 +12,8 @@ public struct StartPlan: Sendable, Equatable {
     public enum JournalAction: Sendable, Equatable { case open, create, rebuildFromBrick }
     public var brick: BrickAction
     public var journal: JournalAction
+    /// A dead mount of this volume left by a crashed node sits on the mount point.
+    public var detachStaleMount = false
 }
 
 /// Every check that can refuse a start, run before anything is written: a refused start
@@ -43,7 +45,7 @@ public enum Preflight {
             brickAction = .initialize
         }
 
-        try checkMountpoint(cfg.mountpoint)
+        let stale = try checkMountpoint(cfg.mountpoint, volume: cfg.volume)
 
         var journalAction: StartPlan.JournalAction
         if FileManager.default.fileExists(atPath: cfg.journal) {
@@ -79,14 +81,17 @@ public enum Preflight {
             throw AdminError(problem: "/dev/fuse is not available",
                              fix: "install fuse3 and load the module (modprobe fuse); in a container, pass --device /dev/fuse")
         }
-        return StartPlan(brick: brickAction, journal: journalAction)
+        return StartPlan(brick: brickAction, journal: journalAction, detachStaleMount: stale)
     }
 
-    static func checkMountpoint(_ mp: String) throws(AdminError) {
+    /// Returns true when the mount point holds a dead mount of this same volume (its node
+    /// crashed): safe to detach, since nothing can be served through it any more.
+    static func checkMountpoint(_ mp: String, volume: String) throws(AdminError) -> Bool {
         var st = stat()
         if stat(mp, &st) != 0 {
             if errno == ENOTCONN {
-                throw AdminError(problem: "mount point \(mp) is a dead TwinFS mount (transport endpoint is not connected)",
+                if mountSource(mp) == "twinfs:\(volume)" { return true }
+                throw AdminError(problem: "mount point \(mp) is a dead FUSE mount of something else (transport endpoint is not connected)",
                                  fix: "unmount it with `fusermount3 -u \(mp)` (or `umount -l \(mp)`) and start again")
             }
             throw AdminError(problem: "mount point \(mp) does not exist", fix: "create it (mkdir -p \(mp)) or correct 'mountpoint'")
@@ -98,6 +103,20 @@ public enum Preflight {
             throw AdminError(problem: "mount point \(mp) is busy: something is already mounted there",
                              fix: "unmount it first (umount \(mp)) or choose another mount point")
         }
+        return false
+    }
+
+    /// The source field ("twinfs:VOLUME") of the mount at `mp`, from /proc/self/mountinfo.
+    static func mountSource(_ mp: String) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let halves = line.components(separatedBy: " - ")
+            let f = halves[0].split(separator: " ")
+            guard f.count > 4, unescape(String(f[4])) == mp, halves.count > 1 else { continue }
+            let g = halves[1].split(separator: " ")
+            if g.count > 1, g[0] == "fuse.twinfs" { return String(g[1]) }
+        }
+        return nil
     }
 
     /// Mount points of this mount namespace, from /proc/self/mountinfo (octal escapes decoded).

@@ -193,7 +193,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         if changes.uid != nil || changes.gid != nil {
             let u = changes.uid ?? uid_t.max
             let g = changes.gid ?? gid_t.max
-            _ = try sys { fchownat(brick.rootFD, at, u, g, AT_SYMLINK_NOFOLLOW) }
+            if let f = open { _ = try sys { fchown(f.fd, u, g) } }
+            else { _ = try sys { fchownat(brick.rootFD, at, u, g, AT_SYMLINK_NOFOLLOW) } }
         }
         if let size = changes.size {
             try truncate(node, open: open, to: size)

@@ -60,8 +60,20 @@ extension LocalVolume {
         let dirty: [UInt64]
         do { dirty = try journal.dirtyInodes() } catch { throw FSError.io }
         for id in dirty {
-            guard let r = (try? journal.path(of: id)) ?? nil, let st = try? brick.lstat(r) else {
+            guard let r = (try? journal.path(of: id)) ?? nil else {
                 try submit([.deleteInodeIfNameless(id: id)], wait: .written)
+                report.rowsDropped += 1
+                continue
+            }
+            guard let st = try? brick.lstat(r) else {
+                // The journal names a file the brick does not have: drop that name (and the
+                // row with its last name), as the brick is the truth.
+                let parts = r.split(separator: "/").map(String.init)
+                let parentPath = parts.dropLast().joined(separator: "/")
+                let parentID = parentPath.isEmpty ? StableID.root : try lookupID(parentPath)
+                if let pid = parentID, let name = parts.last {
+                    try submit([.unlink(parent: pid, name: name), .deleteInodeIfNameless(id: id)], wait: .written)
+                }
                 report.rowsDropped += 1
                 continue
             }
@@ -74,6 +86,16 @@ extension LocalVolume {
         }
         try submit([], wait: .durable)
         return report
+    }
+
+    /// The journal id of a brick-relative path, walking names from the root.
+    func lookupID(_ rel: String) throws(FSError) -> UInt64? {
+        var id = StableID.root
+        for comp in rel.split(separator: "/") {
+            guard let next = (try? journal.lookup(parent: id, name: String(comp))) ?? nil else { return nil }
+            id = next
+        }
+        return id
     }
 
     /// XXH3-128 of a file's bytes or a symlink's target; nil for directories.

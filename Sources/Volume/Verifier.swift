@@ -27,6 +27,14 @@ public struct VerifyReport: Sendable, Codable {
     /// Files being written right now (dirty in the journal): not judged.
     public var inProgress = 0
     public var problems: [VerifyProblem] = []
+
+    enum CodingKeys: String, CodingKey {
+        case problems
+        case filesChecked = "files_checked"
+        case directoriesChecked = "directories_checked"
+        case bytesHashed = "bytes_hashed"
+        case inProgress = "in_progress"
+    }
 }
 
 /// Re-reads every file of the brick and compares it with the journal: content by XXH3-128,
@@ -180,8 +188,6 @@ public struct JournalRebuilder {
         var result = Result()
         do {
             let j = try Journal(path: tmp, identity: identity, create: true)
-            var maxCounter: UInt64 = 1
-            var needID: [(parent: UInt64, name: String, rel: String, st: stat)] = []
             var ops: [JournalOp] = []
             func flushOps() throws(JournalError) {
                 if ops.count >= 2000 { try j.submit(ops, wait: .queued); ops.removeAll(keepingCapacity: true) }
@@ -210,6 +216,21 @@ public struct JournalRebuilder {
                 ops.append(.insertInode(LocalVolume.record(st, id: id, hash: hash)))
                 if let p = parent { ops.append(.link(parent: p, name: name, id: id)) }
             }
+            // Pass 1: the highest id counter of this node in use, so new ids never collide.
+            var maxCounter: UInt64 = 1
+            var scan: [String] = [""]
+            while let dirRel = scan.popLast() {
+                for name in Verifier.list(brick.absolute(dirRel)) where !Brick.isPrivate(parentPath: dirRel, name: name) {
+                    let rel = Brick.join(dirRel, name)
+                    if let id = brick.readID(rel: rel), id >> 56 == UInt64(nodeOrdinal) {
+                        maxCounter = max(maxCounter, id & 0x00FF_FFFF_FFFF_FFFF)
+                    }
+                    if let st = try? brick.lstat(rel), EntryKind(mode: st.st_mode) == .directory { scan.append(rel) }
+                }
+            }
+            // Pass 2: every entry, keeping its id; entries copied in without one (behind
+            // TwinFS's back, or an imported directory) get fresh ids above every id in use.
+            var next = maxCounter + 1
             let rootSt = try brick.lstat("")
             try add("", rootSt, id: StableID.root, parent: nil, name: "")
             var stack: [(id: UInt64, rel: String)] = [(StableID.root, "")]
@@ -217,41 +238,22 @@ public struct JournalRebuilder {
                 for name in Verifier.list(brick.absolute(dirRel)).sorted() where !Brick.isPrivate(parentPath: dirRel, name: name) {
                     let rel = Brick.join(dirRel, name)
                     guard let st = try? brick.lstat(rel) else { continue }
-                    guard let id = brick.readID(rel: rel) else {
-                        needID.append((dirID, name, rel, st))
-                        continue
+                    let id: UInt64
+                    if let existing = brick.readID(rel: rel) {
+                        id = existing
+                    } else {
+                        id = StableID.make(nodeOrdinal: nodeOrdinal, counter: next)
+                        next += 1
+                        do { try brick.writeID(rel: rel, id: id) } catch {
+                            throw AdminError(problem: "cannot set the TwinFS id xattr on \(brick.absolute(rel)): \(error)",
+                                             fix: "the brick's filesystem must support trusted.* xattrs (ext4, xfs) and TwinFS must run as root")
+                        }
+                        result.idsAssigned += 1
                     }
-                    if id >> 56 == UInt64(nodeOrdinal) { maxCounter = max(maxCounter, id & 0x00FF_FFFF_FFFF_FFFF) }
                     try add(rel, st, id: id, parent: dirID, name: name)
                     if EntryKind(mode: st.st_mode) == .directory { stack.append((id, rel)) }
                     try flushOps()
                 }
-            }
-            // Entries without an id (copied in behind TwinFS's back) get fresh ids above every
-            // id in use; a directory among them is walked in turn.
-            var next = maxCounter + 1
-            while let e = needID.popLast() {
-                let id = StableID.make(nodeOrdinal: nodeOrdinal, counter: next)
-                next += 1
-                do { try brick.writeID(rel: e.rel, id: id) } catch {
-                    throw AdminError(problem: "cannot set the TwinFS id xattr on \(brick.absolute(e.rel)): \(error)",
-                                     fix: "the brick's filesystem must support trusted.* xattrs (ext4, xfs) and TwinFS must run as root")
-                }
-                result.idsAssigned += 1
-                try add(e.rel, e.st, id: id, parent: e.parent, name: e.name)
-                if EntryKind(mode: e.st.st_mode) == .directory {
-                    for name in Verifier.list(brick.absolute(e.rel)).sorted() {
-                        let rel = Brick.join(e.rel, name)
-                        guard let st = try? brick.lstat(rel) else { continue }
-                        if let cid = brick.readID(rel: rel) {
-                            try add(rel, st, id: cid, parent: id, name: name)
-                            if EntryKind(mode: st.st_mode) == .directory { needID.append(contentsOf: Self.descend(brick, rel, cid)) }
-                        } else {
-                            needID.append((id, name, rel, st))
-                        }
-                    }
-                }
-                try flushOps()
             }
             ops.append(.setMeta(key: "next_id", value: "\(next + 1)"))
             ops.append(.setMeta(key: "rebuilt", value: ISO8601DateFormatter().string(from: Date())))
@@ -280,15 +282,5 @@ public struct JournalRebuilder {
         rename(tmp, journalPath)
         unlink(tmp + ".lock")
         return result
-    }
-
-    /// Entries under a directory whose children already carry ids, for the second pass.
-    static func descend(_ brick: Brick, _ rel: String, _ id: UInt64) -> [(parent: UInt64, name: String, rel: String, st: stat)] {
-        // Rare path (a directory without id containing entries with ids): handled one level at a time.
-        Verifier.list(brick.absolute(rel)).compactMap { name in
-            let r = Brick.join(rel, name)
-            guard let st = try? brick.lstat(r) else { return nil }
-            return (id, name, r, st)
-        }
     }
 }

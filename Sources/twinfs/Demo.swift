@@ -55,8 +55,8 @@ struct Demo: ParsableCommand {
         Try:
           cp -r /usr/share/doc/fuse3 \(base)/a/mnt/
           ls -l \(base)/a/mnt/fuse3; ls -l \(base)/a/brick/fuse3     # the brick is a plain directory
-          twinfs status --config \(base)/a.toml
-          twinfs verify --config \(base)/a.toml
+          \(exe) status --config \(base)/a.toml
+          \(exe) verify --config \(base)/a.toml
         Logs: \(base)/a/state/node.log.  Press Ctrl-C to stop and unmount.
         """)
         var set = sigset_t()

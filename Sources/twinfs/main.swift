@@ -54,7 +54,10 @@ struct NodeCommand: ParsableCommand {
         _ = twin_close_from(3)
         Node.blockStopSignals()
         var cfg = loadConfig(options.config)
-        if let mp = mountpoint { cfg.mountpoint = URL(fileURLWithPath: mp).standardizedFileURL.path }
+        if let mp = mountpoint {
+            cfg.mountpoint = URL(fileURLWithPath: mp).standardizedFileURL.path
+            do { try cfg.checkLayout() } catch { exitWith(error) }
+        }
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -144,7 +147,7 @@ struct Verify: ParsableCommand {
         }
         if json {
             let enc = JSONEncoder()
-            enc.outputFormatting = [.sortedKeys, .prettyPrinted]
+            enc.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
             out(String(decoding: (try? enc.encode(report)) ?? Data(), as: UTF8.self))
         } else {
             out("verified \(report.filesChecked) files and \(report.directoriesChecked) directories, \(report.bytesHashed) bytes hashed; \(report.inProgress) being written; \(report.problems.count) problems")

@@ -51,14 +51,9 @@ final class CrashAndScaleTests: XCTestCase {
         let logPath = n.dir + "/acked.log"
         for round in 0..<3 {
             try n.start()
-            let procs = (0..<2).map { w -> Process in
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-                p.arguments = ["-c", writer, n.mnt, "\(round * 10 + w)", logPath]
-                p.standardOutput = FileHandle.nullDevice
-                p.standardError = FileHandle.nullDevice
-                try? p.run()
-                return p
+            let procs = try (0..<2).map { w in
+                try Child(["/usr/bin/python3", "-c", writer, n.mnt, "\(round * 10 + w)", logPath],
+                          stdout: "/dev/null", stderr: "/dev/null")
             }
             let delay = UInt32.random(in: 400_000...2_000_000)
             usleep(delay)
@@ -67,7 +62,8 @@ final class CrashAndScaleTests: XCTestCase {
             for p in procs {
                 let deadline = Date().addingTimeInterval(20)
                 while p.isRunning && Date() < deadline { usleep(20_000) }
-                if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                if p.isRunning { kill(p.pid, SIGKILL) }
+                p.wait()
             }
             // Restart: recovery runs before anything is served.
             try n.start()
@@ -78,7 +74,7 @@ final class CrashAndScaleTests: XCTestCase {
             let v = n.twinfs(["verify", "--config", n.configPath, "--json"], timeout: 600)
             XCTAssertEqual(v.status, 0, "round \(round): journal and brick disagree after kill -9:\n\(v.stdout)\n\(n.log)")
             let report = try JSONSerialization.jsonObject(with: Data(v.stdout.utf8)) as? [String: Any]
-            XCTAssertEqual(report?["inProgress"] as? Int, 0, "nothing left unjudged")
+            XCTAssertEqual(report?["in_progress"] as? Int, 0, "nothing left unjudged")
         }
         // Every acknowledged file (close() returned success) is intact.
         try n.start()
@@ -149,7 +145,7 @@ final class CrashAndScaleTests: XCTestCase {
         """, n.mnt + "/tree"], timeout: 1200)
         print("walked and stat'ed 200,000 files in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
         XCTAssertEqual(walk.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "200000", walk.stderr + n.log)
-        let pid = try XCTUnwrap(n.process?.processIdentifier)
+        let pid = try XCTUnwrap(n.process?.pid)
         let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
         XCTAssertLessThan(fds, 200, "the node holds no descriptor per inode")
         XCTAssertTrue(n.process?.isRunning == true)

@@ -32,35 +32,78 @@ struct CommandResult {
     var stderr: String
 }
 
+/// A child process started with posix_spawn and reaped with waitpid. (Foundation's Process
+/// was seen to hang in waitUntilExit on this platform when children exit quickly.)
+final class Child: @unchecked Sendable {
+    let pid: pid_t
+    private var exitStatus: Int32?
+    private let lock = NSLock()
+
+    /// Starts `args[0]` (an absolute path) with stdin from /dev/null and stdout/stderr
+    /// appended to the given files.
+    init(_ args: [String], stdout: String, stderr: String, environment: [String: String]? = nil) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        let env = (environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } }
+            ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        var cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
+        defer { (cargs + cenv).forEach { free($0) } }
+        var p: pid_t = 0
+        let rc = posix_spawn(&p, args[0], &actions, nil, &cargs, &cenv)
+        guard rc == 0 else { throw FSError(rc) }
+        pid = p
+    }
+
+    /// Non-blocking: false once the child has exited (and was reaped).
+    var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if exitStatus != nil { return false }
+        var st: Int32 = 0
+        let r = waitpid(pid, &st, WNOHANG)
+        if r == pid { exitStatus = Self.decode(st); return false }
+        return r == 0
+    }
+
+    /// Blocks until the child exits; returns its exit status (128+signal when killed).
+    @discardableResult
+    func wait() -> Int32 {
+        lock.lock()
+        defer { lock.unlock() }
+        if let s = exitStatus { return s }
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        exitStatus = Self.decode(st)
+        return exitStatus!
+    }
+
+    var terminationStatus: Int32 { lock.lock(); defer { lock.unlock() }; return exitStatus ?? -1 }
+
+    static func decode(_ st: Int32) -> Int32 {
+        let sig = st & 0x7f
+        return sig == 0 ? (st >> 8) & 0xff : 128 + sig
+    }
+}
+
 /// Runs a command with a hard time limit (`timeout -k`, so a child stuck on a dead mount is
 /// killed too) and returns its status and output.
 @discardableResult
 func runCommand(_ args: [String], timeout: Int = 120, environment: [String: String]? = nil) -> CommandResult {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    p.arguments = ["-k", "5", "\(timeout)"] + args
-    if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-    let outURL = FileManager.default.temporaryDirectory.appendingPathComponent("twinfs-test-\(UUID().uuidString).out")
-    let errURL = outURL.appendingPathExtension("err")
-    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    defer {
-        try? FileManager.default.removeItem(at: outURL)
-        try? FileManager.default.removeItem(at: errURL)
+    let base = "/tmp/twinfs-test-\(UUID().uuidString)"
+    defer { unlink(base + ".out"); unlink(base + ".err") }
+    let argv = ["/usr/bin/timeout", "-k", "5", "\(timeout)"] + args
+    guard let c = try? Child(argv, stdout: base + ".out", stderr: base + ".err", environment: environment) else {
+        return CommandResult(status: -1, stdout: "", stderr: "cannot start \(args)")
     }
-    guard let outH = try? FileHandle(forWritingTo: outURL), let errH = try? FileHandle(forWritingTo: errURL) else {
-        return CommandResult(status: -1, stdout: "", stderr: "cannot create output files")
-    }
-    p.standardOutput = outH
-    p.standardError = errH
-    p.standardInput = FileHandle.nullDevice
-    do { try p.run() } catch { return CommandResult(status: -1, stdout: "", stderr: "\(error)") }
-    p.waitUntilExit()
-    try? outH.close()
-    try? errH.close()
-    let o = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
-    let e = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-    return CommandResult(status: p.terminationStatus, stdout: o, stderr: e)
+    let status = c.wait()
+    let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+    let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
+    return CommandResult(status: status, stdout: o, stderr: e)
 }
 
 @discardableResult
@@ -77,6 +120,16 @@ func mountPoints() -> [String: String] {
         if f.count > 4 { out[String(f[4])] = String(f[2]) }
     }
     return out
+}
+
+/// The kernel's mount id of the mount at `path` (new for every mount, unlike the device minor).
+func mountID(_ path: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        if f.count > 4, f[4] == path { return String(f[0]) }
+    }
+    return nil
 }
 
 /// True when a TwinFS FUSE filesystem is mounted at `path`.
@@ -112,7 +165,7 @@ final class TestNode: @unchecked Sendable {
     var journalPath: String { state + "/journal.db" }
     var configPath: String { dir + "/\(name).toml" }
     var logPath: String { state + "/node-\(name).log" }
-    private(set) var process: Process?
+    private(set) var process: Child?
     private var watchdog: Thread?
     private let watchdogDeadline = Locked<Date?>(nil)
 
@@ -133,21 +186,16 @@ final class TestNode: @unchecked Sendable {
 
     /// Starts the node and waits (bounded) until its mount is up.
     func start(file: StaticString = #filePath, line: UInt = #line) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.binary)
-        p.arguments = ["node", "--config", configPath]
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        h.seekToEndOfFile()
-        p.standardOutput = h
-        p.standardError = h
-        p.standardInput = FileHandle.nullDevice
-        try p.run()
+        // A dead mount may sit there already (after kill -9): wait for a new one.
+        let before = mountID(mnt)
+        let p = try Child([TestEnv.binary, "node", "--config", configPath], stdout: logPath, stderr: logPath)
         process = p
         let deadline = Date().addingTimeInterval(60)
-        while !isMounted {
+        // (Mount ids are reused at once, so when one was there, wait for the node to answer.)
+        while before == nil ? !isMounted
+                : runCommand([TestEnv.binary, "status", "--config", configPath], timeout: 10).status != 0 {
             if !p.isRunning {
-                XCTFail("node exited with \(p.terminationStatus) before mounting; log:\n\(log)", file: file, line: line)
+                XCTFail("node exited with \(p.wait()) before mounting; log:\n\(log)", file: file, line: line)
                 throw CocoaError(.fileNoSuchFile)
             }
             if Date() > deadline {
@@ -164,32 +212,42 @@ final class TestNode: @unchecked Sendable {
     @discardableResult
     func stop(timeout: TimeInterval = 30) -> Int32? {
         guard let p = process else { return nil }
-        if p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        if p.isRunning { kill(p.pid, SIGTERM) }
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { usleep(20_000) }
         if p.isRunning {
             abortFuseConnection(mnt)
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            kill(p.pid, SIGKILL)
         }
+        let status = p.wait()
         process = nil
         if isMounted { runCommand(["umount", "-l", mnt], timeout: 10) }
-        return p.terminationStatus
+        return status
     }
 
-    /// A crash: SIGKILL, then detach the dead mount as an admin would.
-    func kill9() {
+    /// A crash: SIGKILL, then (unless told not to) detach the dead mount as an admin would.
+    func kill9(detach: Bool = true) {
         guard let p = process else { return }
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
+        kill(p.pid, SIGKILL)
+        p.wait()
         process = nil
-        if isMounted {
+        if detach && isMounted {
             abortFuseConnection(mnt)
             runCommand(["umount", "-l", mnt], timeout: 10)
         }
     }
 
-    /// True when a TwinFS FUSE filesystem is mounted at `path`.
+    /// The kernel's mount id of the mount at `path` (new for every mount, unlike the device minor).
+func mountID(_ path: String) -> String? {
+    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        if f.count > 4, f[4] == path { return String(f[0]) }
+    }
+    return nil
+}
+
+/// True when a TwinFS FUSE filesystem is mounted at `path`.
 func isTwinFSMount(_ path: String) -> Bool {
     let text = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
     return text.split(separator: "\n").contains { line in

@@ -171,12 +171,7 @@ final class NodeAdminTests: XCTestCase {
             if mountPoints()[dir + "/a/mnt"] != nil { runCommand(["umount", "-l", dir + "/a/mnt"]) }
             try? FileManager.default.removeItem(atPath: dir)
         }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: TestEnv.binary)
-        p.arguments = ["demo", "--dir", dir]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
+        let p = try Child([TestEnv.binary, "demo", "--dir", dir], stdout: "/dev/null", stderr: "/dev/null")
         let deadline = Date().addingTimeInterval(60)
         while mountPoints()[dir + "/a/mnt"] == nil && Date() < deadline && p.isRunning { usleep(50_000) }
         XCTAssertNotNil(mountPoints()[dir + "/a/mnt"], "demo mounted node a")
@@ -184,11 +179,11 @@ final class NodeAdminTests: XCTestCase {
         XCTAssertEqual(try readFile(dir + "/a/brick/hello.txt"), Array("hi".utf8))
         let st = runCommand([TestEnv.binary, "status", "--config", dir + "/a.toml"])
         XCTAssertEqual(st.status, 0, st.stderr)
-        kill(p.processIdentifier, SIGINT)
+        kill(p.pid, SIGINT)
         let stopBy = Date().addingTimeInterval(60)
         while p.isRunning && Date() < stopBy { usleep(50_000) }
         XCTAssertFalse(p.isRunning)
-        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(p.wait(), 0)
         XCTAssertNil(mountPoints()[dir + "/a/mnt"], "Ctrl-C unmounted the demo")
     }
 
@@ -226,5 +221,35 @@ final class NodeAdminTests: XCTestCase {
                              environment: ["TWINFS": TestEnv.binary, "TWINFS_LOG_DIR": n.state])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("cannot read config file"), bad.stderr)
+    }
+
+    /// After kill -9 the dead mount stays behind; a restart (systemd Restart=on-failure)
+    /// detaches it and serves again, instead of refusing the busy mount point forever.
+    func testRestartAfterCrashDetachesItsOwnDeadMount() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        try writeFile(n.mnt + "/before.dcm", Array("b".utf8), fsync: true)
+        n.kill9(detach: false)
+        XCTAssertTrue(isTwinFSMount(n.mnt), "the dead mount is still there")
+        try n.start()
+        XCTAssertEqual(try readFile(n.mnt + "/before.dcm"), Array("b".utf8))
+        XCTAssertTrue(n.log.contains("detaching the dead mount"), n.log)
+        XCTAssertEqual(try n.statusJSON()["last_shutdown"] as? String, "crash")
+    }
+
+    /// Totals after a rebuild count a hard-linked file once.
+    func testStatusTotalsAfterRebuildWithHardLinks() throws {
+        let n = try TestNode()
+        addTeardownBlock { n.destroy() }
+        try n.start()
+        try writeFile(n.mnt + "/a", [UInt8](repeating: 1, count: 1000))
+        XCTAssertEqual(link(n.mnt + "/a", n.mnt + "/b"), 0)
+        n.stop()
+        XCTAssertEqual(n.twinfs(["journal", "rebuild", "--config", n.configPath]).status, 0)
+        try n.start()
+        let s = try n.statusJSON()
+        XCTAssertEqual(s["files"] as? Int, 1)
+        XCTAssertEqual(s["bytes"] as? Int, 1000)
     }
 }
