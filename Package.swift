@@ -49,6 +49,11 @@ let package = Package(
         .target(name: "PeerProtocol", dependencies: ["TwinCore",
                                                      .product(name: "NIOCore", package: "swift-nio"),
                                                      .product(name: "Crypto", package: "swift-crypto")]),
+        // The authenticated, pipelined TCP link between the two nodes (SwiftNIO).
+        .target(name: "PeerLink", dependencies: ["PeerProtocol", "TwinCore",
+                                                 .product(name: "NIOCore", package: "swift-nio"),
+                                                 .product(name: "NIOPosix", package: "swift-nio"),
+                                                 .product(name: "Logging", package: "swift-log")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
                                                  "FuseAdapter", "ControlSocket", "Fixity",
@@ -61,6 +66,9 @@ let package = Package(
         .testTarget(name: "UnitTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "BrickStore", "Journal", "Volume"]),
         .testTarget(name: "PeerProtocolTests", dependencies: ["PeerProtocol", "TwinCore",
                                                               .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PeerProtocol", "TwinCore",
+                                                          .product(name: "NIOCore", package: "swift-nio"),
+                                                          .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
         .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims"]),
     ],

@@ -93,29 +93,70 @@ public final class Brick: Sendable {
                        created: ISO8601DateFormatter().string(from: Date()))
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard let data = try? enc.encode(m) else { return }
+        guard let data = try? enc.encode(m) else {
+            throw AdminError(problem: "cannot encode the brick marker", fix: "report this as a bug")
+        }
         let tmp = priv + "/brick.json.tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw AdminError(problem: "cannot write the brick marker in \(priv): \(String(cString: strerror(errno)))",
                              fix: "check that the brick is writable and not full")
         }
-        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        fsync(fd)
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd)
         close(fd)
-        rename(tmp, absolute(Brick.markerFile))
-        let dfd = open(priv, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
+        guard written == data.count, synced == 0, rename(tmp, absolute(Brick.markerFile)) == 0 else {
+            throw AdminError(problem: "cannot write the brick marker in \(priv): \(String(cString: strerror(errno)))",
+                             fix: "check that the brick is writable and not full")
+        }
+        for dir in [priv, path] {
+            let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if dfd >= 0 { fsync(dfd); close(dfd) }
+        }
         // Give the root its stable id so `journal rebuild` finds it.
-        _ = try? writeID(rel: "", id: StableID.root)
+        do { try writeID(rel: "", id: StableID.root) } catch {
+            throw AdminError(problem: "cannot set TwinFS's id xattr (trusted.twinfs.id) on the brick \(path): \(error)",
+                             fix: "run TwinFS as root on a brick filesystem with xattr support (ext4, XFS)")
+        }
+    }
+
+    // MARK: - Resolving paths strictly inside the brick
+
+    /// Runs `body` with a directory descriptor and the final name of `rel`. The directory is
+    /// resolved with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): no symlink, "..", or
+    /// race with a rename can make a path leave the brick. The final name is never followed
+    /// (callers use *at calls with AT_SYMLINK_NOFOLLOW / O_NOFOLLOW semantics).
+    @inline(__always)
+    public func at<R>(_ rel: String, _ body: (Int32, String) throws(FSError) -> R) throws(FSError) -> R {
+        guard let slash = rel.utf8.lastIndex(of: UInt8(ascii: "/")) else {
+            return try body(rootFD, rel.isEmpty ? "." : rel)
+        }
+        let parent = String(rel[..<slash])
+        let name = String(rel[rel.index(after: slash)...])
+        let fd = twin_open_beneath(rootFD, parent, twin_O_PATH() | O_DIRECTORY, 0)
+        guard fd >= 0 else { throw FSError.last }
+        defer { close(fd) }
+        return try body(fd, name)
+    }
+
+    /// Runs `body` with a /proc/self/fd path of an O_PATH descriptor of `rel` itself (not
+    /// followed if it is a symlink): xattr calls and chmod act on exactly that inode.
+    public func withInode<R>(_ rel: String, _ body: (String, Int32) throws(FSError) -> R) throws(FSError) -> R {
+        let fd = try at(rel) { (dfd, name) throws(FSError) -> Int32 in
+            try sys { openat(dfd, name, twin_O_PATH() | O_NOFOLLOW | O_CLOEXEC) }
+        }
+        defer { close(fd) }
+        return try body("/proc/self/fd/\(fd)", fd)
     }
 
     // MARK: - Stable ids in xattrs
 
     public func readID(rel: String) -> UInt64? {
-        var v: UInt64 = 0
-        let n = twin_lgetxattr(absolute(rel), Brick.idXattr, &v, 8)
-        return n == 8 ? UInt64(littleEndian: v) : nil
+        try? withInode(rel) { (proc, _) throws(FSError) -> UInt64? in
+            var v: UInt64 = 0
+            let n = twin_getxattr(proc, Brick.idXattr, &v, 8)
+            return n == 8 ? UInt64(littleEndian: v) : nil
+        } ?? nil
     }
 
     public func readID(fd: Int32) -> UInt64? {
@@ -125,8 +166,10 @@ public final class Brick: Sendable {
     }
 
     public func writeID(rel: String, id: UInt64) throws(FSError) {
-        var v = id.littleEndian
-        _ = try sys { twin_lsetxattr(absolute(rel), Brick.idXattr, &v, 8, 0) }
+        try withInode(rel) { (proc, _) throws(FSError) in
+            var v = id.littleEndian
+            _ = try sys { twin_setxattr(proc, Brick.idXattr, &v, 8, 0) }
+        }
     }
 
     public func writeID(fd: Int32, id: UInt64) throws(FSError) {
@@ -134,16 +177,31 @@ public final class Brick: Sendable {
         _ = try sys { twin_fsetxattr(fd, Brick.idXattr, &v, 8, 0) }
     }
 
-    // MARK: - Plain syscalls relative to the brick root
+    /// Attributes and stable id of one entry with a single resolution (the lookup hot path).
+    public func statAndID(_ rel: String) throws(FSError) -> (stat, UInt64?) {
+        try withInode(rel) { (proc, fd) throws(FSError) -> (stat, UInt64?) in
+            var st = stat()
+            _ = try sys { fstat(fd, &st) }
+            var v: UInt64 = 0
+            let n = twin_getxattr(proc, Brick.idXattr, &v, 8)
+            return (st, n == 8 ? UInt64(littleEndian: v) : nil)
+        }
+    }
+
+    // MARK: - Plain syscalls inside the brick
 
     public func lstat(_ rel: String) throws(FSError) -> stat {
-        var st = stat()
-        _ = try sys { fstatat(rootFD, Brick.at(rel), &st, AT_SYMLINK_NOFOLLOW) }
-        return st
+        try at(rel) { (dfd, name) throws(FSError) -> stat in
+            var st = stat()
+            _ = try sys { fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) }
+            return st
+        }
     }
 
     public func openFile(_ rel: String, flags: Int32, mode: mode_t = 0) throws(FSError) -> Int32 {
-        try sys { openat(rootFD, Brick.at(rel), flags | O_CLOEXEC | O_NOFOLLOW, mode) }
+        try at(rel) { (dfd, name) throws(FSError) -> Int32 in
+            try sys { openat(dfd, name, flags | O_CLOEXEC | O_NOFOLLOW, mode) }
+        }
     }
 
     public func statfs() throws(FSError) -> statvfs {
@@ -155,9 +213,10 @@ public final class Brick: Sendable {
     }
 
     /// fsyncs a directory so that a namespace change in it is on disk.
-    public func syncDirectory(_ rel: String) {
-        let fd = openat(rootFD, Brick.at(rel), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { fsync(fd); close(fd) }
+    public func syncDirectory(_ rel: String) throws(FSError) {
+        let fd = try openFile(rel, flags: O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        _ = try sys { fsync(fd) }
     }
 }
 

@@ -45,3 +45,7 @@ int twin_lremovexattr(const char *path, const char *name) { return lremovexattr(
 int twin_close_from(unsigned int first) {
     return (int)syscall(SYS_close_range, first, ~0U, 0);
 }
+long twin_getxattr(const char *path, const char *name, void *value, size_t size) { return getxattr(path, name, value, size); }
+int twin_setxattr(const char *path, const char *name, const void *value, size_t size, int flags) { return setxattr(path, name, value, size, flags); }
+long twin_listxattr(const char *path, char *list, size_t size) { return listxattr(path, list, size); }
+int twin_removexattr(const char *path, const char *name) { return removexattr(path, name); }

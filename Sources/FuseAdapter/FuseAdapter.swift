@@ -12,6 +12,10 @@ import Volume
 public final class FuseAdapter: Sendable {
     let volume: any VolumeOperations
     let inodes = InodeTable()
+    /// Paths from the inode table are only valid until the next rename/unlink: operations
+    /// that resolve a path hold this shared, renames and removals hold it exclusive, so a
+    /// racing rename can never make an operation land on another file.
+    let namespace = NamespaceLock()
     let timeout: Double
     let log: Logger
 
@@ -87,16 +91,18 @@ public final class FuseAdapter: Sendable {
         }
         ops.lookup = { req, parent, name in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                let st = try a.volume.lookup(parent: try a.node(parent), name: n)
-                a.replyEntry(req, parent: parent, name: n, st)
-            } catch let e as FSError where e.errno == ENOENT {
-                // Cache the miss for as long as positive entries.
-                var e = fuse_entry_param()
-                e.entry_timeout = a.timeout
-                fuse_reply_entry(req, &e)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let st = try a.volume.lookup(parent: try a.node(parent), name: n)
+                    a.replyEntry(req, parent: parent, name: n, st)
+                } catch let e as FSError where e.errno == ENOENT {
+                    // Cache the miss for as long as positive entries.
+                    var e = fuse_entry_param()
+                    e.entry_timeout = a.timeout
+                    fuse_reply_entry(req, &e)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.forget = { req, ino, n in
             FuseAdapter.adapter(req).inodes.forget(ino, count: n)
@@ -111,50 +117,56 @@ public final class FuseAdapter: Sendable {
         }
         ops.getattr = { req, ino, fi in
             let a = FuseAdapter.adapter(req)
-            do {
-                let st: stat
-                if let p = a.inodes.path(of: ino) {
-                    st = try a.volume.getattr(NodeRef(id: ino, path: p), handle: fi?.pointee.fh)
-                } else if let h = fi?.pointee.fh ?? a.volume.openHandle(for: ino) {
-                    // Unlinked while open: answer from the open descriptor.
-                    st = try a.volume.getattr(NodeRef(id: ino, path: ""), handle: h)
-                } else {
-                    throw FSError(ESTALE)
-                }
-                var s = st
-                fuse_reply_attr(req, &s, a.timeout)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let st: stat
+                    if let p = a.inodes.path(of: ino) {
+                        st = try a.volume.getattr(NodeRef(id: ino, path: p), handle: fi?.pointee.fh)
+                    } else if let h = fi?.pointee.fh ?? a.volume.openHandle(for: ino) {
+                        // Unlinked while open: answer from the open descriptor.
+                        st = try a.volume.getattr(NodeRef(id: ino, path: ""), handle: h)
+                    } else {
+                        throw FSError(ESTALE)
+                    }
+                    var s = st
+                    fuse_reply_attr(req, &s, a.timeout)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.setattr = { req, ino, attr, toSet, fi in
             let a = FuseAdapter.adapter(req)
-            do {
-                guard let attr else { throw FSError.invalid }
-                let set = UInt32(bitPattern: toSet)
-                var ch = AttrChanges()
-                if set & UInt32(FUSE_SET_ATTR_MODE) != 0 { ch.mode = attr.pointee.st_mode }
-                if set & UInt32(FUSE_SET_ATTR_UID) != 0 { ch.uid = attr.pointee.st_uid }
-                if set & UInt32(FUSE_SET_ATTR_GID) != 0 { ch.gid = attr.pointee.st_gid }
-                if set & UInt32(FUSE_SET_ATTR_SIZE) != 0 { ch.size = Int64(attr.pointee.st_size) }
-                if set & UInt32(FUSE_SET_ATTR_ATIME_NOW) != 0 { ch.atime = .now }
-                else if set & UInt32(FUSE_SET_ATTR_ATIME) != 0 { ch.atime = .at(attr.pointee.st_atim) }
-                if set & UInt32(FUSE_SET_ATTR_MTIME_NOW) != 0 { ch.mtime = .now }
-                else if set & UInt32(FUSE_SET_ATTR_MTIME) != 0 { ch.mtime = .at(attr.pointee.st_mtim) }
-                let path = a.inodes.path(of: ino)
-                let handle = fi?.pointee.fh ?? (path == nil ? a.volume.openHandle(for: ino) : nil)
-                // A file with no name left is changed only through its open descriptor: an
-                // empty path would be the brick root.
-                guard path != nil || handle != nil else { throw FSError(ESTALE) }
-                let node = NodeRef(id: ino, path: path ?? "")
-                var st = try a.volume.setattr(node, handle: handle, changes: ch)
-                fuse_reply_attr(req, &st, a.timeout)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    guard let attr else { throw FSError.invalid }
+                    let set = UInt32(bitPattern: toSet)
+                    var ch = AttrChanges()
+                    if set & UInt32(FUSE_SET_ATTR_MODE) != 0 { ch.mode = attr.pointee.st_mode }
+                    if set & UInt32(FUSE_SET_ATTR_UID) != 0 { ch.uid = attr.pointee.st_uid }
+                    if set & UInt32(FUSE_SET_ATTR_GID) != 0 { ch.gid = attr.pointee.st_gid }
+                    if set & UInt32(FUSE_SET_ATTR_SIZE) != 0 { ch.size = Int64(attr.pointee.st_size) }
+                    if set & UInt32(FUSE_SET_ATTR_ATIME_NOW) != 0 { ch.atime = .now }
+                    else if set & UInt32(FUSE_SET_ATTR_ATIME) != 0 { ch.atime = .at(attr.pointee.st_atim) }
+                    if set & UInt32(FUSE_SET_ATTR_MTIME_NOW) != 0 { ch.mtime = .now }
+                    else if set & UInt32(FUSE_SET_ATTR_MTIME) != 0 { ch.mtime = .at(attr.pointee.st_mtim) }
+                    let path = a.inodes.path(of: ino)
+                    let handle = fi?.pointee.fh ?? (path == nil ? a.volume.openHandle(for: ino) : nil)
+                    // A file with no name left is changed only through its open descriptor: an
+                    // empty path would be the brick root.
+                    guard path != nil || handle != nil else { throw FSError(ESTALE) }
+                    let node = NodeRef(id: ino, path: path ?? "")
+                    var st = try a.volume.setattr(node, handle: handle, changes: ch)
+                    fuse_reply_attr(req, &st, a.timeout)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.readlink = { req, ino in
             let a = FuseAdapter.adapter(req)
-            do {
-                let t = try a.volume.readlink(try a.node(ino))
-                fuse_reply_readlink(req, t)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let t = try a.volume.readlink(try a.node(ino))
+                    fuse_reply_readlink(req, t)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.mknod = { req, parent, name, mode, rdev in
             // PACS and Samba need regular files only; device nodes and FIFOs are refused.
@@ -162,83 +174,99 @@ public final class FuseAdapter: Sendable {
         }
         ops.mkdir = { req, parent, name, mode in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                let st = try a.volume.mkdir(parent: try a.node(parent), name: n, mode: mode, ctx: FuseAdapter.context(req))
-                a.replyEntry(req, parent: parent, name: n, st)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let st = try a.volume.mkdir(parent: try a.node(parent), name: n, mode: mode, ctx: FuseAdapter.context(req))
+                    a.replyEntry(req, parent: parent, name: n, st)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.symlink = { req, link, parent, name in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                let target = try FuseAdapter.name(link)
-                let st = try a.volume.symlink(parent: try a.node(parent), name: n, target: target, ctx: FuseAdapter.context(req))
-                a.replyEntry(req, parent: parent, name: n, st)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let target = try FuseAdapter.name(link)
+                    let st = try a.volume.symlink(parent: try a.node(parent), name: n, target: target, ctx: FuseAdapter.context(req))
+                    a.replyEntry(req, parent: parent, name: n, st)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.link = { req, ino, newParent, newName in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(newName)
-                let st = try a.volume.link(try a.node(ino), newParent: try a.node(newParent), newName: n)
-                a.replyEntry(req, parent: newParent, name: n, st)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(newName)
+                    let st = try a.volume.link(try a.node(ino), newParent: try a.node(newParent), newName: n)
+                    a.replyEntry(req, parent: newParent, name: n, st)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.unlink = { req, parent, name in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                try a.volume.unlink(parent: try a.node(parent), name: n)
-                a.inodes.removeName(parent: parent, name: n)
-                fuse_reply_err(req, 0)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.exclusive {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    try a.volume.unlink(parent: try a.node(parent), name: n)
+                    a.inodes.removeName(parent: parent, name: n)
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.rmdir = { req, parent, name in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                try a.volume.rmdir(parent: try a.node(parent), name: n)
-                a.inodes.removeName(parent: parent, name: n)
-                fuse_reply_err(req, 0)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.exclusive {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    try a.volume.rmdir(parent: try a.node(parent), name: n)
+                    a.inodes.removeName(parent: parent, name: n)
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.rename = { req, parent, name, newParent, newName, flags in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                let nn = try FuseAdapter.name(newName)
-                try a.volume.rename(parent: try a.node(parent), name: n, newParent: try a.node(newParent), newName: nn, flags: flags)
-                a.inodes.rename(parent: parent, name: n, newParent: newParent, newName: nn,
-                                exchange: flags & twin_RENAME_EXCHANGE() != 0)
-                fuse_reply_err(req, 0)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.exclusive {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let nn = try FuseAdapter.name(newName)
+                    try a.volume.rename(parent: try a.node(parent), name: n, newParent: try a.node(newParent), newName: nn, flags: flags)
+                    a.inodes.rename(parent: parent, name: n, newParent: newParent, newName: nn,
+                                    exchange: flags & twin_RENAME_EXCHANGE() != 0)
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.create = { req, parent, name, mode, fi in
             let a = FuseAdapter.adapter(req)
-            do {
-                guard let fi else { throw FSError.invalid }
-                let n = try FuseAdapter.name(name)
-                let (st, h) = try a.volume.create(parent: try a.node(parent), name: n, mode: mode,
-                                                  flags: fi.pointee.flags, ctx: FuseAdapter.context(req))
-                fi.pointee.fh = h
-                var e = a.entry(st)
-                a.inodes.remember(UInt64(st.st_ino), parent: parent, name: n)
-                if fuse_reply_create(req, &e, fi) != 0 {
-                    a.inodes.forget(UInt64(st.st_ino), count: 1)
-                    try? a.volume.release(handle: h)
-                }
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    guard let fi else { throw FSError.invalid }
+                    let n = try FuseAdapter.name(name)
+                    let (st, h) = try a.volume.create(parent: try a.node(parent), name: n, mode: mode,
+                                                      flags: fi.pointee.flags, ctx: FuseAdapter.context(req))
+                    fi.pointee.fh = h
+                    var e = a.entry(st)
+                    a.inodes.remember(UInt64(st.st_ino), parent: parent, name: n)
+                    if fuse_reply_create(req, &e, fi) != 0 {
+                        a.inodes.forget(UInt64(st.st_ino), count: 1)
+                        try? a.volume.release(handle: h)
+                    }
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.open = { req, ino, fi in
             let a = FuseAdapter.adapter(req)
-            do {
-                guard let fi else { throw FSError.invalid }
-                fi.pointee.fh = try a.volume.open(try a.node(ino), flags: fi.pointee.flags)
-                // Only this node writes the brick, so cached pages stay valid across opens.
-                fi.pointee.keep_cache = 1
-                if fuse_reply_open(req, fi) != 0 { try? a.volume.release(handle: fi.pointee.fh) }
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    guard let fi else { throw FSError.invalid }
+                    fi.pointee.fh = try a.volume.open(try a.node(ino), flags: fi.pointee.flags)
+                    // Only this node writes the brick, so cached pages stay valid across opens.
+                    fi.pointee.keep_cache = 1
+                    if fuse_reply_open(req, fi) != 0 { try? a.volume.release(handle: fi.pointee.fh) }
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.read = { req, ino, size, off, fi in
             let a = FuseAdapter.adapter(req)
@@ -297,25 +325,35 @@ public final class FuseAdapter: Sendable {
         }
         ops.opendir = { req, ino, fi in
             let a = FuseAdapter.adapter(req)
-            do {
-                guard let fi else { throw FSError.invalid }
-                fi.pointee.fh = try a.volume.opendir(try a.node(ino))
-                fi.pointee.cache_readdir = 0
-                if fuse_reply_open(req, fi) != 0 { a.volume.releasedir(handle: fi.pointee.fh) }
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    guard let fi else { throw FSError.invalid }
+                    fi.pointee.fh = try a.volume.opendir(try a.node(ino))
+                    fi.pointee.cache_readdir = 0
+                    if fuse_reply_open(req, fi) != 0 { a.volume.releasedir(handle: fi.pointee.fh) }
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.readdir = { req, ino, size, off, fi in
-            FuseAdapter.adapter(req).readdir(req, ino, size, off, fi, plus: false)
+            let a = FuseAdapter.adapter(req)
+            a.namespace.shared { a.readdir(req, ino, size, off, fi, plus: false) }
         }
         ops.readdirplus = { req, ino, size, off, fi in
-            FuseAdapter.adapter(req).readdir(req, ino, size, off, fi, plus: true)
+            let a = FuseAdapter.adapter(req)
+            a.namespace.shared { a.readdir(req, ino, size, off, fi, plus: true) }
         }
         ops.releasedir = { req, ino, fi in
             if let fi { FuseAdapter.adapter(req).volume.releasedir(handle: fi.pointee.fh) }
             fuse_reply_err(req, 0)
         }
         ops.fsyncdir = { req, ino, datasync, fi in
-            fuse_reply_err(req, 0)
+            let a = FuseAdapter.adapter(req)
+            a.namespace.shared {
+                do {
+                    try a.volume.fsyncdir(try a.node(ino))
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.statfs = { req, ino in
             let a = FuseAdapter.adapter(req)
@@ -326,49 +364,57 @@ public final class FuseAdapter: Sendable {
         }
         ops.setxattr = { req, ino, name, value, size, flags in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                try a.volume.setxattr(try a.node(ino), name: n, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-                fuse_reply_err(req, 0)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    try a.volume.setxattr(try a.node(ino), name: n, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.getxattr = { req, ino, name, size in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                let node = try a.node(ino)
-                if size == 0 {
-                    fuse_reply_xattr(req, try a.volume.getxattr(node, name: n, into: nil))
-                } else {
-                    let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
-                    defer { buf.deallocate() }
-                    let got = try a.volume.getxattr(node, name: n, into: buf)
-                    fuse_reply_buf(req, buf.baseAddress?.assumingMemoryBound(to: CChar.self), got)
-                }
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let node = try a.node(ino)
+                    if size == 0 {
+                        fuse_reply_xattr(req, try a.volume.getxattr(node, name: n, into: nil))
+                    } else {
+                        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
+                        defer { buf.deallocate() }
+                        let got = try a.volume.getxattr(node, name: n, into: buf)
+                        fuse_reply_buf(req, buf.baseAddress?.assumingMemoryBound(to: CChar.self), got)
+                    }
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.listxattr = { req, ino, size in
             let a = FuseAdapter.adapter(req)
-            do {
-                let names = try a.volume.listxattr(try a.node(ino))
-                var bytes: [CChar] = []
-                for n in names { bytes.append(contentsOf: n.utf8CString) }
-                if size == 0 {
-                    fuse_reply_xattr(req, bytes.count)
-                } else if size < bytes.count {
-                    throw FSError(ERANGE)
-                } else {
-                    fuse_reply_buf(req, bytes, bytes.count)
-                }
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let names = try a.volume.listxattr(try a.node(ino))
+                    var bytes: [CChar] = []
+                    for n in names { bytes.append(contentsOf: n.utf8CString) }
+                    if size == 0 {
+                        fuse_reply_xattr(req, bytes.count)
+                    } else if size < bytes.count {
+                        throw FSError(ERANGE)
+                    } else {
+                        fuse_reply_buf(req, bytes, bytes.count)
+                    }
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.removexattr = { req, ino, name in
             let a = FuseAdapter.adapter(req)
-            do {
-                let n = try FuseAdapter.name(name)
-                try a.volume.removexattr(try a.node(ino), name: n)
-                fuse_reply_err(req, 0)
-            } catch { FuseAdapter.fail(req, error) }
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    try a.volume.removexattr(try a.node(ino), name: n)
+                    fuse_reply_err(req, 0)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         // getlk/setlk/flock are left unset on purpose: the kernel then keeps POSIX record locks
         // and flock locks itself, which is exact for one node (the address owner serves Samba).
@@ -381,6 +427,7 @@ public final class FuseAdapter: Sendable {
         let buf = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
         defer { buf.deallocate() }
         var used = 0
+        var taken: [(UInt64, String)] = []
         do {
             try volume.readdir(handle: fi.pointee.fh, offset: Int64(off), plus: plus) { ent in
                 let rest = size - used
@@ -395,9 +442,7 @@ public final class FuseAdapter: Sendable {
                         e.attr.st_mode = mode_t(ent.type) << 12
                     }
                     need = fuse_add_direntry_plus(req, buf + used, rest, ent.name, &e, off_t(ent.nextOffset))
-                    if need <= rest, ent.attributes != nil {
-                        inodes.remember(ent.id, parent: ino, name: ent.name)
-                    }
+                    if need <= rest, ent.attributes != nil { taken.append((ent.id, ent.name)) }
                 } else {
                     var st = stat()
                     st.st_ino = UInt(ent.id)
@@ -408,7 +453,11 @@ public final class FuseAdapter: Sendable {
                 used += need
                 return true
             }
-            fuse_reply_buf(req, buf, used)
+            // The kernel takes a reference per entry only if the reply reaches it.
+            for (id, name) in taken { inodes.remember(id, parent: ino, name: name) }
+            if fuse_reply_buf(req, buf, used) != 0 {
+                for (id, _) in taken { inodes.forget(id, count: 1) }
+            }
         } catch {
             FuseAdapter.fail(req, error)
         }

@@ -1,3 +1,4 @@
+import Glibc
 import TwinCore
 import Volume
 
@@ -5,9 +6,16 @@ import Volume
 /// lookup count. Paths are resolved by walking names up to the root, so no descriptor is kept
 /// per inode: an archive of tens of millions of files never runs into the process's fd limit.
 final class InodeTable: Sendable {
+    /// A name as the bytes on disk: Swift's String equality treats canonically equivalent
+    /// Unicode (NFC "é" vs NFD "e\u{301}") as equal, but ext4 holds them as two files.
     struct Name: Hashable {
         var parent: UInt64
-        var name: String
+        var bytes: [UInt8]
+        init(parent: UInt64, name: String) {
+            self.parent = parent
+            bytes = Array(name.utf8)
+        }
+        var name: String { String(decoding: bytes, as: UTF8.self) }
     }
 
     struct Entry {
@@ -78,25 +86,58 @@ final class InodeTable: Sendable {
     }
 
     /// The brick-relative path of `id`, or nil when the kernel references an inode whose
-    /// every name is gone (unlinked while open).
+    /// every name is gone (unlinked while open). A hard-linked inode is reached through
+    /// whichever of its names still leads to the root.
     func path(of id: UInt64) -> String? {
         if id == StableID.root { return "" }
         return state.read { s -> String? in
-            var parts: [String] = []
-            var cur = id
-            while cur != StableID.root {
-                guard let e = s.entries[cur], let n = e.names.first, parts.count < 4096 else { return nil }
-                parts.append(n.name)
-                cur = n.parent
+            func walk(_ id: UInt64, depth: Int) -> [UInt8]? {
+                if id == StableID.root { return [] }
+                guard depth < 4096, let e = s.entries[id] else { return nil }
+                for n in e.names {
+                    if var prefix = walk(n.parent, depth: depth + 1) {
+                        if !prefix.isEmpty { prefix.append(UInt8(ascii: "/")) }
+                        prefix.append(contentsOf: n.bytes)
+                        return prefix
+                    }
+                }
+                return nil
             }
-            var out = ""
-            for p in parts.reversed() {
-                if !out.isEmpty { out += "/" }
-                out += p
-            }
-            return out
+            return walk(id, depth: 0).map { String(decoding: $0, as: UTF8.self) }
         }
     }
 
     var count: Int { state.read { $0.entries.count } }
+}
+
+/// A writer-preferring readers-writer lock (renames must not starve under a stream of reads).
+final class NamespaceLock: @unchecked Sendable {
+    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+
+    init() {
+        var attr = pthread_rwlockattr_t()
+        pthread_rwlockattr_init(&attr)
+        pthread_rwlockattr_setkind_np(&attr, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
+        pthread_rwlock_init(lock, &attr)
+        pthread_rwlockattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    @inline(__always)
+    func shared<R>(_ body: () -> R) -> R {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return body()
+    }
+
+    @inline(__always)
+    func exclusive<R>(_ body: () -> R) -> R {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return body()
+    }
 }

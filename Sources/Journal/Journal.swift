@@ -173,7 +173,12 @@ public final class Journal: @unchecked Sendable {
     private static func checkIdentity(_ c: SQLiteConnection, path: String, expected: VolumeIdentity) throws(JournalError) {
         let found = try identity(of: c)
         guard found == expected else { throw JournalError.foreign(path: path, found: found, expected: expected) }
-        try c.exec("PRAGMA quick_check(1)")
+        // quick_check reports damage as a result row, not as an error.
+        let q = try c.statement("PRAGMA quick_check(1)")
+        guard try q.step(), q.text(0) == "ok" else {
+            throw JournalError.corrupt(path: path, message: "quick_check: \(q.text(0))")
+        }
+        c.resetAll()
     }
 
     private static func maxIntent(_ c: SQLiteConnection) throws(JournalError) -> Int64 {
@@ -258,6 +263,13 @@ public final class Journal: @unchecked Sendable {
         cond.unlock()
     }
 
+    /// The error that stopped the writer, if any: the node then refuses every change.
+    public var failed: JournalError? {
+        cond.lock()
+        defer { cond.unlock() }
+        return failure
+    }
+
     /// Waits until everything submitted so far is durable.
     public func sync() throws(JournalError) { try submit([], durable: true) }
 
@@ -326,7 +338,7 @@ public final class Journal: @unchecked Sendable {
             let s = try writer.statement("""
                 INSERT INTO inodes(id, kind, size, mode, uid, gid, mtime_ns, ctime_ns, nlink, version, hash, dirty)
                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10, ?11)
-                ON CONFLICT(id) DO UPDATE SET kind = ?2, size = ?3, mode = ?4, uid = ?5, gid = ?6,
+                ON CONFLICT(id) DO UPDATE SET kind = ?2, mode = ?4, uid = ?5, gid = ?6,
                     mtime_ns = ?7, ctime_ns = ?8, nlink = ?9, version = version + 1
                 """)
             bindRecord(s, r)
@@ -361,7 +373,7 @@ public final class Journal: @unchecked Sendable {
             guard let id = try idOf(parent: fp, name: fn) else { return }
             if fp == tp && fn == tn { return }
             try removeName(parent: tp, name: tn, except: id)
-            let s = try writer.statement("UPDATE dentries SET parent = ?3, name = ?4 WHERE parent = ?1 AND name = ?2")
+            let s = try writer.statement("UPDATE OR REPLACE dentries SET parent = ?3, name = ?4 WHERE parent = ?1 AND name = ?2")
             s.bind(1, fp); s.bind(2, fn); s.bind(3, tp); s.bind(4, tn)
             try s.run()
         case let .exchange(pa, na, pb, nb):

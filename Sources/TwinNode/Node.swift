@@ -83,6 +83,8 @@ public final class Node: @unchecked Sendable {
 
     /// Runs the node until SIGTERM/SIGINT or an external unmount. Returns the exit status.
     public func run() throws(AdminError) -> Int32 {
+        // Modes arrive from the kernel with the caller's umask already applied.
+        umask(0)
         let plan = try Preflight.check(cfg)
         if plan.detachStaleMount {
             log.warning("detaching the dead mount at \(cfg.mountpoint) left by a crashed node")
@@ -182,7 +184,7 @@ public final class Node: @unchecked Sendable {
                 let fs = try? brick.statfs()
                 let st = NodeStatus(
                     volume: cfg.volume, node: cfg.node, brick: cfg.brick, mountpoint: cfg.mountpoint,
-                    state: "HEALTHY", pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
+                    state: journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED", pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
                     files: s.files, directories: s.directories, symlinks: s.symlinks, bytes: s.bytes,
                     dirtyFiles: s.dirty, journalPath: cfg.journal, journalBytes: journal.sizeOnDisk(),
                     openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,

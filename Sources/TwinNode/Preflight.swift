@@ -20,6 +20,10 @@ public struct StartPlan: Sendable, Equatable {
 /// leaves brick, journal and mount point exactly as they were.
 public enum Preflight {
     public static func check(_ cfg: NodeConfig) throws(AdminError) -> StartPlan {
+        guard getuid() == 0 else {
+            throw AdminError(problem: "twinfs node must run as root (it keeps owners and TwinFS ids in trusted.* xattrs)",
+                             fix: "start it as root, e.g. with systemctl start twinfs-node@NAME")
+        }
         let brickAction: StartPlan.BrickAction
         switch Brick.inspect(path: cfg.brick) {
         case .missing:
@@ -77,6 +81,17 @@ public enum Preflight {
             throw AdminError(problem: "a TwinFS node is already running with control socket \(cfg.controlSocket)",
                              fix: "stop it first, or give this node its own control_socket")
         }
+        let sockDir = (cfg.controlSocket as NSString).deletingLastPathComponent
+        var sockIsDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: sockDir, isDirectory: &sockIsDir) {
+            guard sockIsDir.boolValue, access(sockDir, W_OK) == 0 else {
+                throw AdminError(problem: "control socket directory \(sockDir) is not a writable directory",
+                                 fix: "create it as root (mkdir -p \(sockDir)) or change control_socket")
+            }
+        } else if access((sockDir as NSString).deletingLastPathComponent, W_OK) != 0 {
+            throw AdminError(problem: "control socket directory \(sockDir) does not exist and cannot be created",
+                             fix: "create it as root (mkdir -p \(sockDir)) or change control_socket")
+        }
         guard access("/dev/fuse", R_OK | W_OK) == 0 else {
             throw AdminError(problem: "/dev/fuse is not available",
                              fix: "install fuse3 and load the module (modprobe fuse); in a container, pass --device /dev/fuse")
@@ -87,6 +102,18 @@ public enum Preflight {
     /// Returns true when the mount point holds a dead mount of this same volume (its node
     /// crashed): safe to detach, since nothing can be served through it any more.
     static func checkMountpoint(_ mp: String, volume: String) throws(AdminError) -> Bool {
+        // mountinfo first: stat() on a live but hung FUSE mount would block this start.
+        if mountPoints().contains(mp) {
+            if let src = mountSource(mp), src == "twinfs:\(volume)" {
+                // Ours: dead (ENOTCONN) after a crash, or alive because a node still runs;
+                // the journal lock and control socket checks tell the two apart.
+                let fd = open(mp, O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC)
+                if fd < 0 && errno == ENOTCONN { return true }
+                if fd >= 0 { close(fd) }
+            }
+            throw AdminError(problem: "mount point \(mp) is busy: something is already mounted there",
+                             fix: "unmount it first (umount \(mp)) or choose another mount point")
+        }
         var st = stat()
         if stat(mp, &st) != 0 {
             if errno == ENOTCONN {

@@ -17,6 +17,8 @@ final class OpenFile: @unchecked Sendable {
         self.id = id
         self.content = content
     }
+    // Closed when the last reference goes, never under a concurrent user of the descriptor.
+    deinit { close(fd) }
 }
 
 /// An open directory stream. Guarded by its own lock (the kernel may reuse a handle).
@@ -93,7 +95,17 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     func rel(_ parent: NodeRef, _ name: String) -> String { Brick.join(parent.path, name) }
 
     func checkName(_ parent: NodeRef, _ name: String) throws(FSError) {
+        if name.isEmpty || name == "." || name == ".." || name.utf8.contains(UInt8(ascii: "/")) { throw FSError.invalid }
+        if name.utf8.count > 255 { throw FSError(ENAMETOOLONG) }
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError(EPERM) }
+    }
+
+    /// The group a new entry gets: the caller's, unless the directory is setgid (shared PACS
+    /// group directories), where the directory's group is kept as the kernel would.
+    func owningGroup(_ dirFD: Int32, _ ctx: RequestContext) throws(FSError) -> gid_t {
+        var st = stat()
+        _ = try sys { fstat(dirFD, &st) }
+        return st.st_mode & S_ISGID != 0 ? st.st_gid : ctx.gid
     }
 
     func submit(_ ops: [JournalOp], wait: Journal.Wait) throws(FSError) {
@@ -148,6 +160,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         defer { adoptLock.unlock() }
         if let id = brick.readID(rel: rel) { return id }
         let id = try ids.next()
+        // The intent makes recovery re-read this name if we crash between xattr and journal.
+        let seq = journal.nextIntentSeq()
+        try submit([.intent(seq: seq, parent: parent.id, name: name)], wait: .written)
         try brick.writeID(rel: rel, id: id)
         var hash: [UInt8]?
         if st.kind == .file, let fd = try? brick.openFile(rel, flags: O_RDONLY) {
@@ -157,8 +172,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             hash = (try? readlink(NodeRef(id: id, path: rel))).map { XXH128Hasher.hash(Array($0.utf8)).bytes }
         }
         log.notice("adopted \(rel) found in the brick without a TwinFS id (id \(id))")
-        try submit([.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id)],
-                   wait: .queued)
+        try submit([.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id),
+                    .clearIntent(seq: seq)], wait: .queued)
         return id
     }
 
@@ -167,8 +182,10 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         let r = rel(parent, name)
-        var st = try brick.lstat(r)
-        st.st_ino = UInt(try idOf(parent: parent, name: name, rel: r, st: st))
+        var (st, found) = try brick.statAndID(r)
+        let id: UInt64
+        if let f = found { id = f } else { id = try idOf(parent: parent, name: name, rel: r, st: st) }
+        st.st_ino = UInt(id)
         return st
     }
 
@@ -185,16 +202,23 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         let open = handle.flatMap { h in files.with { $0[h] } }
-        let at = Brick.at(node.path)
         if let mode = changes.mode {
             if let f = open { _ = try sys { fchmod(f.fd, mode & 0o7777) } }
-            else { _ = try sys { fchmodat(brick.rootFD, at, mode & 0o7777, 0) } }
+            else {
+                // chmod never follows a symlink (it could point outside the brick).
+                try brick.withInode(node.path) { (proc, fd) throws(FSError) in
+                    var st = stat()
+                    _ = try sys { fstat(fd, &st) }
+                    if st.kind == .symlink { throw FSError.notSupported }
+                    _ = try sys { chmod(proc, mode & 0o7777) }
+                }
+            }
         }
         if changes.uid != nil || changes.gid != nil {
             let u = changes.uid ?? uid_t.max
             let g = changes.gid ?? gid_t.max
             if let f = open { _ = try sys { fchown(f.fd, u, g) } }
-            else { _ = try sys { fchownat(brick.rootFD, at, u, g, AT_SYMLINK_NOFOLLOW) } }
+            else { try brick.at(node.path) { (d, n) throws(FSError) in _ = try sys { fchownat(d, n, u, g, AT_SYMLINK_NOFOLLOW) } } }
         }
         if let size = changes.size {
             try truncate(node, open: open, to: size)
@@ -209,7 +233,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             }
             var times = [spec(changes.atime), spec(changes.mtime)]
             if let f = open { _ = try sys { futimens(f.fd, &times) } }
-            else { _ = try sys { utimensat(brick.rootFD, at, &times, AT_SYMLINK_NOFOLLOW) } }
+            else { try brick.at(node.path) { (d, n) throws(FSError) in _ = try sys { utimensat(d, n, &times, AT_SYMLINK_NOFOLLOW) } } }
         }
         var st = try getattr(node, handle: handle)
         st.st_ino = UInt(node.id)
@@ -221,22 +245,27 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     /// Truncate is a content change: dirty first, then the brick, then the hash.
     func truncate(_ node: NodeRef, open: OpenFile?, to size: Int64) throws(FSError) {
-        if let s = open?.content ?? content.existing(node.id) {
+        if let f = open, let s = f.content {
             s.lock()
             defer { s.unlock() }
             try markDirty(s)
-            if let f = open { _ = try sys { ftruncate(f.fd, off_t(size)) } }
-            else { _ = try sys { Glibc.truncate(brick.absolute(node.path), off_t(size)) } }
+            _ = try sys { ftruncate(f.fd, off_t(size)) }
             if size == 0 { s.restartEmpty() } else if size != s.nextOffset { s.sequential = false }
             s.unsynced = true
             return
         }
-        // No writer open: a truncate(2) by path. Commit the new content at once.
-        try submit([.markDirty(id: node.id)], wait: .written)
+        // A truncate(2) by path: a short-lived writer of its own (shares the state of any
+        // writer that has the file open), committed at once.
+        let s = content.acquire(node.id) { $0.sequential = false }
+        defer { content.releaseWriter(s) }
+        s.lock()
+        defer { s.unlock() }
+        try markDirty(s)
         let fd = try brick.openFile(node.path, flags: O_RDWR)
         defer { close(fd) }
         _ = try sys { ftruncate(fd, off_t(size)) }
-        try commitContent(fd: fd, id: node.id, streamed: nil)
+        if size == 0 { s.restartEmpty() } else { s.sequential = false }
+        try commitContent(fd: fd, id: node.id, streamed: s)
     }
 
     func markDirty(_ s: ContentState) throws(FSError) {
@@ -248,7 +277,10 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// Makes the file's bytes durable and records size and hash durably. Caller holds `streamed`'s lock.
     func commitContent(fd: Int32, id: UInt64, streamed: ContentState?) throws(FSError) {
         if Glibc.fsync(fd) != 0 {
+            // Linux reports a writeback error once and drops the pages: the streamed hash no
+            // longer describes the disk. Stay dirty and re-read from disk at the next commit.
             log.error("fsync of file id \(id) failed: \(String(cString: strerror(errno)))")
+            streamed?.sequential = false
             throw FSError.io
         }
         var st = stat()
@@ -283,7 +315,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func readlink(_ node: NodeRef) throws(FSError) -> String {
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = try sys { readlinkat(brick.rootFD, Brick.at(node.path), &buf, buf.count - 1) }
+        let n = try brick.at(node.path) { (d, name) throws(FSError) -> Int in try sys { readlinkat(d, name, &buf, buf.count - 1) } }
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
@@ -294,13 +326,16 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let id = try ids.next()
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
-            _ = try sys { mkdirat(brick.rootFD, r, mode) }
-            do throws(FSError) {
-                _ = try sys { fchownat(brick.rootFD, r, ctx.uid, ctx.gid, AT_SYMLINK_NOFOLLOW) }
-                try brick.writeID(rel: r, id: id)
-            } catch {
-                unlinkat(brick.rootFD, r, AT_REMOVEDIR)
-                throw error
+            try brick.at(r) { (d, n) throws(FSError) in
+                _ = try sys { mkdirat(d, n, mode) }
+                do throws(FSError) {
+                    let gid = try owningGroup(d, ctx)
+                    _ = try sys { fchownat(d, n, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
+                    try brick.writeID(rel: r, id: id)
+                } catch {
+                    unlinkat(d, n, AT_REMOVEDIR)
+                    throw error
+                }
             }
             var st = try brick.lstat(r)
             st.st_ino = UInt(id)
@@ -313,13 +348,16 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let id = try ids.next()
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
-            _ = try sys { symlinkat(target, brick.rootFD, r) }
-            do throws(FSError) {
-                _ = try sys { fchownat(brick.rootFD, r, ctx.uid, ctx.gid, AT_SYMLINK_NOFOLLOW) }
-                try brick.writeID(rel: r, id: id)
-            } catch {
-                unlinkat(brick.rootFD, r, 0)
-                throw error
+            try brick.at(r) { (d, n) throws(FSError) in
+                _ = try sys { symlinkat(target, d, n) }
+                do throws(FSError) {
+                    let gid = try owningGroup(d, ctx)
+                    _ = try sys { fchownat(d, n, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
+                    try brick.writeID(rel: r, id: id)
+                } catch {
+                    unlinkat(d, n, 0)
+                    throw error
+                }
             }
             var st = try brick.lstat(r)
             st.st_ino = UInt(id)
@@ -332,7 +370,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         try checkName(newParent, newName)
         let r = rel(newParent, newName)
         return try withIntent([(newParent.id, newName)]) { () throws(FSError) -> (stat, [JournalOp]) in
-            _ = try sys { linkat(brick.rootFD, node.path, brick.rootFD, r, 0) }
+            try brick.at(node.path) { (d1, n1) throws(FSError) in
+                try brick.at(r) { (d2, n2) throws(FSError) in _ = try sys { linkat(d1, n1, d2, n2, 0) } }
+            }
             var st = try brick.lstat(r)
             st.st_ino = UInt(node.id)
             return (st, [.link(parent: newParent.id, name: newName, id: node.id), .putAttributes(Self.record(st, id: node.id))])
@@ -343,7 +383,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         let r = rel(parent, name)
         try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
-            _ = try sys { unlinkat(brick.rootFD, r, 0) }
+            try brick.at(r) { (d, n) throws(FSError) in _ = try sys { unlinkat(d, n, 0) } }
             return ((), [.unlink(parent: parent.id, name: name)])
         }
     }
@@ -352,7 +392,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         let r = rel(parent, name)
         try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
-            _ = try sys { unlinkat(brick.rootFD, r, AT_REMOVEDIR) }
+            try brick.at(r) { (d, n) throws(FSError) in _ = try sys { unlinkat(d, n, AT_REMOVEDIR) } }
             return ((), [.unlink(parent: parent.id, name: name)])
         }
     }
@@ -360,10 +400,14 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         try checkName(newParent, newName)
+        // Only the flags PACS and Samba use; RENAME_WHITEOUT would create a device node.
+        guard flags & ~(twin_RENAME_NOREPLACE() | twin_RENAME_EXCHANGE()) == 0 else { throw FSError.invalid }
         let from = rel(parent, name)
         let to = rel(newParent, newName)
         try withIntent([(parent.id, name), (newParent.id, newName)]) { () throws(FSError) -> ((), [JournalOp]) in
-            _ = try sys { twin_renameat2(brick.rootFD, from, brick.rootFD, to, flags) }
+            try brick.at(from) { (d1, n1) throws(FSError) in
+                try brick.at(to) { (d2, n2) throws(FSError) in _ = try sys { twin_renameat2(d1, n1, d2, n2, flags) } }
+            }
             if flags & twin_RENAME_EXCHANGE() != 0 {
                 return ((), [.exchange(parentA: parent.id, nameA: name, parentB: newParent.id, nameB: newName)])
             }
@@ -376,7 +420,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// Flags for the brick descriptor: the kernel already applied O_CREAT/O_EXCL semantics and
     /// append positions; write-only becomes read-write so the file can be re-hashed in place.
     static func brickFlags(_ flags: Int32) -> Int32 {
-        var f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC)
+        var f = flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_APPEND | O_TRUNC | twin_O_DIRECT())
         if f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
         return f
     }
@@ -397,11 +441,12 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 throw error
             }
             do throws(FSError) {
-                _ = try sys { fchown(fd, ctx.uid, ctx.gid) }
+                let gid = try brick.at(r) { (d, _) throws(FSError) -> gid_t in try owningGroup(d, ctx) }
+                _ = try sys { fchown(fd, ctx.uid, gid) }
                 try brick.writeID(fd: fd, id: id)
             } catch {
                 close(fd)
-                unlinkat(brick.rootFD, r, 0)
+                _ = try? brick.at(r) { (d, n) throws(FSError) in unlinkat(d, n, 0) }
                 try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
                 throw error
             }
@@ -432,7 +477,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 }
             }
         }
-        do {
+        do throws(FSError) {
             if let s = state, flags & O_TRUNC != 0 {
                 s.lock()
                 defer { s.unlock() }
@@ -442,7 +487,12 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 s.unsynced = true
                 return register(fd: fd, id: node.id, state: s)
             }
-            let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags))
+            let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags) | O_NONBLOCK)
+            var st = stat()
+            if fstat(fd, &st) != 0 || st.kind != .file {
+                close(fd)
+                throw FSError(EPERM)
+            }
             return register(fd: fd, id: node.id, state: state)
         } catch {
             if let s = state { content.releaseWriter(s) }
@@ -489,7 +539,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
         let f = try file(handle)
-        guard let s = f.content else {
+        guard let s = f.content ?? content.existing(f.id) else {
             if Glibc.fsync(f.fd) != 0 { throw FSError.io }
             return
         }
@@ -501,7 +551,6 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func release(handle: UInt64) throws(FSError) {
         guard let f = files.with({ $0.removeValue(forKey: handle) }) else { return }
-        defer { close(f.fd) }
         if let s = f.content {
             defer { content.releaseWriter(s) }
             s.lock()
@@ -526,7 +575,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Directories
 
     public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
-        let fd = try sys { openat(brick.rootFD, Brick.at(node.path), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) }
+        let fd = try brick.openFile(node.path, flags: O_RDONLY | O_DIRECTORY)
         guard let dir = fdopendir(fd) else {
             let e = FSError.last
             close(fd)
@@ -589,6 +638,12 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func statfs() throws(FSError) -> statvfs { try brick.statfs() }
 
+    /// fsync on a directory: its entries are on disk and the journal has every change so far.
+    public func fsyncdir(_ node: NodeRef) throws(FSError) {
+        try brick.syncDirectory(node.path)
+        try submit([], wait: .durable)
+    }
+
     public func openHandle(for id: UInt64) -> UInt64? {
         files.with { m in m.first(where: { $0.value.id == id })?.key }
     }
@@ -604,21 +659,27 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
         if name.hasPrefix(Brick.privateXattrPrefix) { throw FSError.noData }
-        return try sys { twin_lgetxattr(brick.absolute(node.path), name, buffer?.baseAddress, buffer?.count ?? 0) }
+        return try brick.withInode(node.path) { (proc, _) throws(FSError) -> Int in
+            try sys { twin_getxattr(proc, name, buffer?.baseAddress, buffer?.count ?? 0) }
+        }
     }
 
     public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
         try checkXattr(name)
-        _ = try sys { twin_lsetxattr(brick.absolute(node.path), name, value.baseAddress, value.count, flags) }
+        try brick.withInode(node.path) { (proc, _) throws(FSError) in
+            _ = try sys { twin_setxattr(proc, name, value.baseAddress, value.count, flags) }
+        }
         let st = try brick.lstat(node.path)
         try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
     }
 
     public func listxattr(_ node: NodeRef) throws(FSError) -> [String] {
-        let p = brick.absolute(node.path)
-        var size = try sys { twin_llistxattr(p, nil, 0) }
-        var buf = [CChar](repeating: 0, count: max(size, 1))
-        size = try sys { twin_llistxattr(p, &buf, buf.count) }
+        let (buf, size) = try brick.withInode(node.path) { (p, _) throws(FSError) -> ([CChar], Int) in
+            let want = try sys { twin_listxattr(p, nil, 0) }
+            var buf = [CChar](repeating: 0, count: max(want, 1))
+            let got = try sys { twin_listxattr(p, &buf, buf.count) }
+            return (buf, got)
+        }
         var names: [String] = []
         var start = 0
         for i in 0..<size where buf[i] == 0 {
@@ -631,7 +692,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func removexattr(_ node: NodeRef, name: String) throws(FSError) {
         try checkXattr(name)
-        _ = try sys { twin_lremovexattr(brick.absolute(node.path), name) }
+        try brick.withInode(node.path) { (proc, _) throws(FSError) in _ = try sys { twin_removexattr(proc, name) } }
         let st = try brick.lstat(node.path)
         try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
     }

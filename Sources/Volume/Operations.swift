@@ -78,6 +78,7 @@ public protocol VolumeOperations: AnyObject, Sendable {
     func readdir(handle: UInt64, offset: Int64, plus: Bool, emit: (DirEntry) -> Bool) throws(FSError)
     func releasedir(handle: UInt64)
     func statfs() throws(FSError) -> statvfs
+    func fsyncdir(_ node: NodeRef) throws(FSError)
     func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int
     func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError)
     func listxattr(_ node: NodeRef) throws(FSError) -> [String]

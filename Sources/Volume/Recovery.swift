@@ -53,6 +53,25 @@ extension LocalVolume {
             report.intentsReplayed += 1
         }
         for (seq, parent, name) in gone {
+            // Re-checked now that the links are in: a parent renamed by an earlier intent
+            // resolves to its new path.
+            if let pp = (try? journal.path(of: parent)) ?? nil {
+                do {
+                    let r = Brick.join(pp, name)
+                    let st = try brick.lstat(r)
+                    var id = brick.readID(rel: r) ?? 0
+                    if id == 0 {
+                        id = try ids.next()
+                        try brick.writeID(rel: r, id: id)
+                    }
+                    try submit([.putAttributes(Self.record(st, id: id)), .link(parent: parent, name: name, id: id),
+                                .clearIntent(seq: seq)], wait: .written)
+                    report.intentsReplayed += 1
+                    continue
+                } catch where error.errno != ENOENT {
+                    throw error
+                } catch {}
+            }
             try submit([.unlink(parent: parent, name: name), .clearIntent(seq: seq)], wait: .written)
             report.intentsReplayed += 1
         }
@@ -65,7 +84,8 @@ extension LocalVolume {
                 report.rowsDropped += 1
                 continue
             }
-            guard let st = try? brick.lstat(r) else {
+            let st: stat
+            do { st = try brick.lstat(r) } catch where error.errno != ENOENT { throw error } catch {
                 // The journal names a file the brick does not have: drop that name (and the
                 // row with its last name), as the brick is the truth.
                 let parts = r.split(separator: "/").map(String.init)
@@ -104,6 +124,9 @@ extension LocalVolume {
         case .file:
             let fd = try brick.openFile(rel, flags: O_RDONLY)
             defer { close(fd) }
+            // What a crashed process left may sit in the page cache only: make it durable
+            // before recording its hash as the truth.
+            _ = try sys { Glibc.fsync(fd) }
             return try XXH128Hasher.hash(fd: fd)
         case .symlink:
             let target = try readlink(NodeRef(id: 0, path: rel))

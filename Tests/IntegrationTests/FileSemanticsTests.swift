@@ -287,4 +287,37 @@ final class FileSemanticsTests: XCTestCase {
             XCTAssertEqual(XXH128Digest(bytes: try XCTUnwrap(rec.hash)).hex, String(parts[0]), "journal hash of \(parts[1])")
         }
     }
+
+    /// ext4 keeps NFC "é" and NFD "e\u{301}" as two files (Mac and Windows clients differ):
+    /// TwinFS must never mix them up.
+    func testUnicodeNormalisationVariantsStayDistinctFiles() throws {
+        let n = try startedNode()
+        let nfc = n.mnt + "/M\u{00FC}ller.dcm"
+        let nfd = n.mnt + "/Mu\u{0308}ller.dcm"
+        try writeFile(nfc, Array("NFC".utf8))
+        try writeFile(nfd, Array("NFD".utf8))
+        XCTAssertEqual(try readFile(nfc), Array("NFC".utf8))
+        XCTAssertEqual(try readFile(nfd), Array("NFD".utf8))
+        XCTAssertEqual(rename(nfd, n.mnt + "/moved.dcm"), 0)
+        XCTAssertEqual(try readFile(nfc), Array("NFC".utf8), "renaming the NFD file leaves the NFC file alone")
+        XCTAssertEqual(try readFile(n.mnt + "/moved.dcm"), Array("NFD".utf8))
+        XCTAssertEqual(n.twinfs(["verify", "--config", n.configPath]).status, 0)
+    }
+
+    /// The caller's umask is applied once (by the kernel), and setgid directories pass
+    /// their group on, as on a local disk.
+    func testModesHonourTheCallersUmaskAndSetgidDirectories() throws {
+        let n = try startedNode()
+        let r = sh("cd \(n.mnt) && umask 002 && mkdir d && touch f && mkdir -m 2775 shared && chgrp 777 shared && touch shared/x && mkdir shared/sub", timeout: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        var st = stat()
+        XCTAssertEqual(stat(n.brick + "/d", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o775)
+        XCTAssertEqual(stat(n.brick + "/f", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o664)
+        XCTAssertEqual(stat(n.brick + "/shared/x", &st), 0)
+        XCTAssertEqual(st.st_gid, 777, "a file in a setgid directory gets the directory's group")
+        XCTAssertEqual(stat(n.brick + "/shared/sub", &st), 0)
+        XCTAssertEqual(st.st_gid, 777)
+    }
 }

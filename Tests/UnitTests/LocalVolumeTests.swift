@@ -85,6 +85,27 @@ final class LocalVolumeTests: XCTestCase {
         let verify = try Verifier(brick: v.brick, journal: j).run()
         XCTAssertEqual(verify.problems, [])
     }
+
+    /// A symlink inside the brick pointing outside can never be followed by the daemon, even
+    /// when a path handed to the volume runs through it (a rename race).
+    func testPathsNeverLeaveTheBrickThroughSymlinks() throws {
+        let d = try tempDir(self)
+        let (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        XCTAssertEqual(symlink("/etc", d + "/brick/evil"), 0)
+        XCTAssertThrowsError(try v.brick.lstat("evil/passwd"))
+        XCTAssertThrowsError(try v.open(NodeRef(id: 99, path: "evil/passwd"), flags: O_RDONLY))
+        XCTAssertThrowsError(try v.getxattr(NodeRef(id: 99, path: "evil/passwd"), name: "user.x", into: nil))
+        XCTAssertThrowsError(try v.setattr(NodeRef(id: 99, path: "evil"), handle: nil, changes: AttrChanges(mode: 0o777)),
+                             "chmod of a symlink is refused, never applied to its target")
+        XCTAssertThrowsError(try v.mkdir(parent: NodeRef(id: 99, path: "evil"), name: "x", mode: 0o755, ctx: .root))
+        var st = stat()
+        XCTAssertEqual(stat("/etc", &st), 0)
+        XCTAssertNotEqual(st.st_mode & 0o777, 0o777)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/etc/x"))
+        XCTAssertThrowsError(try v.rename(parent: .root, name: "evil", newParent: .root, newName: "w", flags: 4),
+                             "RENAME_WHITEOUT is refused")
+    }
 }
 
 func readFileBytes(_ p: String) throws -> [UInt8] {

@@ -32,4 +32,9 @@ int twin_lsetxattr(const char *path, const char *name, const void *value, size_t
 int twin_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags);
 long twin_llistxattr(const char *path, char *list, size_t size);
 int twin_lremovexattr(const char *path, const char *name);
+/* Following variants, for /proc/self/fd/N paths of O_PATH descriptors (as passthrough_ll does). */
+long twin_getxattr(const char *path, const char *name, void *value, size_t size);
+int twin_setxattr(const char *path, const char *name, const void *value, size_t size, int flags);
+long twin_listxattr(const char *path, char *list, size_t size);
+int twin_removexattr(const char *path, const char *name);
 #endif
