@@ -121,7 +121,12 @@ public final class Node: @unchecked Sendable {
         // The ordinal in stable ids is fixed when the journal is made: adding a [peer] later
         // must not change which ids this node hands out.
         let ordinal = UInt8(((try? journal.meta("id_ordinal")) ?? nil) ?? "") ?? cfg.nodeOrdinal
-        try? journal.submit([.setMeta(key: "id_ordinal", value: "\(ordinal)")], wait: .queued)
+        do {
+            try journal.submit([.setMeta(key: "id_ordinal", value: "\(ordinal)")], wait: .durable)
+        } catch {
+            journal.close(cleanShutdown: false)
+            throw error.adminError
+        }
         let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log)
         let report: RecoveryReport
         do { report = try volume.recover() } catch {

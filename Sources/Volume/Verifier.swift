@@ -196,10 +196,13 @@ public struct JournalRebuilder {
                 var hash: [UInt8]?
                 switch EntryKind(mode: st.st_mode) {
                 case .file:
-                    guard let fd = try? brick.openFile(rel, flags: O_RDONLY), let (d, n) = try? XXH128Hasher.hash(fd: fd) else {
-                        throw AdminError(problem: "cannot read \(brick.absolute(rel)) to hash it", fix: "check the disk (dmesg) and the file's permissions")
+                    guard let fd = try? brick.openFile(rel, flags: O_RDONLY) else {
+                        throw AdminError(problem: "cannot open \(brick.absolute(rel)) to hash it", fix: "check the disk (dmesg) and the file's permissions")
                     }
-                    close(fd)
+                    defer { close(fd) }
+                    guard let (d, n) = try? XXH128Hasher.hash(fd: fd) else {
+                        throw AdminError(problem: "cannot read \(brick.absolute(rel)) to hash it", fix: "check the disk (dmesg) for I/O errors")
+                    }
                     hash = d.bytes
                     result.files += 1
                     result.bytes += n
