@@ -89,7 +89,11 @@ public final class Journal: @unchecked Sendable {
     private var stopping = false
     private var writerThread: Thread?
     private var intentSeq: Int64 = 0
+    /// Append-only intents (see IntentLog); nil when opened read-only.
+    private var intentLog: IntentLog?
     private var lastSync = true
+    /// Intents whose results are in the batch being committed (writer thread only).
+    private var cleared: [Int64] = []
 
     /// Opens (or with `create`, creates) the journal of `identity`. Takes an exclusive lock
     /// so that no second node or offline tool uses it at the same time.
@@ -122,6 +126,7 @@ public final class Journal: @unchecked Sendable {
             reader = try SQLiteConnection(path: path, readOnly: true, create: false)
             intentSeq = try Self.maxIntent(w)
             w.resetAll()
+            intentLog = try IntentLog(path: path + ".intents", firstSeq: intentSeq + 1)
         } catch {
             Glibc.close(lockFD)
             throw error
@@ -273,7 +278,20 @@ public final class Journal: @unchecked Sendable {
     /// Waits until everything submitted so far is durable.
     public func sync() throws(JournalError) { try submit([], durable: true) }
 
-    /// A fresh intent sequence number (unique within this journal).
+    /// Records that a namespace change is about to touch (parent, name): one append to the
+    /// intent log, in the file before this returns. Its `.clearIntent(seq:)` goes with the
+    /// change's result ops; recovery replays intents whose result never committed.
+    public func recordIntent(parent: UInt64, name: String) throws(JournalError) -> Int64 {
+        guard let log = intentLog else { preconditionFailure("journal opened read-only") }
+        return try log.record(parent: parent, name: name)
+    }
+
+    /// Empties the intent log once recovery has replayed it and committed the results.
+    public func resetIntentLog() {
+        intentLog?.reset()
+    }
+
+    /// A fresh sequence number for an intent kept in the SQLite table (tests, tools).
     public func nextIntentSeq() -> Int64 {
         cond.lock()
         defer { cond.unlock() }
@@ -294,6 +312,7 @@ public final class Journal: @unchecked Sendable {
             cond.unlock()
 
             var err: JournalError?
+            cleared.removeAll(keepingCapacity: true)
             do {
                 // Per batch: fsync the WAL only when someone waits for durability. A NORMAL
                 // commit still reaches the WAL file, so it survives a crash of this process.
@@ -310,6 +329,7 @@ public final class Journal: @unchecked Sendable {
                 try? writer.exec("ROLLBACK")
             }
 
+            if err == nil { intentLog?.committed(cleared) }
             cond.lock()
             if let e = err { failure = e } else { committedSeq = upTo }
             cond.broadcast()
@@ -390,6 +410,7 @@ public final class Journal: @unchecked Sendable {
             s.bind(1, seq); s.bind(2, parent); s.bind(3, name)
             try s.run()
         case let .clearIntent(seq):
+            cleared.append(seq)
             let s = try writer.statement("DELETE FROM intents WHERE seq = ?1")
             s.bind(1, seq)
             try s.run()
@@ -513,13 +534,16 @@ public final class Journal: @unchecked Sendable {
         }
     }
 
+    /// Intents whose results never committed: the log's leftovers and any in the table.
     public func pendingIntents() throws(JournalError) -> [(seq: Int64, parent: UInt64, name: String)] {
-        try read { c throws(JournalError) in
+        var out: [(seq: Int64, parent: UInt64, name: String)] = try read { c throws(JournalError) in
             let s = try c.statement("SELECT seq, parent, name FROM intents ORDER BY seq")
             var out: [(Int64, UInt64, String)] = []
             while try s.step() { out.append((s.int(0), s.uint(1), s.text(2))) }
             return out
         }
+        for r in intentLog?.leftovers() ?? [] { out.append((r.seq, r.parent, r.name)) }
+        return out.sorted { $0.seq < $1.seq }
     }
 
     public func dirtyInodes() throws(JournalError) -> [UInt64] {

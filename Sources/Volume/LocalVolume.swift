@@ -118,17 +118,17 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     /// Runs a namespace change under intents for the names it touches: the intents reach the
-    /// journal before the brick changes, and go with the result ops in a later group commit.
-    func withIntent<R>(_ names: [(UInt64, String)], extra: [JournalOp] = [],
+    /// intent log before the brick changes (one append, no transaction), and are cleared by
+    /// the result ops in a later group commit.
+    func withIntent<R>(_ names: [(UInt64, String)],
                        _ body: () throws(FSError) -> (R, [JournalOp])) throws(FSError) -> R {
         var seqs: [Int64] = []
-        var ops: [JournalOp] = extra
         for (p, n) in names {
-            let s = journal.nextIntentSeq()
-            seqs.append(s)
-            ops.append(.intent(seq: s, parent: p, name: n))
+            do { seqs.append(try journal.recordIntent(parent: p, name: n)) } catch {
+                log.error("intent log write failed: \(error)")
+                throw FSError.io
+            }
         }
-        try submit(ops, wait: .written)
         let clear = seqs.map { JournalOp.clearIntent(seq: $0) }
         do {
             let (r, result) = try body()
@@ -161,8 +161,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         if let id = brick.readID(rel: rel) { return id }
         let id = try ids.next()
         // The intent makes recovery re-read this name if we crash between xattr and journal.
-        let seq = journal.nextIntentSeq()
-        try submit([.intent(seq: seq, parent: parent.id, name: name)], wait: .written)
+        let seq: Int64
+        do { seq = try journal.recordIntent(parent: parent.id, name: name) } catch { throw FSError.io }
         try brick.writeID(rel: rel, id: id)
         var hash: [UInt8]?
         if st.kind == .file, let fd = try? brick.openFile(rel, flags: O_RDONLY) {
@@ -429,10 +429,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         try checkName(parent, name)
         let id = try ids.next()
         let r = rel(parent, name)
-        // The new row is dirty from the start: a crash before close leaves it to be re-hashed.
-        let placeholder = InodeRecord(id: id, kind: .file, size: 0, mode: S_IFREG | mode, uid: ctx.uid, gid: ctx.gid,
-                                      mtimeNs: 0, ctimeNs: 0, hash: nil, dirty: true)
-        return try withIntent([(parent.id, name)], extra: [.insertInode(placeholder)]) { () throws(FSError) -> ((stat, UInt64), [JournalOp]) in
+        // The new row is dirty from the start (a crash before close leaves it to be re-hashed);
+        // until that row commits, the create's intent covers the file.
+        return try withIntent([(parent.id, name)]) { () throws(FSError) -> ((stat, UInt64), [JournalOp]) in
             let fd: Int32
             do throws(FSError) {
                 fd = try brick.openFile(r, flags: Self.brickFlags(flags) | O_CREAT | O_EXCL, mode: mode)

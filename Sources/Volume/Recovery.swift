@@ -105,6 +105,7 @@ extension LocalVolume {
             }
         }
         try submit([], wait: .durable)
+        journal.resetIntentLog()
         return report
     }
 

@@ -184,7 +184,7 @@ public struct JournalRebuilder {
         }
         let brick = try Brick(path: brickPath)
         let tmp = journalPath + ".rebuild"
-        for suffix in ["", "-wal", "-shm"] { unlink(tmp + suffix) }
+        for suffix in ["", "-wal", "-shm", ".intents"] { unlink(tmp + suffix) }
         var result = Result()
         do {
             let j = try Journal(path: tmp, identity: identity, create: true)
@@ -276,12 +276,12 @@ public struct JournalRebuilder {
         if FileManager.default.fileExists(atPath: journalPath) {
             let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
             let backup = journalPath + ".bak-" + stamp
-            for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: journalPath + suffix) {
+            for suffix in ["", "-wal", "-shm", ".intents"] where FileManager.default.fileExists(atPath: journalPath + suffix) {
                 rename(journalPath + suffix, backup + suffix)
             }
             result.backup = backup
         }
-        for suffix in ["-wal", "-shm"] { unlink(tmp + suffix) }
+        for suffix in ["-wal", "-shm", ".intents"] { unlink(tmp + suffix) }
         rename(tmp, journalPath)
         unlink(tmp + ".lock")
         return result

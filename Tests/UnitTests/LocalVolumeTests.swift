@@ -86,6 +86,28 @@ final class LocalVolumeTests: XCTestCase {
         XCTAssertEqual(verify.problems, [])
     }
 
+    /// An intent in the append-only log whose result never committed (the process died
+    /// between the brick change and the group commit) is replayed at the next start.
+    func testIntentLogLeftoversAreReplayedAndThenCleared() throws {
+        let d = try tempDir(self)
+        var (v, j) = try makeVolume(d)
+        let seq = try j.recordIntent(parent: StableID.root, name: "late.dcm")
+        XCTAssertGreaterThan(seq, 0)
+        _ = FileManager.default.createFile(atPath: d + "/brick/late.dcm", contents: Data([4, 5, 6]))
+        j.close(cleanShutdown: false)   // the result never reached the journal
+        (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        XCTAssertEqual(try j.pendingIntents().map { $0.name }, ["late.dcm"])
+        let report = try v.recover()
+        XCTAssertEqual(report.intentsReplayed, 1)
+        let id = try XCTUnwrap(try j.lookup(parent: StableID.root, name: "late.dcm"))
+        XCTAssertEqual(try j.inode(id)?.hash, XXH128Hasher.hash([4, 5, 6]).bytes)
+        XCTAssertTrue(try j.pendingIntents().isEmpty, "the log is empty after recovery")
+        var st = stat()
+        XCTAssertEqual(stat(d + "/j.db.intents", &st), 0)
+        XCTAssertEqual(st.st_size, 0)
+    }
+
     /// A symlink inside the brick pointing outside can never be followed by the daemon, even
     /// when a path handed to the volume runs through it (a rename race).
     func testPathsNeverLeaveTheBrickThroughSymlinks() throws {
