@@ -237,26 +237,7 @@ final class TestNode: @unchecked Sendable {
         }
     }
 
-    /// The kernel's mount id of the mount at `path` (new for every mount, unlike the device minor).
-func mountID(_ path: String) -> String? {
-    guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") {
-        let f = line.split(separator: " ")
-        if f.count > 4, f[4] == path { return String(f[0]) }
-    }
-    return nil
-}
-
-/// True when a TwinFS FUSE filesystem is mounted at `path`.
-func isTwinFSMount(_ path: String) -> Bool {
-    let text = (try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? ""
-    return text.split(separator: "\n").contains { line in
-        let f = line.split(separator: " ")
-        return f.count > 2 && f[1] == path && f[2] == "fuse.twinfs"
-    }
-}
-
-/// Aborts the FUSE connection if the test is still running after `seconds`, so a hung
+    /// Aborts the FUSE connection if the test is still running after `seconds`, so a hung
     /// request can never hang the test runner.
     func armWatchdog(seconds: TimeInterval) {
         watchdogDeadline.with { $0 = Date().addingTimeInterval(seconds) }
