@@ -54,6 +54,10 @@ let package = Package(
                                                  .product(name: "NIOCore", package: "swift-nio"),
                                                  .product(name: "NIOPosix", package: "swift-nio"),
                                                  .product(name: "Logging", package: "swift-log")]),
+        // The receiving side of replication: applies the peer's messages to this node's brick and journal.
+        .target(name: "Replication", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "PeerLink",
+                                                    .product(name: "Logging", package: "swift-log"),
+                                                    .product(name: "NIOCore", package: "swift-nio")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
                                                  "FuseAdapter", "ControlSocket", "Fixity",
@@ -69,6 +73,12 @@ let package = Package(
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PeerProtocol", "TwinCore",
                                                           .product(name: "NIOCore", package: "swift-nio"),
                                                           .product(name: "NIOPosix", package: "swift-nio")]),
+        // Replica applier: mirrored volumes compared entry by entry, refusals, and over a real peer link (needs root).
+        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol",
+                                                             "PeerLink", "TwinCore",
+                                                             .product(name: "Logging", package: "swift-log"),
+                                                             .product(name: "NIOCore", package: "swift-nio"),
+                                                             .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
         .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims"]),
     ],

@@ -322,8 +322,14 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Namespace
 
     public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        try mkdir(parent: parent, name: name, mode: mode, ctx: ctx, id: nil)
+    }
+
+    /// `id`: the stable id to give the entry (a replica applying its peer's mkdir); nil allocates one.
+    public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext, id given: UInt64?) throws(FSError) -> stat {
         try checkName(parent, name)
-        let id = try ids.next()
+        let id: UInt64
+        if let given { id = given } else { id = try ids.next() }
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in
@@ -344,8 +350,14 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        try symlink(parent: parent, name: name, target: target, ctx: ctx, id: nil)
+    }
+
+    /// `id`: the stable id to give the entry (a replica applying its peer's symlink); nil allocates one.
+    public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext, id given: UInt64?) throws(FSError) -> stat {
         try checkName(parent, name)
-        let id = try ids.next()
+        let id: UInt64
+        if let given { id = given } else { id = try ids.next() }
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in
@@ -426,8 +438,15 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
+        try create(parent: parent, name: name, mode: mode, flags: flags, ctx: ctx, id: nil)
+    }
+
+    /// `id`: the stable id to give the file (a replica applying its peer's create); nil allocates one.
+    public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext,
+                       id given: UInt64?) throws(FSError) -> (stat, UInt64) {
         try checkName(parent, name)
-        let id = try ids.next()
+        let id: UInt64
+        if let given { id = given } else { id = try ids.next() }
         let r = rel(parent, name)
         // The new row is dirty from the start (a crash before close leaves it to be re-hashed);
         // until that row commits, the create's intent covers the file.

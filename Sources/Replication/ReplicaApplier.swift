@@ -1,0 +1,666 @@
+import BrickStore
+import Glibc
+import Journal
+import Logging
+import NIOCore
+import PeerProtocol
+import TwinCore
+import Volume
+
+/// The receiving side of replication: applies the peer's replication messages to this node's
+/// brick and journal through `LocalVolume`, so that both bricks carry the same names, bytes,
+/// owners, modes and stable ids.
+///
+/// - Paths arrive brick-relative and are checked again with `PeerPath` (the decoder already
+///   did): "..", absolute paths, NUL and `.twinfs/...` are refused with `EINVAL` and a log
+///   line, before any file is touched. The volume then resolves every path beneath the brick
+///   without following symlinks.
+/// - New entries get the sender's stable id and the owner the message names.
+/// - `create` opens a handle kept in a bounded table keyed by stable id; `write` goes through
+///   it (or opens the file by path, checking its id); `commit` makes the bytes durable through
+///   the volume (fsync, hash recorded in the journal), compares the journal's XXH3-128 and size
+///   with the sender's and releases the handle. A mismatch is answered `EIO` and logged as
+///   critical: a commit is never accepted without both bricks agreeing.
+/// - Cheap idempotence: mkdir, create and symlink of an entry that already exists with the
+///   same id (and kind) succeed; a link that already exists with the same id succeeds.
+///
+/// `apply` is synchronous and blocks on disk I/O (fsync, hashing, journal commits). Callers
+/// on Swift concurrency's cooperative pool should hop to a thread that may block.
+/// Thread-safe: messages may be applied concurrently. Renames and removals exclude every other
+/// path-resolving message for their duration (as the FUSE adapter's namespace lock does).
+public final class ReplicaApplier: Sendable {
+    public struct Statistics: Sendable, Equatable {
+        /// Messages answered with errno 0.
+        public var applied = 0
+        /// Messages answered with an errno (refusals and hash mismatches included).
+        public var failed = 0
+        /// Paths, names or fields refused before anything was touched.
+        public var refused = 0
+        /// Commits whose size or XXH3-128 differed from the sender's.
+        public var hashMismatches = 0
+        /// The latest mismatched commits, newest last (at most 16): the files to heal.
+        public var recentMismatches: [Mismatch] = []
+    }
+
+    public struct Mismatch: Sendable, Equatable {
+        public var path: String
+        public var stableID: UInt64
+        public var expectedSize: Int64
+        public var expectedHash: [UInt8]
+        /// What this node's journal recorded for its brick's bytes (nil: no clean record).
+        public var localSize: Int64?
+        public var localHash: [UInt8]?
+    }
+
+    public let volume: LocalVolume
+    /// Files kept open between create/write and commit; the least recently used idle one is
+    /// released (its content committed locally) when more are open.
+    public let maxOpenFiles: Int
+    private let log: Logger
+    private let handles = Locked(HandleTable())
+    private let namespace = RWLocked<Int>(0)
+    private let stats = Locked(Statistics())
+    private let recent = Locked(RecentIDs(capacity: 65536))
+
+    public init(volume: LocalVolume, maxOpenFiles: Int = 256,
+                logger: Logger = Logger(label: "twinfs.replica")) {
+        self.volume = volume
+        self.maxOpenFiles = max(1, maxOpenFiles)
+        self.log = logger
+    }
+
+    public var statistics: Statistics { stats.with { $0 } }
+
+    /// Files currently held open by the applier.
+    public var openFiles: Int { handles.with { $0.byID.count } }
+
+    /// Applies one message and answers `.reply(requestID: 0, errno:, payload: nil)`: errno 0 on
+    /// success, else the errno of the failure. (`PeerListener` rewrites the request id.)
+    public func apply(_ msg: PeerMessage) -> PeerMessage {
+        apply(msg, requestID: 0)
+    }
+
+    public func apply(_ msg: PeerMessage, requestID: UInt64) -> PeerMessage {
+        let errno: Int32
+        do throws(FSError) {
+            try dispatch(msg)
+            errno = 0
+        } catch {
+            errno = error.errno
+        }
+        stats.with { s in if errno == 0 { s.applied += 1 } else { s.failed += 1 } }
+        return .reply(requestID: requestID, errno: errno, payload: nil)
+    }
+
+    /// Releases every handle the applier holds (committing its content locally). For shutdown,
+    /// or when the link to the sender is lost mid-file.
+    public func releaseAll() {
+        let all = handles.with { t -> [OpenReplica] in
+            let all = Array(t.byID.values)
+            t.byID = [:]
+            for e in all { e.retired = true }
+            return all.filter { $0.users == 0 }
+        }
+        for e in all { closeHandle(e) }
+    }
+
+    // MARK: - Dispatch
+
+    private func dispatch(_ msg: PeerMessage) throws(FSError) {
+        switch msg {
+        case let .mkdir(parentPath, name, mode, uid, gid, stableID):
+            try mkdir(parentPath, name, mode: mode, uid: uid, gid: gid, id: stableID)
+        case let .create(parentPath, name, mode, uid, gid, stableID):
+            try create(parentPath, name, mode: mode, uid: uid, gid: gid, id: stableID)
+        case let .write(path, stableID, offset, data):
+            try write(path, id: stableID, offset: offset, data: data)
+        case let .commit(path, stableID, size, xxh128, mtimeNs):
+            try commit(path, id: stableID, size: size, hash: xxh128, mtimeNs: mtimeNs)
+        case let .unlink(parentPath, name):
+            try remove(parentPath, name, directory: false)
+        case let .rmdir(parentPath, name):
+            try remove(parentPath, name, directory: true)
+        case let .rename(fromParent, fromName, toParent, toName, flags):
+            try rename(fromParent, fromName, toParent, toName, flags: flags)
+        case let .link(path, newParent, newName):
+            try link(path, newParent, newName)
+        case let .symlink(parentPath, name, target, uid, gid, stableID):
+            try symlink(parentPath, name, target: target, uid: uid, gid: gid, id: stableID)
+        case let .setattr(path, changes):
+            try setattr(path, changes)
+        case let .setxattr(path, name, value, flags):
+            try setxattr(path, name, value: value, flags: flags)
+        case let .removexattr(path, name):
+            try removexattr(path, name)
+        case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply:
+            log.error("peer sent a \(msg.type) message as a replication request; refused")
+            stats.with { $0.refused += 1 }
+            throw FSError.invalid
+        }
+    }
+
+    // MARK: - Checks
+
+    /// A brick-relative path from the peer, refused (EINVAL, logged) unless `PeerPath` accepts it.
+    private func checked(_ op: MessageType, path: String, allowRoot: Bool) throws(FSError) -> String {
+        do { return try PeerPath.validate(path, allowRoot: allowRoot) } catch {
+            throw refusal(op, "\(error)")
+        }
+    }
+
+    /// A directory and a name in it; returns the joined brick-relative path.
+    private func checked(_ op: MessageType, parent: String, name: String) throws(FSError) -> String {
+        do {
+            _ = try PeerPath.validate(parent, allowRoot: true)
+            return try PeerPath.join(parent, name)
+        } catch {
+            throw refusal(op, "\(error)")
+        }
+    }
+
+    private func checkedID(_ op: MessageType, _ id: UInt64) throws(FSError) {
+        if id <= StableID.root { throw refusal(op, "stable id \(id) is not a file or directory id") }
+    }
+
+    /// Logs and counts a refusal; the caller throws the result (EINVAL).
+    private func refusal(_ op: MessageType, _ why: String) -> FSError {
+        log.error("refused the peer's \(op): \(why)")
+        stats.with { $0.refused += 1 }
+        return FSError.invalid
+    }
+
+    /// Logs a failure to apply (not a refusal) and passes it on.
+    private func failed(_ op: MessageType, _ path: String, _ error: FSError) -> FSError {
+        log.warning("replicated \(op) of \(path.debugDescription) failed: \(error) (errno \(error.errno))")
+        return error
+    }
+
+    // MARK: - Resolution
+
+    /// The stable id of an existing brick-relative path: its id xattr (always current: the
+    /// journal's namespace results are committed in the background), else the journal's names
+    /// walked from the root.
+    private func resolve(_ rel: String) throws(FSError) -> UInt64 {
+        if rel.isEmpty { return StableID.root }
+        if let id = volume.brick.readID(rel: rel) { return id }
+        var id = StableID.root
+        for comp in rel.split(separator: "/") {
+            let next: UInt64?
+            do { next = try volume.journal.lookup(parent: id, name: String(comp)) } catch { throw FSError.io }
+            guard let n = next else { throw FSError.notFound }
+            id = n
+        }
+        // The journal may be ahead of a brick entry that lost its xattr; the brick must hold it.
+        _ = try volume.brick.lstat(rel)
+        return id
+    }
+
+    private func node(_ rel: String) throws(FSError) -> NodeRef {
+        NodeRef(id: try resolve(rel), path: rel)
+    }
+
+    /// What already sits at `rel`: nil if nothing.
+    private func existing(_ rel: String) throws(FSError) -> (stat, UInt64?)? {
+        do throws(FSError) { return try volume.brick.statAndID(rel) } catch where error.errno == ENOENT { return nil }
+    }
+
+    /// Claims `id` for a new entry at `rel`, refusing an id this node already gives to another
+    /// entry (two entries with one id would corrupt the journal's rows). The journal alone is
+    /// not enough: namespace results are committed in the background, so ids created moments
+    /// ago are remembered here too. `release` the claim if the creation fails.
+    private func claim(_ op: MessageType, _ rel: String, _ id: UInt64) throws(FSError) -> IDClaim {
+        guard recent.with({ $0.insert(id) }) else {
+            log.error("peer's \(op) of \(rel.debugDescription) uses stable id \(id), which this node gave to another entry moments ago; refused")
+            throw FSError.exists
+        }
+        let rec: InodeRecord?
+        do { rec = try volume.journal.inode(id) } catch {
+            recent.with { $0.remove(id) }
+            throw FSError.io
+        }
+        if rec != nil {
+            recent.with { $0.remove(id) }
+            log.error("peer's \(op) of \(rel.debugDescription) uses stable id \(id), which this node already gives to another entry; refused")
+            throw FSError.exists
+        }
+        return IDClaim(id: id)
+    }
+
+    struct IDClaim { let id: UInt64 }
+
+    private func release(_ claim: IDClaim) {
+        recent.with { $0.remove(claim.id) }
+    }
+
+    /// Runs `create` with `id` claimed; the claim is dropped if it fails.
+    private func withClaim(_ op: MessageType, _ rel: String, _ id: UInt64, _ create: () throws(FSError) -> Void) throws(FSError) {
+        let c = try claim(op, rel, id)
+        do throws(FSError) { try create() } catch {
+            release(c)
+            throw error
+        }
+    }
+
+    private func shared<R>(_ body: () throws(FSError) -> R) throws(FSError) -> R {
+        try namespace.read { (_: Int) throws(FSError) -> R in try body() }
+    }
+
+    private func exclusive<R>(_ body: () throws(FSError) -> R) throws(FSError) -> R {
+        try namespace.write { (_: inout Int) throws(FSError) -> R in try body() }
+    }
+
+    private static func context(uid: UInt32, gid: UInt32) -> RequestContext {
+        RequestContext(uid: uid_t(uid), gid: gid_t(gid), pid: 0)
+    }
+
+    // MARK: - Namespace
+
+    private func mkdir(_ parent: String, _ name: String, mode: UInt32, uid: UInt32, gid: UInt32, id: UInt64) throws(FSError) {
+        let rel = try checked(.mkdir, parent: parent, name: name)
+        try checkedID(.mkdir, id)
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                if let (st, found) = try existing(rel) {
+                    if found == id && st.kind == .directory { return }   // already applied
+                    log.error("peer's mkdir of \(rel.debugDescription) (id \(id)): this node already has a \(st.kind) there with id \(found.map { String($0) } ?? "none")")
+                    throw FSError.exists
+                }
+                let p = try node(parent)
+                try withClaim(.mkdir, rel, id) { () throws(FSError) in
+                    _ = try volume.mkdir(parent: p, name: name, mode: mode_t(mode & 0o7777),
+                                         ctx: Self.context(uid: uid, gid: gid), id: id)
+                }
+            }
+        } catch {
+            throw failed(.mkdir, rel, error)
+        }
+    }
+
+    private func symlink(_ parent: String, _ name: String, target: String, uid: UInt32, gid: UInt32, id: UInt64) throws(FSError) {
+        let rel = try checked(.symlink, parent: parent, name: name)
+        try checkedID(.symlink, id)
+        let t = target.utf8
+        if t.isEmpty || t.count > PeerMessage.maxSymlinkTarget || t.contains(0) {
+            throw refusal(.symlink, "symlink target of \(rel.debugDescription) is empty, too long or holds a NUL byte")
+        }
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                if let (st, found) = try existing(rel) {
+                    if found == id && st.kind == .symlink,
+                       (try? volume.readlink(NodeRef(id: id, path: rel))).map({ Array($0.utf8) == Array(t) }) == true {
+                        return
+                    }
+                    throw FSError.exists
+                }
+                let p = try node(parent)
+                try withClaim(.symlink, rel, id) { () throws(FSError) in
+                    _ = try volume.symlink(parent: p, name: name, target: target, ctx: Self.context(uid: uid, gid: gid), id: id)
+                }
+            }
+        } catch {
+            throw failed(.symlink, rel, error)
+        }
+    }
+
+    private func link(_ path: String, _ newParent: String, _ newName: String) throws(FSError) {
+        let from = try checked(.link, path: path, allowRoot: false)
+        let to = try checked(.link, parent: newParent, name: newName)
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                let source = try node(from)
+                if let (_, found) = try existing(to) {
+                    if found == source.id { return }   // already applied
+                    throw FSError.exists
+                }
+                let p = try node(newParent)
+                _ = try volume.link(source, newParent: p, newName: newName)
+            }
+        } catch {
+            throw failed(.link, to, error)
+        }
+    }
+
+    private func remove(_ parent: String, _ name: String, directory: Bool) throws(FSError) {
+        let op: MessageType = directory ? .rmdir : .unlink
+        let rel = try checked(op, parent: parent, name: name)
+        do throws(FSError) {
+            try exclusive { () throws(FSError) in
+                let p = try node(parent)
+                if directory {
+                    try volume.rmdir(parent: p, name: name)
+                } else {
+                    try volume.unlink(parent: p, name: name)
+                }
+            }
+        } catch {
+            throw failed(op, rel, error)
+        }
+    }
+
+    private func rename(_ fromParent: String, _ fromName: String, _ toParent: String, _ toName: String,
+                        flags: UInt32) throws(FSError) {
+        let from = try checked(.rename, parent: fromParent, name: fromName)
+        _ = try checked(.rename, parent: toParent, name: toName)
+        do throws(FSError) {
+            try exclusive { () throws(FSError) in
+                let p1 = try node(fromParent)
+                let p2 = try node(toParent)
+                try volume.rename(parent: p1, name: fromName, newParent: p2, newName: toName, flags: flags)
+            }
+        } catch {
+            throw failed(.rename, from, error)
+        }
+    }
+
+    // MARK: - Attributes
+
+    private func setattr(_ path: String, _ u: AttrUpdate) throws(FSError) {
+        let rel = try checked(.setattr, path: path, allowRoot: true)
+        if let m = u.mode, m & ~0o177777 != 0 { throw refusal(.setattr, "mode 0o\(String(m, radix: 8)) is not a file mode") }
+        if let s = u.size, s < 0 { throw refusal(.setattr, "negative size \(s)") }
+        var changes = AttrChanges()
+        changes.mode = u.mode.map { mode_t($0 & 0o7777) }
+        changes.uid = u.uid.map { uid_t($0) }
+        changes.gid = u.gid.map { gid_t($0) }
+        changes.size = u.size
+        changes.atime = u.atimeNs.map { .at(Self.timespec(ns: $0)) }
+        changes.mtime = u.mtimeNs.map { .at(Self.timespec(ns: $0)) }
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                let n = try node(rel)
+                // A truncate of a file being received goes through its handle (shared content state).
+                let open = u.size != nil ? use(n.id) : nil
+                defer { if let e = open { done(e) } }
+                _ = try volume.setattr(n, handle: open?.handle, changes: changes)
+            }
+        } catch {
+            throw failed(.setattr, rel, error)
+        }
+    }
+
+    private func checkedXattr(_ op: MessageType, _ name: String) throws(FSError) {
+        let b = name.utf8
+        if b.isEmpty || b.count > PeerMessage.maxXattrName || b.contains(0) {
+            throw refusal(op, "xattr name is empty, longer than \(PeerMessage.maxXattrName) bytes or holds a NUL byte")
+        }
+    }
+
+    private func setxattr(_ path: String, _ name: String, value: [UInt8], flags: UInt32) throws(FSError) {
+        let rel = try checked(.setxattr, path: path, allowRoot: true)
+        try checkedXattr(.setxattr, name)
+        if value.count > PeerMessage.maxXattrValue { throw refusal(.setxattr, "xattr value of \(value.count) bytes") }
+        // XATTR_CREATE = 1, XATTR_REPLACE = 2.
+        if flags & ~3 != 0 { throw refusal(.setxattr, "xattr flags 0x\(String(flags, radix: 16))") }
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                let n = try node(rel)
+                let result: Result<Void, FSError> = value.withUnsafeBytes { v in
+                    Result { () throws(FSError) in try volume.setxattr(n, name: name, value: v, flags: Int32(flags)) }
+                }
+                try result.get()
+            }
+        } catch {
+            throw failed(.setxattr, rel, error)
+        }
+    }
+
+    private func removexattr(_ path: String, _ name: String) throws(FSError) {
+        let rel = try checked(.removexattr, path: path, allowRoot: true)
+        try checkedXattr(.removexattr, name)
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                try volume.removexattr(try node(rel), name: name)
+            }
+        } catch {
+            throw failed(.removexattr, rel, error)
+        }
+    }
+
+    static func timespec(ns: Int64) -> Glibc.timespec {
+        var sec = ns / 1_000_000_000
+        var rem = ns % 1_000_000_000
+        if rem < 0 { sec -= 1; rem += 1_000_000_000 }
+        return Glibc.timespec(tv_sec: Int(sec), tv_nsec: Int(rem))
+    }
+
+    // MARK: - File content
+
+    private func create(_ parent: String, _ name: String, mode: UInt32, uid: UInt32, gid: UInt32, id: UInt64) throws(FSError) {
+        let rel = try checked(.create, parent: parent, name: name)
+        try checkedID(.create, id)
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                if let (st, found) = try existing(rel) {
+                    guard found == id && st.kind == .file else {
+                        log.error("peer's create of \(rel.debugDescription) (id \(id)): this node already has a \(st.kind) there with id \(found.map { String($0) } ?? "none")")
+                        throw FSError.exists
+                    }
+                    // Already created (a resent create): make sure a handle is open for the writes.
+                    done(try acquire(id, path: rel))
+                    return
+                }
+                let p = try node(parent)
+                try withClaim(.create, rel, id) { () throws(FSError) in
+                    let (_, h) = try volume.create(parent: p, name: name, mode: mode_t(mode & 0o7777), flags: O_RDWR,
+                                                   ctx: Self.context(uid: uid, gid: gid), id: id)
+                    insert(id, handle: h)
+                }
+            }
+        } catch {
+            throw failed(.create, rel, error)
+        }
+    }
+
+    private func write(_ path: String, id: UInt64, offset: Int64, data: ByteBuffer) throws(FSError) {
+        let rel = try checked(.write, path: path, allowRoot: false)
+        try checkedID(.write, id)
+        if offset < 0 || data.readableBytes > PeerMessage.maxWriteChunk {
+            throw refusal(.write, "write of \(data.readableBytes) bytes at offset \(offset) to \(rel.debugDescription)")
+        }
+        do throws(FSError) {
+            let e = try acquireLocked(id, path: rel)
+            defer { done(e) }
+            let result: Result<Int, FSError> = data.withUnsafeReadableBytes { bytes in
+                Result { () throws(FSError) -> Int in try volume.write(handle: e.handle, offset: offset, data: bytes) }
+            }
+            let n = try result.get()
+            if n != data.readableBytes {
+                log.error("replicated write to \(rel.debugDescription) stored \(n) of \(data.readableBytes) bytes at offset \(offset)")
+                throw FSError.io
+            }
+        } catch {
+            throw failed(.write, rel, error)
+        }
+    }
+
+    private func commit(_ path: String, id: UInt64, size: Int64, hash: [UInt8], mtimeNs: Int64) throws(FSError) {
+        let rel = try checked(.commit, path: path, allowRoot: false)
+        try checkedID(.commit, id)
+        if size < 0 || hash.count != PeerMessage.digestSize {
+            throw refusal(.commit, "commit of \(rel.debugDescription) with size \(size) and a \(hash.count)-byte digest")
+        }
+        let e: OpenReplica
+        do throws(FSError) { e = try acquireLocked(id, path: rel) } catch { throw failed(.commit, rel, error) }
+        // Whatever happens, the handle goes (released once no write still uses it).
+        defer { retire(e) }
+        do throws(FSError) {
+            try volume.flush(handle: e.handle)
+        } catch {
+            throw failed(.commit, rel, error)
+        }
+        let rec: InodeRecord?
+        do { rec = try volume.journal.inode(id) } catch {
+            log.error("replicated commit of \(rel.debugDescription): journal read failed: \(error)")
+            throw FSError.io
+        }
+        guard let r = rec, !r.dirty, r.size == size, r.hash == hash else {
+            let m = Mismatch(path: rel, stableID: id, expectedSize: size, expectedHash: hash,
+                             localSize: rec?.size, localHash: rec?.dirty == false ? rec?.hash : nil)
+            stats.with { s in
+                s.hashMismatches += 1
+                s.recentMismatches.append(m)
+                if s.recentMismatches.count > 16 { s.recentMismatches.removeFirst() }
+            }
+            log.critical("""
+                REPLICA MISMATCH: commit of \(rel.debugDescription) (id \(id)) refused: the peer has \(size) bytes \
+                xxh3-128 \(Self.hex(hash)), this node's brick has \(rec.map { String($0.size) } ?? "?") bytes \
+                xxh3-128 \(rec?.hash.map(Self.hex) ?? "none")\(rec?.dirty == true ? " (still dirty)" : ""); \
+                the two copies differ and the file needs healing
+                """)
+            throw FSError.io
+        }
+        // The sender's mtime, so both bricks end up identical (after the bytes, which change it).
+        do throws(FSError) {
+            _ = try volume.setattr(NodeRef(id: id, path: rel), handle: e.handle,
+                                   changes: AttrChanges(mtime: .at(Self.timespec(ns: mtimeNs))))
+        } catch {
+            throw failed(.commit, rel, error)
+        }
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    // MARK: - Handle table
+
+    /// A volume handle held for one stable id. Fields are guarded by the table's lock.
+    final class OpenReplica: @unchecked Sendable {
+        let id: UInt64
+        let handle: UInt64
+        /// Messages using the handle right now.
+        var users = 0
+        var lastUse: UInt64 = 0
+        /// Out of the table: released when the last user is done.
+        var retired = false
+        init(id: UInt64, handle: UInt64) {
+            self.id = id
+            self.handle = handle
+        }
+    }
+
+    struct HandleTable {
+        var byID: [UInt64: OpenReplica] = [:]
+        var clock: UInt64 = 0
+    }
+
+    /// The open entry of `id`, in use by the caller, or nil.
+    private func use(_ id: UInt64) -> OpenReplica? {
+        handles.with { t in
+            guard let e = t.byID[id] else { return nil }
+            t.clock += 1
+            e.users += 1
+            e.lastUse = t.clock
+            return e
+        }
+    }
+
+    /// `acquire` under the shared namespace lock (the path may be used to open the file).
+    private func acquireLocked(_ id: UInt64, path: String) throws(FSError) -> OpenReplica {
+        if let e = use(id) { return e }
+        return try shared { () throws(FSError) -> OpenReplica in try acquire(id, path: path) }
+    }
+
+    /// The open entry of `id`, opening the file at `path` if none is (after checking that the
+    /// name still refers to that id). The caller calls `done` when finished with it.
+    private func acquire(_ id: UInt64, path: String) throws(FSError) -> OpenReplica {
+        if let e = use(id) { return e }
+        guard let found = volume.brick.readID(rel: path) else {
+            _ = try volume.brick.lstat(path)   // ENOENT and friends
+            throw FSError(ESTALE)
+        }
+        guard found == id else {
+            log.error("peer's data for id \(id) names \(path.debugDescription), which is id \(found) on this node")
+            throw FSError(ESTALE)
+        }
+        let h = try volume.open(NodeRef(id: id, path: path), flags: O_RDWR)
+        return insert(id, handle: h, inUse: true)
+    }
+
+    /// Adds a fresh handle to the table (or drops it if another thread opened `id` meanwhile),
+    /// and releases the least recently used idle handles over the bound.
+    @discardableResult
+    private func insert(_ id: UInt64, handle: UInt64, inUse: Bool = false) -> OpenReplica {
+        var extra: [OpenReplica] = []
+        let e = handles.with { t -> OpenReplica in
+            t.clock += 1
+            let e: OpenReplica
+            if let other = t.byID[id] {
+                extra.append(OpenReplica(id: id, handle: handle))
+                e = other
+            } else {
+                e = OpenReplica(id: id, handle: handle)
+                t.byID[id] = e
+            }
+            if inUse { e.users += 1 }
+            e.lastUse = t.clock
+            while t.byID.count > maxOpenFiles {
+                guard let victim = t.byID.values.filter({ $0.users == 0 && $0 !== e }).min(by: { $0.lastUse < $1.lastUse })
+                else { break }
+                t.byID[victim.id] = nil
+                victim.retired = true
+                extra.append(victim)
+            }
+            return e
+        }
+        for x in extra { closeHandle(x) }
+        return e
+    }
+
+    /// The caller is finished with `e`.
+    private func done(_ e: OpenReplica) {
+        let close = handles.with { _ -> Bool in
+            e.users -= 1
+            return e.retired && e.users == 0
+        }
+        if close { closeHandle(e) }
+    }
+
+    /// Takes `e` out of the table and finishes the caller's use of it.
+    private func retire(_ e: OpenReplica) {
+        let close = handles.with { t -> Bool in
+            if t.byID[e.id] === e { t.byID[e.id] = nil }
+            e.retired = true
+            e.users -= 1
+            return e.users == 0
+        }
+        if close { closeHandle(e) }
+    }
+
+    private func closeHandle(_ e: OpenReplica) {
+        do { try volume.release(handle: e.handle) } catch {
+            log.error("releasing the replica handle of id \(e.id) failed: \(error)")
+        }
+    }
+}
+
+/// The ids of the latest entries created, bounded: a set with a ring for eviction. Covers the
+/// moments before the journal's group commit makes a new row visible to readers.
+struct RecentIDs {
+    private var set: Set<UInt64> = []
+    private var ring: [UInt64] = []
+    private var next = 0
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = max(1, capacity) }
+
+    /// False if `id` is already there.
+    mutating func insert(_ id: UInt64) -> Bool {
+        guard set.insert(id).inserted else { return false }
+        if ring.count < capacity {
+            ring.append(id)
+        } else {
+            set.remove(ring[next])
+            ring[next] = id
+            next = (next + 1) % capacity
+        }
+        return true
+    }
+
+    /// Forgets a claim that was not used (its slot in the ring is left to age out).
+    mutating func remove(_ id: UInt64) { set.remove(id) }
+}
