@@ -183,6 +183,14 @@ public final class Node: @unchecked Sendable {
         switch req.command {
         case "ping":
             return ControlResponse(ok: true, body: "{}")
+        case "sync":
+            // Commit every queued journal op (verify beside a running node reads the journal).
+            do {
+                try journal.sync()
+                return ControlResponse(ok: true, body: "{}")
+            } catch {
+                return ControlResponse(ok: false, error: "\(error)")
+            }
         case "status":
             do {
                 let s = try journal.stats()

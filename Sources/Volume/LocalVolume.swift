@@ -327,25 +327,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     /// `id`: the stable id to give the entry (a replica applying its peer's mkdir); nil allocates one.
     public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext, id given: UInt64?) throws(FSError) -> stat {
-        try checkName(parent, name)
-        let id: UInt64
-        if let given { id = given } else { id = try ids.next() }
-        let r = rel(parent, name)
-        return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
-            try brick.at(r) { (d, n) throws(FSError) in
-                _ = try sys { mkdirat(d, n, mode) }
-                do throws(FSError) {
-                    let gid = try owningGroup(d, ctx)
-                    _ = try sys { fchownat(d, n, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
-                    try brick.writeID(rel: r, id: id)
-                } catch {
-                    unlinkat(d, n, AT_REMOVEDIR)
-                    throw error
-                }
-            }
-            var st = try brick.lstat(r)
-            st.st_ino = UInt(id)
-            return (st, [.putAttributes(Self.record(st, id: id)), .link(parent: parent.id, name: name, id: id)])
+        try makeEntry(parent: parent, name: name, ctx: ctx, id: given, hash: nil, removeFlags: AT_REMOVEDIR) { (d, n) throws(FSError) in
+            _ = try sys { mkdirat(d, n, mode) }
         }
     }
 
@@ -355,25 +338,34 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     /// `id`: the stable id to give the entry (a replica applying its peer's symlink); nil allocates one.
     public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext, id given: UInt64?) throws(FSError) -> stat {
+        let hash = XXH128Hasher.hash(Array(target.utf8)).bytes
+        return try makeEntry(parent: parent, name: name, ctx: ctx, id: given, hash: hash, removeFlags: 0) { (d, n) throws(FSError) in
+            _ = try sys { symlinkat(target, d, n) }
+        }
+    }
+
+    /// A new directory or symlink under an intent: `make` creates it in the brick, then it gets
+    /// the caller as owner and its stable id; if that fails, the new entry is removed again.
+    func makeEntry(parent: NodeRef, name: String, ctx: RequestContext, id given: UInt64?, hash: [UInt8]?,
+                   removeFlags: Int32, _ make: (Int32, String) throws(FSError) -> Void) throws(FSError) -> stat {
         try checkName(parent, name)
         let id: UInt64
         if let given { id = given } else { id = try ids.next() }
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in
-                _ = try sys { symlinkat(target, d, n) }
+                try make(d, n)
                 do throws(FSError) {
                     let gid = try owningGroup(d, ctx)
                     _ = try sys { fchownat(d, n, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
                     try brick.writeID(rel: r, id: id)
                 } catch {
-                    unlinkat(d, n, 0)
+                    unlinkat(d, n, removeFlags)
                     throw error
                 }
             }
             var st = try brick.lstat(r)
             st.st_ino = UInt(id)
-            let hash = XXH128Hasher.hash(Array(target.utf8)).bytes
             return (st, [.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id)])
         }
     }

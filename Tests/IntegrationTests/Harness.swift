@@ -274,8 +274,19 @@ final class TestNode: @unchecked Sendable {
         return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any] ?? [:]
     }
 
-    /// The journal's record of a brick-relative path (read-only open, safe beside the node).
+    /// fsync on the mount's root directory: the node commits every queued journal op.
+    func syncJournal() {
+        let fd = open(mnt, O_RDONLY | O_DIRECTORY)
+        if fd >= 0 {
+            XCTAssertEqual(fsync(fd), 0, "fsync of a directory through the mount")
+            close(fd)
+        }
+    }
+
+    /// The journal's record of a brick-relative path (read-only open, safe beside the node),
+    /// after the node committed everything queued.
     func journalRecord(_ rel: String) throws -> InodeRecord? {
+        if isMounted { syncJournal() }
         let j = try Journal(readOnlyPath: journalPath)
         var id = StableID.root
         for comp in rel.split(separator: "/") {
