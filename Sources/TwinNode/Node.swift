@@ -95,12 +95,6 @@ public final class Node: @unchecked Sendable {
             log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity)")
             try brick.writeMarker(cfg.identity)
         }
-        if plan.journal == .rebuildFromBrick {
-            log.warning("journal \(cfg.journal) is missing: rebuilding it from brick \(cfg.brick)")
-            let r = try JournalRebuilder(brickPath: cfg.brick, journalPath: cfg.journal, identity: cfg.identity,
-                                         nodeOrdinal: cfg.nodeOrdinal).run()
-            log.notice("journal rebuilt: \(r.files) files, \(r.directories) directories")
-        }
         let journal: Journal
         do {
             journal = try Journal(path: cfg.journal, identity: cfg.identity, create: plan.journal == .create)

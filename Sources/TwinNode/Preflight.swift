@@ -9,7 +9,7 @@ import TwinCore
 /// What starting the node will do to the disk, decided before anything is changed.
 public struct StartPlan: Sendable, Equatable {
     public enum BrickAction: Sendable, Equatable { case use, initialize }
-    public enum JournalAction: Sendable, Equatable { case open, create, rebuildFromBrick }
+    public enum JournalAction: Sendable, Equatable { case open, create }
     public var brick: BrickAction
     public var journal: JournalAction
     /// A dead mount of this volume left by a crashed node sits on the mount point.
@@ -71,7 +71,14 @@ public enum Preflight {
                 throw AdminError(problem: "the journal's directory \(dir) does not exist or is not writable",
                                  fix: "create it on the node's local disk (mkdir -p \(dir)) or correct 'journal'")
             }
-            journalAction = brickAction == .use ? .rebuildFromBrick : .create
+            if brickAction == .use {
+                // Never rebuild on our own: the journal's disk may just not be mounted (a new,
+                // empty journal would then silently diverge from the real one), and a rebuild
+                // re-hashes the whole archive, hours for tens of TB. The admin decides.
+                throw AdminError(problem: "journal \(cfg.journal) is missing, but brick \(cfg.brick) holds volume '\(cfg.volume)'",
+                                 fix: "if the journal's disk is not mounted, mount it; to rebuild the journal from the brick, run `twinfs journal rebuild --config \(cfg.path)` (it re-hashes every file)")
+            }
+            journalAction = .create
         }
         if isLocked(cfg.journal + ".lock") {
             throw JournalError.locked(path: cfg.journal).adminError

@@ -138,15 +138,21 @@ final class NodeAdminTests: XCTestCase {
         let backups = try FileManager.default.contentsOfDirectory(atPath: n.state).filter { $0.hasPrefix("journal.db.bak-") }
         XCTAssertFalse(backups.isEmpty)
         XCTAssertEqual(try n.journalRecord("St/Se/IM7.dcm")?.hash, oldHash)
-        // A lost journal is rebuilt by itself at start; inode numbers stay the same.
+        // A lost journal (or a journal disk that did not mount) is not replaced silently: the
+        // start is refused with the two ways out; after `journal rebuild` inode numbers are
+        // the same as before.
         for s in ["", "-wal", "-shm"] { unlink(n.journalPath + s) }
+        let refused = n.twinfs(["node", "--config", n.configPath], timeout: 60)
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.stderr.contains("is missing") && refused.stderr.contains("journal rebuild"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: n.journalPath), "nothing created")
+        XCTAssertEqual(n.twinfs(["journal", "rebuild", "--config", n.configPath]).status, 0)
         try n.start()
         for (p, ino) in inodes {
             var st = stat()
             XCTAssertEqual(stat(n.mnt + "/" + p, &st), 0)
             XCTAssertEqual(st.st_ino, ino, "stable id of \(p) survives a journal rebuild")
         }
-        XCTAssertTrue(n.log.contains("rebuilding it from brick"), n.log)
         XCTAssertEqual(n.twinfs(["verify", "--config", n.configPath]).status, 0)
     }
 
