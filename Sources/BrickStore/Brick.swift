@@ -120,6 +120,31 @@ public final class Brick: Sendable {
         }
     }
 
+    // MARK: - Id high-water mark
+
+    static let highWaterFile = ".twinfs/id-highwater"
+
+    /// The end of the last id block this brick's node reserved (ids below it may exist or
+    /// have existed); nil for a brick that never reserved one.
+    public func readHighWater() -> UInt64? {
+        guard let data = FileManager.default.contents(atPath: absolute(Brick.highWaterFile)),
+              let text = String(data: data, encoding: .utf8) else { return nil }
+        return UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Durably records a new high-water mark (once per block of ids).
+    public func writeHighWater(_ counter: UInt64) throws(FSError) {
+        let tmp = absolute(Brick.highWaterFile) + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw FSError.last }
+        let text = Array("\(counter)\n".utf8)
+        let n = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd)
+        close(fd)
+        guard n == text.count, synced == 0 else { throw FSError.io }
+        _ = try sys { rename(tmp, absolute(Brick.highWaterFile)) }
+    }
+
     // MARK: - Resolving paths strictly inside the brick
 
     /// Runs `body` with a directory descriptor and the final name of `rel`. The directory is

@@ -131,7 +131,8 @@ public final class Journal: @unchecked Sendable {
             Glibc.close(lockFD)
             throw error
         }
-        let t = Thread { [unowned self] in self.writerLoop() }
+        // The thread keeps the journal alive until close() stops it.
+        let t = Thread { self.writerLoop() }
         t.name = "twinfs-journal"
         writerThread = t
         t.start()
@@ -574,8 +575,13 @@ public final class Journal: @unchecked Sendable {
     }
 
     /// Reserves `count` stable-id counters durably and returns the first one.
-    public func reserveIDs(_ count: UInt64) throws(JournalError) -> UInt64 {
-        let next = UInt64(try meta("next_id") ?? "2") ?? 2
+    /// `atLeast`: the brick's own high-water mark, so that a journal older than the brick
+    /// (restored from a backup, say) never hands out an id the brick has seen.
+    public func reserveIDs(_ count: UInt64, atLeast: UInt64 = 0) throws(JournalError) -> UInt64 {
+        guard let stored = try meta("next_id"), let recorded = UInt64(stored) else {
+            throw JournalError.corrupt(path: path, message: "meta next_id is missing")
+        }
+        let next = max(recorded, atLeast)
         try submit([.setMeta(key: "next_id", value: "\(next + count)")], durable: true)
         return next
     }

@@ -42,11 +42,13 @@ final class IDAllocator: Sendable {
     private struct Range { var next: UInt64; var limit: UInt64 }
     private let range = Locked(Range(next: 0, limit: 0))
     private let journal: Journal
+    private let brick: Brick
     private let ordinal: UInt8
     static let block: UInt64 = 4096
 
-    init(journal: Journal, ordinal: UInt8) {
+    init(journal: Journal, brick: Brick, ordinal: UInt8) {
         self.journal = journal
+        self.brick = brick
         self.ordinal = ordinal
     }
 
@@ -54,7 +56,10 @@ final class IDAllocator: Sendable {
         let counter: UInt64 = try range.with { (r: inout Range) throws(FSError) -> UInt64 in
             if r.next >= r.limit {
                 do {
-                    let first = try journal.reserveIDs(Self.block)
+                    let first = try journal.reserveIDs(Self.block, atLeast: brick.readHighWater() ?? 0)
+                    // The brick remembers the end of every reserved block too: a journal
+                    // rebuilt or restored later starts above it, so no id ever comes back.
+                    try brick.writeHighWater(first + Self.block)
                     r = Range(next: first, limit: first + Self.block)
                 } catch {
                     throw FSError.io
@@ -86,7 +91,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         self.brick = brick
         self.journal = journal
         self.log = logger
-        self.ids = IDAllocator(journal: journal, ordinal: nodeOrdinal)
+        self.ids = IDAllocator(journal: journal, brick: brick, ordinal: nodeOrdinal)
     }
 
     // MARK: - Helpers

@@ -186,8 +186,11 @@ public struct JournalRebuilder {
         let tmp = journalPath + ".rebuild"
         for suffix in ["", "-wal", "-shm", ".intents"] { unlink(tmp + suffix) }
         var result = Result()
+        var highWater: UInt64 = 2
         do {
             let j = try Journal(path: tmp, identity: identity, create: true)
+            var closed = false
+            defer { if !closed { j.close(cleanShutdown: false) } }
             var ops: [JournalOp] = []
             func flushOps() throws(JournalError) {
                 if ops.count >= 2000 { try j.submit(ops, wait: .queued); ops.removeAll(keepingCapacity: true) }
@@ -233,7 +236,9 @@ public struct JournalRebuilder {
             }
             // Pass 2: every entry, keeping its id; entries copied in without one (behind
             // TwinFS's back, or an imported directory) get fresh ids above every id in use.
-            var next = maxCounter + 1
+            // Above every id in the brick and every id block ever reserved (ids of deleted
+            // entries must not come back: a peer may still know them).
+            var next = max(maxCounter, brick.readHighWater() ?? 0) + 1
             let rootSt = try brick.lstat("")
             try add("", rootSt, id: StableID.root, parent: nil, name: "")
             var stack: [(id: UInt64, rel: String)] = [(StableID.root, "")]
@@ -258,10 +263,12 @@ public struct JournalRebuilder {
                     try flushOps()
                 }
             }
+            highWater = next + 1
             ops.append(.setMeta(key: "next_id", value: "\(next + 1)"))
             ops.append(.setMeta(key: "rebuilt", value: ISO8601DateFormatter().string(from: Date())))
             try j.submit(ops, wait: .durable)
             j.close(cleanShutdown: true)
+            closed = true
         } catch let e as JournalError {
             throw e.adminError
         } catch let e as AdminError {
@@ -271,6 +278,10 @@ public struct JournalRebuilder {
         }
         if case .marked = Brick.inspect(path: brickPath) {} else {
             try brick.writeMarker(identity)
+        }
+        do { try brick.writeHighWater(highWater) } catch {
+            throw AdminError(problem: "cannot record the id high-water mark in \(brick.absolute(Brick.privateDir)): \(error)",
+                             fix: "check that the brick is writable and not full")
         }
         // Keep the old journal: never delete metadata to "repair".
         if FileManager.default.fileExists(atPath: journalPath) {

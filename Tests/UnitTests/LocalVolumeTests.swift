@@ -108,6 +108,29 @@ final class LocalVolumeTests: XCTestCase {
         XCTAssertEqual(st.st_size, 0)
     }
 
+    /// Ids of deleted entries never come back, not even after the journal is rebuilt from a
+    /// brick that no longer holds them (a peer may still know those ids).
+    func testIdsAreNeverReusedAfterDeletesAndARebuild() throws {
+        let d = try tempDir(self)
+        var (v, j) = try makeVolume(d)
+        var handedOut: [UInt64] = []
+        for i in 0..<3 {
+            let (st, h) = try v.create(parent: .root, name: "f\(i)", mode: 0o644, flags: O_WRONLY, ctx: .root)
+            try v.release(handle: h)
+            handedOut.append(UInt64(st.st_ino))
+            try v.unlink(parent: .root, name: "f\(i)")
+        }
+        j.close(cleanShutdown: true)
+        let r = try JournalRebuilder(brickPath: d + "/brick", journalPath: d + "/j.db", identity: identity, nodeOrdinal: 1).run()
+        XCTAssertEqual(r.files, 0)
+        (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        let (st, h) = try v.create(parent: .root, name: "new", mode: 0o644, flags: O_WRONLY, ctx: .root)
+        try v.release(handle: h)
+        XCTAssertFalse(handedOut.contains(UInt64(st.st_ino)))
+        XCTAssertGreaterThan(UInt64(st.st_ino) & 0x00FF_FFFF_FFFF_FFFF, 4096, "above the whole block reserved before")
+    }
+
     /// A symlink inside the brick pointing outside can never be followed by the daemon, even
     /// when a path handed to the volume runs through it (a rename race).
     func testPathsNeverLeaveTheBrickThroughSymlinks() throws {
