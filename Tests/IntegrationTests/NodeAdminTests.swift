@@ -200,6 +200,11 @@ final class NodeAdminTests: XCTestCase {
         let helper = TestEnv.repoRoot + "/mount/mount.twinfs"
         let installed = "/sbin/mount.twinfs"
         var linked = false
+        // A link from an earlier or parallel run (possibly into a checkout that is gone) is
+        // replaced by ours; a helper really installed there is used as it is.
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: installed)) != nil {
+            unlink(installed)
+        }
         if !FileManager.default.fileExists(atPath: installed) {
             try FileManager.default.createSymbolicLink(atPath: installed, withDestinationPath: helper)
             linked = true
