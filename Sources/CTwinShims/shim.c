@@ -10,14 +10,11 @@
 
 int twin_O_PATH(void) { return O_PATH; }
 int twin_O_DIRECT(void) { return O_DIRECT; }
-int twin_AT_EMPTY_PATH(void) { return AT_EMPTY_PATH; }
 long twin_UTIME_NOW(void) { return UTIME_NOW; }
 long twin_UTIME_OMIT(void) { return UTIME_OMIT; }
 unsigned int twin_RENAME_NOREPLACE(void) { return RENAME_NOREPLACE; }
 unsigned int twin_RENAME_EXCHANGE(void) { return RENAME_EXCHANGE; }
 int twin_FALLOC_FL_KEEP_SIZE(void) { return FALLOC_FL_KEEP_SIZE; }
-int twin_F_OFD_SETLK(void) { return F_OFD_SETLK; }
-int twin_F_OFD_GETLK(void) { return F_OFD_GETLK; }
 
 int twin_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
     return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);

@@ -508,6 +508,16 @@ public final class Journal: @unchecked Sendable {
         }
     }
 
+    /// The id of a brick-relative path by walking names from the root ("" is the root).
+    public func id(atPath rel: String) throws(JournalError) -> UInt64? {
+        var id = StableID.root
+        for comp in rel.split(separator: "/") {
+            guard let next = try lookup(parent: id, name: String(comp)) else { return nil }
+            id = next
+        }
+        return id
+    }
+
     public func lookup(parent: UInt64, name: String) throws(JournalError) -> UInt64? {
         try read { c throws(JournalError) in
             let s = try c.statement("SELECT id FROM dentries WHERE parent = ?1 AND name = ?2")

@@ -183,13 +183,9 @@ public final class ReplicaApplier: Sendable {
     private func resolve(_ rel: String) throws(FSError) -> UInt64 {
         if rel.isEmpty { return StableID.root }
         if let id = volume.brick.readID(rel: rel) { return id }
-        var id = StableID.root
-        for comp in rel.split(separator: "/") {
-            let next: UInt64?
-            do { next = try volume.journal.lookup(parent: id, name: String(comp)) } catch { throw FSError.io }
-            guard let n = next else { throw FSError.notFound }
-            id = n
-        }
+        let found: UInt64?
+        do { found = try volume.journal.id(atPath: rel) } catch { throw FSError.io }
+        guard let id = found else { throw FSError.notFound }
         // The journal may be ahead of a brick entry that lost its xattr; the brick must hold it.
         _ = try volume.brick.lstat(rel)
         return id

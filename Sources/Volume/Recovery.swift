@@ -18,61 +18,16 @@ extension LocalVolume {
         var report = RecoveryReport()
         let intents: [(seq: Int64, parent: UInt64, name: String)]
         do { intents = try journal.pendingIntents() } catch { throw FSError.io }
-        // Names that exist are linked first, vanished ones unlinked after, so that a renamed
-        // entry never looks nameless in between (which would drop its row and hash).
-        var present: [(Int64, UInt64, String)] = []
-        var gone: [(Int64, UInt64, String)] = []
-        for i in intents {
-            let parentPath = (try? journal.path(of: i.parent)) ?? nil
-            if let pp = parentPath, (try? brick.lstat(Brick.join(pp, i.name))) != nil {
-                present.append((i.seq, i.parent, i.name))
-            } else {
-                gone.append((i.seq, i.parent, i.name))
-            }
+        // Pass 1 links every name that exists in the brick, in intent order; pass 2 retries
+        // the rest (a parent renamed by a later intent resolves only now) and unlinks what is
+        // really gone. Links before unlinks: a renamed entry never looks nameless in between,
+        // which would drop its row and hash.
+        var missing: [(seq: Int64, parent: UInt64, name: String)] = []
+        for i in intents where try !relink(i.seq, parent: i.parent, name: i.name, report: &report) {
+            missing.append(i)
         }
-        for (seq, parent, name) in present {
-            guard let pp = (try? journal.path(of: parent)) ?? nil else { continue }
-            let r = Brick.join(pp, name)
-            let st = try brick.lstat(r)
-            var ops: [JournalOp] = []
-            let id: UInt64
-            if let existing = brick.readID(rel: r) {
-                id = existing
-            } else {
-                id = try ids.next()
-                try brick.writeID(rel: r, id: id)
-            }
-            ops.append(.putAttributes(Self.record(st, id: id)))
-            ops.append(.link(parent: parent, name: name, id: id))
-            if let (hash, size) = try contentHash(rel: r, st: st) {
-                ops.append(.setContent(id: id, size: size, hash: hash.bytes, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs))
-                report.filesRehashed += 1
-            }
-            ops.append(.clearIntent(seq: seq))
-            try submit(ops, wait: .written)
-            report.intentsReplayed += 1
-        }
-        for (seq, parent, name) in gone {
-            // Re-checked now that the links are in: a parent renamed by an earlier intent
-            // resolves to its new path.
-            if let pp = (try? journal.path(of: parent)) ?? nil {
-                do {
-                    let r = Brick.join(pp, name)
-                    let st = try brick.lstat(r)
-                    var id = brick.readID(rel: r) ?? 0
-                    if id == 0 {
-                        id = try ids.next()
-                        try brick.writeID(rel: r, id: id)
-                    }
-                    try submit([.putAttributes(Self.record(st, id: id)), .link(parent: parent, name: name, id: id),
-                                .clearIntent(seq: seq)], wait: .written)
-                    report.intentsReplayed += 1
-                    continue
-                } catch where error.errno != ENOENT {
-                    throw error
-                } catch {}
-            }
-            try submit([.unlink(parent: parent, name: name), .clearIntent(seq: seq)], wait: .written)
+        for i in missing where try !relink(i.seq, parent: i.parent, name: i.name, report: &report) {
+            try submit([.unlink(parent: i.parent, name: i.name), .clearIntent(seq: i.seq)], wait: .written)
             report.intentsReplayed += 1
         }
 
@@ -90,7 +45,7 @@ extension LocalVolume {
                 // row with its last name), as the brick is the truth.
                 let parts = r.split(separator: "/").map(String.init)
                 let parentPath = parts.dropLast().joined(separator: "/")
-                let parentID = parentPath.isEmpty ? StableID.root : try lookupID(parentPath)
+                let parentID = (try? journal.id(atPath: parentPath)) ?? nil
                 if let pid = parentID, let name = parts.last {
                     try submit([.unlink(parent: pid, name: name), .deleteInodeIfNameless(id: id)], wait: .written)
                 }
@@ -109,14 +64,29 @@ extension LocalVolume {
         return report
     }
 
-    /// The journal id of a brick-relative path, walking names from the root.
-    func lookupID(_ rel: String) throws(FSError) -> UInt64? {
-        var id = StableID.root
-        for comp in rel.split(separator: "/") {
-            guard let next = (try? journal.lookup(parent: id, name: String(comp))) ?? nil else { return nil }
-            id = next
+    /// Re-reads one intent's name from the brick into the journal (id, attributes, hash).
+    /// False when the name does not exist in the brick (or its parent is unknown yet).
+    func relink(_ seq: Int64, parent: UInt64, name: String, report: inout RecoveryReport) throws(FSError) -> Bool {
+        guard let pp = (try? journal.path(of: parent)) ?? nil else { return false }
+        let r = Brick.join(pp, name)
+        let st: stat
+        do { st = try brick.lstat(r) } catch where error.errno == ENOENT { return false }
+        let id: UInt64
+        if let existing = brick.readID(rel: r) {
+            id = existing
+        } else {
+            id = try ids.next()
+            try brick.writeID(rel: r, id: id)
         }
-        return id
+        var ops: [JournalOp] = [.putAttributes(Self.record(st, id: id)), .link(parent: parent, name: name, id: id)]
+        if let (hash, size) = try contentHash(rel: r, st: st) {
+            ops.append(.setContent(id: id, size: size, hash: hash.bytes, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs))
+            report.filesRehashed += 1
+        }
+        ops.append(.clearIntent(seq: seq))
+        try submit(ops, wait: .written)
+        report.intentsReplayed += 1
+        return true
     }
 
     /// XXH3-128 of a file's bytes or a symlink's target; nil for directories.

@@ -288,11 +288,7 @@ final class TestNode: @unchecked Sendable {
     func journalRecord(_ rel: String) throws -> InodeRecord? {
         if isMounted { syncJournal() }
         let j = try Journal(readOnlyPath: journalPath)
-        var id = StableID.root
-        for comp in rel.split(separator: "/") {
-            guard let next = try j.lookup(parent: id, name: String(comp)) else { return nil }
-            id = next
-        }
+        guard let id = try j.id(atPath: rel) else { return nil }
         return try j.inode(id)
     }
 }

@@ -9,7 +9,6 @@
 
 int twin_O_PATH(void);
 int twin_O_DIRECT(void);
-int twin_AT_EMPTY_PATH(void);
 long twin_UTIME_NOW(void);
 long twin_UTIME_OMIT(void);
 unsigned int twin_RENAME_NOREPLACE(void);
@@ -22,9 +21,6 @@ int twin_fallocate(int fd, int mode, int64_t offset, int64_t len);
 int twin_open_beneath(int dirfd, const char *path, int flags, unsigned int mode);
 /* Closes every descriptor from `first` on (a daemon must not hold what its starter passed it). */
 int twin_close_from(unsigned int first);
-/* fcntl(F_OFD_*) constants for record locks. */
-int twin_F_OFD_SETLK(void);
-int twin_F_OFD_GETLK(void);
 /* xattr calls (sys/xattr.h is not in Swift's Glibc module). */
 long twin_lgetxattr(const char *path, const char *name, void *value, size_t size);
 long twin_fgetxattr(int fd, const char *name, void *value, size_t size);
