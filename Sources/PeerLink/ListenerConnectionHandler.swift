@@ -168,12 +168,13 @@ final class ListenerConnectionHandler: ChannelDuplexHandler {
                 self.finished(cost: cost, context: context)
                 return
             }
+            // Counted before the reply leaves: a client that has its reply sees the count.
+            self.core.recordRequestHandled()
             let written = context.eventLoop.makePromise(of: Void.self)
             context.writeAndFlush(self.wrapOutboundOut(frame), promise: written)
             written.futureResult.assumeIsolated().whenComplete { _ in
                 self.finished(cost: cost, context: context)
             }
-            self.core.recordRequestHandled()
         }
     }
 
