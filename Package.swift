@@ -60,7 +60,7 @@ let package = Package(
                                                     .product(name: "NIOCore", package: "swift-nio")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
-                                                 "FuseAdapter", "ControlSocket", "Fixity",
+                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol",
                                                  .product(name: "Logging", package: "swift-log")]),
         // The `twinfs` command: node, status, verify, journal rebuild, demo.
         .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims",

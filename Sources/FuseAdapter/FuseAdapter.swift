@@ -19,13 +19,28 @@ public final class FuseAdapter: Sendable {
     let timeout: Double
     let log: Logger
 
-    public init(volume: any VolumeOperations, attrTimeout: Double, logger: Logger) {
+    public init(volume: any VolumeOperations, attrTimeout: Double, keepCache: Bool = true, logger: Logger) {
         self.volume = volume
+        self.keepCache = keepCache
         self.timeout = attrTimeout
         self.log = logger
     }
 
     public var knownInodes: Int { inodes.count }
+
+    /// False with a peer: it changes the brick too, so an open must not keep cached pages.
+    public let keepCache: Bool
+
+    /// The peer removed or renamed away `name` in `parent`: this node's path table must stop
+    /// resolving the inode through it (the kernel is told separately).
+    public func peerRemovedName(parent: UInt64, name: String) {
+        inodes.removeName(parent: parent, name: name)
+    }
+
+    /// The peer renamed an entry: follow it in the path table.
+    public func peerRenamed(parent: UInt64, name: String, newParent: UInt64, newName: String, exchange: Bool) {
+        inodes.rename(parent: parent, name: name, newParent: newParent, newName: newName, exchange: exchange)
+    }
 
     // MARK: - Request helpers
 
@@ -262,8 +277,9 @@ public final class FuseAdapter: Sendable {
                 do {
                     guard let fi else { throw FSError.invalid }
                     fi.pointee.fh = try a.volume.open(try a.node(ino), flags: fi.pointee.flags)
-                    // Only this node writes the brick, so cached pages stay valid across opens.
-                    fi.pointee.keep_cache = 1
+                    // A lone node is the only writer of its brick, so cached pages stay valid
+                    // across opens; with a peer, an open re-reads what the peer may have changed.
+                    fi.pointee.keep_cache = a.keepCache ? 1 : 0
                     if fuse_reply_open(req, fi) != 0 { try? a.volume.release(handle: fi.pointee.fh) }
                 } catch { FuseAdapter.fail(req, error) }
             }

@@ -64,6 +64,24 @@ public final class FuseSession: @unchecked Sendable {
         if let t = loopThread { pthread_kill(t, SIGUSR1) }
     }
 
+    /// Tells the kernel that `name` in directory `parent` changed behind its back (the peer
+    /// applied a change): its cached lookup is dropped. Never call from a request handler.
+    public func invalidateEntry(parent: UInt64, name: String) {
+        guard mounted else { return }
+        let bytes = Array(name.utf8)
+        _ = bytes.withUnsafeBufferPointer { b in
+            b.baseAddress!.withMemoryRebound(to: CChar.self, capacity: b.count) { p in
+                fuse_lowlevel_notify_inval_entry(session, fuse_ino_t(parent), p, b.count)
+            }
+        }
+    }
+
+    /// Drops the kernel's cached attributes and pages of inode `id` (its bytes changed on the peer).
+    public func invalidateInode(_ id: UInt64) {
+        guard mounted else { return }
+        _ = fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(id), 0, 0)
+    }
+
     public func unmount() {
         guard mounted else { return }
         fuse_session_unmount(session)

@@ -54,6 +54,18 @@ public enum JournalOp: Sendable {
     /// Remove an inode row whatever its names (recovery of an aborted create).
     case deleteInodeIfNameless(id: UInt64)
     case setMeta(key: String, value: String)
+    /// A change the peer must receive (an encoded peer message), in order of `seq`.
+    /// `applied`: the change is on this brick (a row written just before the change is not yet).
+    case peerOp(seq: Int64, message: [UInt8], applied: Bool)
+    case peerOpApplied(seq: Int64)
+    case dropPeerOp(seq: Int64)
+    /// File `id`'s bytes must reach the peer. `owed`: false while a live copy is streaming (a
+    /// crash leaves it to resend), true once the peer could not take it (catch-up sends it).
+    case peerFile(id: UInt64, owed: Bool)
+    /// The peer has file `id` as of generation `generation` (a newer mark keeps the row).
+    case dropPeerFile(id: UInt64, generation: Int64)
+    case splitBrain(key: String, id: UInt64, path: String, reason: String)
+    case clearSplitBrain(key: String)
 }
 
 public struct JournalStats: Sendable, Equatable {
@@ -92,6 +104,8 @@ public final class Journal: @unchecked Sendable {
     /// Append-only intents (see IntentLog); nil when opened read-only.
     private var intentLog: IntentLog?
     private var lastSync = true
+    /// The last peer-op sequence number handed out (under `cond`).
+    private var peerSeq: Int64 = 0
     /// Intents whose results are in the batch being committed (writer thread only).
     private var cleared: [Int64] = []
 
@@ -121,10 +135,12 @@ public final class Journal: @unchecked Sendable {
             if !exists {
                 try Self.createSchema(w, identity: identity)
             }
+            try Self.createPeerTables(w)
             try Self.checkIdentity(w, path: path, expected: identity)
             writerConn = w
             reader = try SQLiteConnection(path: path, readOnly: true, create: false)
             intentSeq = try Self.maxIntent(w)
+            peerSeq = try Self.maxPeerSeq(w)
             w.resetAll()
             intentLog = try IntentLog(path: path + ".intents", firstSeq: intentSeq + 1)
         } catch {
@@ -293,6 +309,13 @@ public final class Journal: @unchecked Sendable {
     }
 
     /// A fresh sequence number for an intent kept in the SQLite table (tests, tools).
+    public func nextPeerSeq() -> Int64 {
+        cond.lock()
+        defer { cond.unlock() }
+        peerSeq += 1
+        return peerSeq
+    }
+
     public func nextIntentSeq() -> Int64 {
         cond.lock()
         defer { cond.unlock() }
@@ -423,6 +446,8 @@ public final class Journal: @unchecked Sendable {
             let s = try writer.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")
             s.bind(1, key); s.bind(2, value)
             try s.run()
+        case .peerOp, .peerOpApplied, .dropPeerOp, .peerFile, .dropPeerFile, .splitBrain, .clearSplitBrain:
+            try applyPeer(op, writer)
         }
     }
 
@@ -455,7 +480,7 @@ public final class Journal: @unchecked Sendable {
 
     // MARK: - Reading (a separate WAL reader connection; never blocks the writer)
 
-    private func read<T>(_ body: (SQLiteConnection) throws(JournalError) -> T) throws(JournalError) -> T {
+    func read<T>(_ body: (SQLiteConnection) throws(JournalError) -> T) throws(JournalError) -> T {
         readerLock.lock()
         defer {
             reader.resetAll()

@@ -460,6 +460,8 @@ extension PeerMessage {
         case let .setxattr(path, name, value, _): return s(path) + s(name) + 4 + value.count
         case let .removexattr(path, name): return s(path) + s(name)
         case let .reply(_, _, payload): return 4 + (payload?.readableBytes ?? 0)
+        case let .lock(_, keys, _): return keys.reduce(0) { $0 + s($1) }
+        case .unlock, .pull, .catchUpState: return 0
         }
     }
 

@@ -46,6 +46,16 @@ extension PeerMessage {
             w.string(path); w.string(name); w.bytes(value); w.integer(flags)
         case let .removexattr(path, name):
             w.string(path); w.string(name)
+        case let .lock(token, keys, lease):
+            w.integer(token); w.integer(UInt8(truncatingIfNeeded: keys.count))
+            for k in keys { w.string(k) }
+            w.integer(lease)
+        case let .unlock(token):
+            w.integer(token)
+        case let .pull(id):
+            w.integer(id)
+        case let .catchUpState(ops, files):
+            w.integer(ops); w.integer(files)
         case let .reply(requestID, errno, payload):
             w.integer(requestID); w.integer(errno)
             if let payload { w.integer(UInt8(1)); w.bytes(payload) } else { w.integer(UInt8(0)) }
@@ -102,6 +112,21 @@ extension PeerMessage {
                           flags: try r.flags("flags", allowed: 0x3))
         case .removexattr:
             m = .removexattr(path: try r.path("path"), name: try r.xattrName())
+        case .lock:
+            let token = try r.integer("token", as: UInt64.self)
+            let n = try r.integer("keyCount", as: UInt8.self)
+            guard (1...UInt8(maxLockKeys)).contains(n) else { throw r.malformed("keyCount", "\(n) keys (1 to \(maxLockKeys) allowed)") }
+            var keys: [String] = []
+            for _ in 0..<n { keys.append(try r.text("key", min: 3, max: maxLockKey)) }
+            let lease = try r.integer("leaseMs", as: UInt32.self)
+            guard (1...60_000).contains(lease) else { throw r.malformed("leaseMs", "\(lease) ms is not between 1 ms and 60 s") }
+            m = .lock(token: token, keys: keys, leaseMs: lease)
+        case .unlock:
+            m = .unlock(token: try r.integer("token"))
+        case .pull:
+            m = .pull(stableID: try r.stableID())
+        case .catchUpState:
+            m = .catchUpState(ops: try r.integer("ops"), files: try r.integer("files"))
         case .reply:
             let (requestID, errno) = (try r.integer("requestID", as: UInt64.self), try r.integer("errno", as: Int32.self))
             guard (0...4095).contains(errno) else { throw r.malformed("errno", "\(errno) is not an errno value") }

@@ -23,6 +23,11 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case setattr = 25
     case setxattr = 26
     case removexattr = 27
+    // Cluster coordination.
+    case lock = 28
+    case unlock = 29
+    case pull = 30
+    case catchUpState = 31
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -69,6 +74,16 @@ public enum PeerMessage: Sendable, Equatable {
     /// `flags` are XATTR_CREATE / XATTR_REPLACE.
     case setxattr(path: String, name: String, value: [UInt8], flags: UInt32)
     case removexattr(path: String, name: String)
+    /// Takes the cluster-wide name locks `keys` ("<parent id>/<name>") on the node that serves
+    /// them (ordinal 1) for `leaseMs` milliseconds or until `unlock(token)`: racing namespace
+    /// changes of one name on both nodes are applied in one order on both bricks.
+    case lock(token: UInt64, keys: [String], leaseMs: UInt32)
+    case unlock(token: UInt64)
+    /// "If you owe me file `stableID` (changed while we could not talk), send it now": asked
+    /// before this node serves a file the peer may hold a newer copy of.
+    case pull(stableID: UInt64)
+    /// The sender's catch-up towards the receiver: namespace changes and files still to send.
+    case catchUpState(ops: UInt64, files: UInt64)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -84,6 +99,9 @@ public enum PeerMessage: Sendable, Equatable {
     public static let maxReasonBytes = 512
     /// Node and volume names, as the config accepts them.
     public static let maxLabelBytes = 64
+    /// Name locks per request (a rename takes two) and the longest key ("<id>/<name>").
+    public static let maxLockKeys = 4
+    public static let maxLockKey = 21 + 255
 
     public var type: MessageType {
         switch self {
@@ -106,6 +124,10 @@ public enum PeerMessage: Sendable, Equatable {
         case .setxattr: return .setxattr
         case .removexattr: return .removexattr
         case .reply: return .reply
+        case .lock: return .lock
+        case .unlock: return .unlock
+        case .pull: return .pull
+        case .catchUpState: return .catchUpState
         }
     }
 }

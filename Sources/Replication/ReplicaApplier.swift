@@ -132,7 +132,8 @@ public final class ReplicaApplier: Sendable {
             try setxattr(path, name, value: value, flags: flags)
         case let .removexattr(path, name):
             try removexattr(path, name)
-        case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply:
+        case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
+             .lock, .unlock, .pull, .catchUpState:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
             stats.with { $0.refused += 1 }
             throw FSError.invalid

@@ -9,10 +9,13 @@ public struct NodeConfig: Sendable, Equatable {
         public var node: String
         public var address: String
         public var secretFile: String
-        public init(node: String, address: String, secretFile: String) {
+        /// Seconds without an answer after which the peer is declared down (`peer.timeout`).
+        public var timeout: Double = 2.5
+        public init(node: String, address: String, secretFile: String, timeout: Double = 2.5) {
             self.node = node
             self.address = address
             self.secretFile = secretFile
+            self.timeout = timeout
         }
     }
 
@@ -82,13 +85,14 @@ public struct NodeConfig: Sendable, Equatable {
                 throw AdminError(problem: "config \(path): 'peer' must be a table",
                                  fix: "write it as a [peer] section with node, address and secret_file")
             }
-            for key in pt.keys.sorted() where !["node", "address", "secret_file"].contains(key) {
+            for key in pt.keys.sorted() where !["node", "address", "secret_file", "timeout"].contains(key) {
                 throw AdminError(problem: "config \(path): unknown key 'peer.\(key)'",
-                                 fix: "the [peer] section takes node, address and secret_file")
+                                 fix: "the [peer] section takes node, address, secret_file and timeout")
             }
             let pr = Reader(table: pt, path: path, section: "peer")
-            let peer = Peer(node: try pr.name("node"), address: try pr.hostPort("address"),
+            var peer = Peer(node: try pr.name("node"), address: try pr.hostPort("address"),
                             secretFile: try pr.absolutePath("secret_file"))
+            if let t = try pr.number("timeout", range: 0.2...30) { peer.timeout = t }
             guard peer.node != cfg.node else {
                 throw AdminError(problem: "config \(path): peer.node is '\(peer.node)', the same as this node",
                                  fix: "name the other node of the pair in [peer]")
@@ -158,6 +162,7 @@ public struct NodeConfig: Sendable, Equatable {
             node = "\(p.node)"
             address = "\(p.address)"
             secret_file = "\(p.secretFile)"
+            timeout = \(p.timeout)
 
             """
         }

@@ -36,10 +36,12 @@ public struct NodeStatus: Codable, Sendable {
     public var recoveredIntents: Int
     public var recoveredFiles: Int
     public var peer: String?
+    /// The pair's replication, when a peer is configured.
+    public var replication: ReplicationStatus?
     public var version: String
 
     enum CodingKeys: String, CodingKey {
-        case volume, node, brick, mountpoint, state, pid, files, directories, symlinks, bytes, peer, version
+        case volume, node, brick, mountpoint, state, pid, files, directories, symlinks, bytes, peer, version, replication
         case uptimeSeconds = "uptime_seconds"
         case dirtyFiles = "dirty_files"
         case journalPath = "journal_path"
@@ -54,7 +56,48 @@ public struct NodeStatus: Codable, Sendable {
     }
 }
 
-public let twinfsVersion = "0.1.0"
+/// `replication` in `twinfs status --json`.
+public struct ReplicationStatus: Codable, Sendable {
+    public struct SplitBrainEntry: Codable, Sendable {
+        public var path: String
+        public var id: UInt64
+        public var reason: String
+        public var detected: String
+    }
+    public var peerNode: String
+    public var peerAddress: String
+    /// The link as this node's client sees it: up, connecting, or down (reason).
+    public var link: String
+    /// live (every change on both bricks), degraded (peer unreachable: recording what it must
+    /// receive) or catching-up (sending it).
+    public var mode: String
+    /// What the peer must still receive from this node.
+    public var pendingChanges: Int64
+    public var pendingFiles: Int64
+    public var pendingBytes: Int64
+    public var splitBrainCount: Int64
+    public var splitBrain: [SplitBrainEntry]
+    public var lastLinkError: String
+    /// What the peer reported it still owes this node.
+    public var peerPendingChanges: UInt64
+    public var peerPendingFiles: UInt64
+
+    enum CodingKeys: String, CodingKey {
+        case link, mode
+        case peerNode = "peer_node"
+        case peerAddress = "peer_address"
+        case pendingChanges = "pending_changes"
+        case pendingFiles = "pending_files"
+        case pendingBytes = "pending_bytes"
+        case splitBrainCount = "split_brain_count"
+        case splitBrain = "split_brain"
+        case lastLinkError = "last_link_error"
+        case peerPendingChanges = "peer_pending_changes"
+        case peerPendingFiles = "peer_pending_files"
+    }
+}
+
+public let twinfsVersion = "0.2.0"
 
 /// One TwinFS node process: brick + journal + volume + FUSE mount + control socket.
 public final class Node: @unchecked Sendable {
@@ -133,23 +176,43 @@ public final class Node: @unchecked Sendable {
         try? journal.submit([.setMeta(key: "clean_shutdown", value: "0"),
                              .setMeta(key: "boot_id", value: Self.bootID())], wait: .durable)
 
-        let adapter = FuseAdapter(volume: volume, attrTimeout: cfg.attrTimeout, logger: log)
+        var member: ClusterMember?
+        if let peer = cfg.peer {
+            guard ordinal == cfg.nodeOrdinal else {
+                journal.close(cleanShutdown: true)
+                throw AdminError(problem: "this node's journal hands out ids as node \(ordinal), but in the pair with '\(peer.node)' it is node \(cfg.nodeOrdinal) (the name that sorts first is node 1); both nodes would give out the same ids",
+                                 fix: "name the nodes so that this one keeps its place (sorting \(ordinal == 1 ? "before" : "after") '\(peer.node)'), or start the pair from an empty brick")
+            }
+            do {
+                member = try ClusterMember(cfg: cfg, peer: peer, local: volume, ordinal: ordinal, log: log)
+            } catch {
+                journal.close(cleanShutdown: true)
+                throw error
+            }
+            member?.awaitPeer(timeout: .milliseconds(Int64(peer.timeout * 1000)), log: log)
+        }
+        let served: any VolumeOperations = member?.volume ?? volume
+        let adapter = FuseAdapter(volume: served, attrTimeout: cfg.attrTimeout, keepCache: member == nil, logger: log)
         let session = try FuseSession(adapter: adapter, mountpoint: cfg.mountpoint,
                                       fsname: "twinfs:\(cfg.volume)", maxThreads: cfg.maxThreads)
         do {
             try session.mount()
         } catch {
+            member?.stop()
             journal.close(cleanShutdown: true)
             throw error
         }
+        member?.attach(session: session, adapter: adapter)
+        let cluster = member
         let control: ControlServer
         do {
             control = try ControlServer(path: cfg.controlSocket, logger: log) { [self] req in
                 self.handle(req, journal: journal, volume: volume, adapter: adapter, brick: brick,
-                            lastShutdown: lastShutdown, report: report)
+                            lastShutdown: lastShutdown, report: report, member: cluster)
             }
         } catch {
             session.unmount()
+            member?.stop()
             journal.close(cleanShutdown: true)
             throw error
         }
@@ -167,13 +230,14 @@ public final class Node: @unchecked Sendable {
         let rc = session.run()
         session.unmount()
         control.close()
+        member?.stop()
         journal.close(cleanShutdown: true)
         log.notice("unmounted \(cfg.mountpoint); journal closed cleanly")
         return rc == 0 || rc == SIGTERM || rc == SIGINT ? 0 : 1
     }
 
     func handle(_ req: ControlRequest, journal: Journal, volume: LocalVolume, adapter: FuseAdapter, brick: Brick,
-                lastShutdown: String, report: RecoveryReport) -> ControlResponse {
+                lastShutdown: String, report: RecoveryReport, member: ClusterMember?) -> ControlResponse {
         switch req.command {
         case "ping":
             return ControlResponse(ok: true, body: "{}")
@@ -189,16 +253,33 @@ public final class Node: @unchecked Sendable {
             do {
                 let s = try journal.stats()
                 let fs = try? brick.statfs()
+                var state = journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED"
+                var replication: ReplicationStatus?
+                if let m = member, let p = cfg.peer {
+                    let r = try m.volume.report()
+                    replication = ReplicationStatus(
+                        peerNode: p.node, peerAddress: p.address, link: r.link, mode: r.mode.rawValue,
+                        pendingChanges: r.backlog.ops, pendingFiles: r.backlog.files, pendingBytes: r.backlog.bytes,
+                        splitBrainCount: r.backlog.splitBrain,
+                        splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
+                        lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
+                        peerPendingFiles: r.peerCatchingUpFiles)
+                    if state == "HEALTHY" {
+                        if r.mode == .degraded { state = "DEGRADED" }
+                        else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
+                        else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 { state = "HEALING" }
+                    }
+                }
                 let st = NodeStatus(
                     volume: cfg.volume, node: cfg.node, brick: cfg.brick, mountpoint: cfg.mountpoint,
-                    state: journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED", pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
+                    state: state, pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
                     files: s.files, directories: s.directories, symlinks: s.symlinks, bytes: s.bytes,
                     dirtyFiles: s.dirty, journalPath: cfg.journal, journalBytes: journal.sizeOnDisk(),
                     openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,
                     brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
                     brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
                     lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
-                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, version: twinfsVersion)
+                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, version: twinfsVersion)
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 return ControlResponse(ok: true, body: String(decoding: try enc.encode(st), as: UTF8.self))

@@ -98,7 +98,20 @@ struct Status: ParsableCommand {
         if s.recoveredIntents + s.recoveredFiles > 0 {
             out("  recovery    \(s.recoveredIntents) unfinished changes re-read, \(s.recoveredFiles) files re-hashed at start")
         }
-        out("  peer        \(s.peer ?? "none configured")")
+        if let r = s.replication {
+            out("  peer        \(r.peerNode) at \(r.peerAddress): link \(r.link), replication \(r.mode)")
+            out("  owed peer   \(r.pendingChanges) changes, \(r.pendingFiles) files (\(bytes(r.pendingBytes)))")
+            if r.peerPendingChanges + r.peerPendingFiles > 0 {
+                out("  peer owes   \(r.peerPendingChanges) changes, \(r.peerPendingFiles) files to this node")
+            }
+            if !r.lastLinkError.isEmpty && r.mode != "live" { out("  last error  \(r.lastLinkError)") }
+            if r.splitBrainCount > 0 {
+                out("  SPLIT BRAIN \(r.splitBrainCount) entries changed on both nodes while apart (both copies kept):")
+                for e in r.splitBrain { out("              \(e.path)  (id \(e.id), \(e.detected)): \(e.reason)") }
+            }
+        } else {
+            out("  peer        none configured")
+        }
     }
 
     func bytes(_ n: Int64) -> String {

@@ -52,6 +52,10 @@ final class MessageTests: XCTestCase {
             (.hello(node: "evil\nnode", volume: "v", protocolVersion: 1, nonce: Array(repeating: 0, count: 32)), "node"),
             (.hello(node: "", volume: "v", protocolVersion: 1, nonce: Array(repeating: 0, count: 32)), "node"),
             (.reply(requestID: 1, errno: -1, payload: nil), "errno"),
+            (.lock(token: 1, keys: [], leaseMs: 100), "keyCount"),
+            (.lock(token: 1, keys: ["1/a", "1/b", "1/c", "1/d", "1/e"], leaseMs: 100), "keyCount"),
+            (.lock(token: 1, keys: ["1/a"], leaseMs: 0), "leaseMs"),
+            (.pull(stableID: 1), "stableID"),
             (.authFailed(reason: String(repeating: "x", count: 513)), "reason"),
         ]
         for (message, field) in refused {

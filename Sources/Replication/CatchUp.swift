@@ -1,0 +1,138 @@
+import Foundation
+import Glibc
+import Journal
+import Logging
+import PeerProtocol
+import TwinCore
+
+/// The catch-up thread: whenever the link is up and this node owes the peer anything, it
+/// replays the owed namespace changes in order, switches the volume back to live, then sends
+/// every owed file in full (verified by the peer's own XXH3-128). Everything it sends is
+/// removed from the journal only once the peer confirmed it, so a restart of either node at
+/// any point resumes where it stopped; a resent change is idempotent (same stable ids).
+public final class CatchUp: @unchecked Sendable {
+    let v: ReplicatedVolume
+    let log: Logger
+    private let stopped = Locked(false)
+    private var thread: Thread?
+    private let done = DispatchSemaphore(value: 0)
+
+    public init(volume: ReplicatedVolume, logger: Logger) {
+        v = volume
+        log = logger
+    }
+
+    public func start() {
+        let t = Thread { [self] in
+            run()
+            done.signal()
+        }
+        t.name = "twinfs-catchup"
+        thread = t
+        t.start()
+    }
+
+    public func stop() {
+        stopped.with { $0 = true }
+        v.gate.wakeCatchUp()
+        if thread != nil { done.wait() }
+    }
+
+    private var isStopped: Bool { stopped.with { $0 } }
+
+    private func run() {
+        var announced: (UInt64, UInt64)?
+        while !isStopped {
+            v.gate.waitForWork(seconds: 0.05)
+            if isStopped { break }
+            guard v.channel.isUp else {
+                if v.gate.mode != .degraded { v.markDegraded("link \(v.channel.client.state)") }
+                announced = nil
+                continue
+            }
+            try? v.journal.submit([], wait: .written)
+            guard let b = try? v.journal.peerBacklog() else { continue }
+            let now = (UInt64(b.ops), UInt64(b.files))
+            if announced == nil || announced! != now && (now.0 == 0 || announced!.0 == 0 || now.1 == 0) {
+                guard case .ok = v.channel.call(.catchUpState(ops: now.0, files: now.1)) else { continue }
+                announced = now
+            }
+            if v.gate.mode == .live && b.ops == 0 && b.files == 0 { continue }
+            if v.gate.mode == .degraded {
+                log.notice("peer reachable again: catching up \(b.ops) namespace changes and \(b.files) files (\(b.bytes) bytes)")
+                v.gate.setCatchingUp()
+            }
+            guard replayOps() else { continue }
+            if v.gate.mode != .live {
+                let live = v.gate.switchToLive {
+                    try? v.journal.submit([], wait: .written)
+                    return (try? v.journal.peerBacklog().ops) == 0
+                }
+                if live {
+                    log.notice("peer in sync for namespace changes: replicating live again")
+                    v.state.with { $0.degradedSince = nil }
+                }
+            }
+            pushOwedFiles()
+        }
+    }
+
+    /// Replays owed namespace changes in order. False if the link went down.
+    private func replayOps() -> Bool {
+        var after: Int64 = 0
+        while !isStopped {
+            guard let rows = try? v.journal.peerOps(after: after, limit: 256), !rows.isEmpty else { return true }
+            var drops: [JournalOp] = []
+            defer { if !drops.isEmpty { try? v.journal.submit(drops, wait: .written) } }
+            for r in rows {
+                // A change still in flight on this node: wait for it to settle.
+                guard r.applied else { return true }
+                after = r.seq
+                guard let m = try? ReplicatedVolume.decodeOp(r.message) else {
+                    log.error("owed change \(r.seq) in the journal cannot be decoded; recorded as split brain")
+                    v.recordSplitBrain(id: 0, path: "journal peer_ops seq \(r.seq)", reason: "undecodable owed change")
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    continue
+                }
+                switch v.channel.call(m) {
+                case .ok:
+                    drops.append(.dropPeerOp(seq: r.seq))
+                case .unreachable(let why):
+                    v.markDegraded(why)
+                    return false
+                case .refused(let e):
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    if e == ENOENT, case .unlink = m { continue }
+                    if e == ENOENT, case .rmdir = m { continue }
+                    v.recordSplitBrain(id: ReplicatedVolume.entryID(m, brick: v.local.brick), path: ReplicatedVolume.describe(m),
+                                       reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
+                }
+            }
+        }
+        return true
+    }
+
+    private func pushOwedFiles() {
+        var after: UInt64 = 0
+        while !isStopped && v.channel.isUp {
+            guard let rows = try? v.journal.peerFiles(after: after, limit: 64), !rows.isEmpty else { return }
+            for r in rows {
+                after = r.id
+                if v.isSplit(r.id) {
+                    try? v.journal.submit([.dropPeerFile(id: r.id, generation: .max)], wait: .written)
+                    continue
+                }
+                switch v.pushFile(r.id) {
+                case .ok, .gone:
+                    v.settledChecked(r.id, generation: r.generation)
+                case .unreachable:
+                    return
+                case .splitBrain:
+                    continue
+                case .failed(let why):
+                    log.error("sending file id \(r.id) to the peer failed: \(why); it stays owed")
+                }
+            }
+        }
+    }
+}

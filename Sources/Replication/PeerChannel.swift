@@ -1,0 +1,124 @@
+import Foundation
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+
+/// How one request to the peer ended.
+public enum PeerOutcome: Sendable, Equatable {
+    /// The peer applied it (errno 0); its reply payload, if any.
+    case ok(ByteBuffer?)
+    /// The peer answered with an errno: it could not or would not apply it.
+    case refused(Int32)
+    /// No answer within the timeout, or no link: the peer is treated as down.
+    case unreachable(String)
+
+    public var isOK: Bool { if case .ok = self { return true } else { return false } }
+}
+
+/// The errno a node answers when a change would overwrite an entry it changed itself while
+/// the nodes could not talk (split brain). EBADE: "invalid exchange".
+public let splitBrainErrno: Int32 = 52
+
+/// A blocking front to `PeerClient` for FUSE worker threads and the catch-up thread (never
+/// call from Swift concurrency's cooperative pool: `call` blocks the thread).
+public final class PeerChannel: Sendable {
+    public let client: PeerClient
+    public let timeout: Duration
+
+    public init(client: PeerClient, timeout: Duration) {
+        self.client = client
+        self.timeout = timeout
+    }
+
+    public var isUp: Bool { client.state.isUp }
+
+    /// Sends and waits for the answer (at most `timeout` once the request is on the wire).
+    public func call(_ message: PeerMessage) -> PeerOutcome {
+        let pending = start(message)
+        return pending.wait()
+    }
+
+    /// Sends without waiting; `wait()` on the result collects the answer.
+    public func start(_ message: PeerMessage) -> PendingCall {
+        let p = PendingCall()
+        let client = self.client
+        let timeout = self.timeout
+        Task {
+            let outcome: PeerOutcome
+            do {
+                let reply = try await client.send(message, timeout: timeout)
+                switch reply {
+                case let .reply(_, errno, payload): outcome = errno == 0 ? .ok(payload) : .refused(errno)
+                default: outcome = .refused(EPROTO)
+                }
+            } catch {
+                outcome = .unreachable("\(error)")
+            }
+            p.complete(outcome)
+        }
+        return p
+    }
+
+    /// Sends without waiting and calls `done` with the answer (on a concurrency thread: keep it short).
+    public func start(_ message: PeerMessage, done: @escaping @Sendable (PeerOutcome) -> Void) {
+        let client = self.client
+        let timeout = self.timeout
+        Task {
+            let outcome: PeerOutcome
+            do {
+                let reply = try await client.send(message, timeout: timeout)
+                switch reply {
+                case let .reply(_, errno, payload): outcome = errno == 0 ? .ok(payload) : .refused(errno)
+                default: outcome = .refused(EPROTO)
+                }
+            } catch {
+                outcome = .unreachable("\(error)")
+            }
+            done(outcome)
+        }
+    }
+}
+
+/// A request in flight; `wait` blocks until its answer.
+public final class PendingCall: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var outcome: PeerOutcome?
+
+    func complete(_ o: PeerOutcome) {
+        cond.lock()
+        outcome = o
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    public func wait() -> PeerOutcome {
+        cond.lock()
+        defer { cond.unlock() }
+        while outcome == nil { cond.wait() }
+        return outcome!
+    }
+}
+
+/// A bound on the bytes of file data streaming to the peer: writers wait instead of growing memory.
+final class ByteBudget: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var used = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func acquire(_ n: Int) {
+        cond.lock()
+        while used > 0 && used + n > limit { cond.wait() }
+        used += n
+        cond.unlock()
+    }
+
+    func release(_ n: Int) {
+        cond.lock()
+        used -= n
+        cond.broadcast()
+        cond.unlock()
+    }
+}

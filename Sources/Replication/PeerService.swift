@@ -1,0 +1,150 @@
+import BrickStore
+import Dispatch
+import Glibc
+import Logging
+import NIOCore
+import PeerProtocol
+import TwinCore
+
+/// What the peer changed on this brick, for this node's kernel cache (the FUSE layer turns it
+/// into `notify_inval_*`; it is delivered after the reply, off the request path, because an
+/// invalidation may wait for a kernel lock held by a request of this very node).
+public enum PeerChange: Sendable {
+    case entry(parent: UInt64, name: String)
+    case removed(parent: UInt64, name: String)
+    case renamed(parent: UInt64, name: String, newParent: UInt64, newName: String, exchange: Bool)
+    case content(id: UInt64)
+}
+
+/// The receiving side of the peer link: every authenticated request from the peer lands here.
+/// Replication messages go to the `ReplicaApplier` (on a thread that may block), after the
+/// split-brain check: a file this node changed while the nodes were apart is never overwritten
+/// by the peer's copy (answered EBADE, recorded on both sides). Lock, pull and catch-up
+/// messages go to the replicated volume.
+public final class PeerService: Sendable {
+    public let volume: ReplicatedVolume
+    public let applier: ReplicaApplier
+    private let queue = DispatchQueue(label: "twinfs.peer.apply", attributes: .concurrent)
+    private let notify: @Sendable (PeerChange) -> Void
+    private let log: Logger
+
+    public init(volume: ReplicatedVolume, logger: Logger, notify: @escaping @Sendable (PeerChange) -> Void) {
+        self.volume = volume
+        applier = ReplicaApplier(volume: volume.local, logger: logger)
+        self.notify = notify
+        log = logger
+    }
+
+    /// `PeerListener`'s handler: hops off the cooperative pool (applying blocks on fsync).
+    public func handle(_ message: PeerMessage, requestID: UInt64) async -> PeerMessage {
+        await withCheckedContinuation { (c: CheckedContinuation<PeerMessage, Never>) in
+            queue.async { c.resume(returning: self.handleBlocking(message, requestID: requestID)) }
+        }
+    }
+
+    func reply(_ requestID: UInt64, _ errno: Int32) -> PeerMessage { .reply(requestID: requestID, errno: errno, payload: nil) }
+
+    public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
+        switch m {
+        case let .lock(token, keys, leaseMs):
+            guard volume.ordinal == 1, token < 1 << 63 else { return reply(requestID, EINVAL) }
+            let ok = volume.locks.acquire(keys, token: token, lease: .milliseconds(Int64(leaseMs)), wait: volume.lease)
+            return reply(requestID, ok ? 0 : EAGAIN)
+        case let .unlock(token):
+            guard token < 1 << 63 else { return reply(requestID, EINVAL) }
+            volume.locks.release(token)
+            return reply(requestID, 0)
+        case let .pull(id):
+            volume.servePull(id)
+            return reply(requestID, 0)
+        case let .catchUpState(ops, files):
+            volume.peerReportedCatchUp(ops: ops, files: files)
+            return reply(requestID, 0)
+        default:
+            break
+        }
+        if let id = contentTarget(m), volume.isOwed(id) || volume.isSplit(id) {
+            if !volume.isSplit(id) {
+                volume.recordSplitBrain(id: id, path: ReplicatedVolume.describe(m),
+                                        reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
+            }
+            return reply(requestID, splitBrainErrno)
+        }
+        let before = changeBefore(m)
+        let r = applier.apply(m, requestID: requestID)
+        if case let .reply(_, errno, _) = r, errno == 0 {
+            for c in before + changeAfter(m) { notify(c) }
+        }
+        return r
+    }
+
+    /// The file whose bytes a message changes, if this node could own a newer copy of it.
+    private func contentTarget(_ m: PeerMessage) -> UInt64? {
+        switch m {
+        case let .write(_, id, _, _), let .commit(_, id, _, _, _):
+            return id
+        case let .create(p, n, _, _, _, id):
+            return volume.local.brick.readID(rel: Brick.join(p, n)) == id ? id : nil
+        case let .setattr(path, c) where c.size != nil:
+            return volume.local.brick.readID(rel: path)
+        default:
+            return nil
+        }
+    }
+
+    private func id(_ rel: String) -> UInt64? {
+        rel.isEmpty ? StableID.root : volume.local.brick.readID(rel: rel)
+    }
+
+    /// Changes whose ids must be read before the message is applied (the name goes away).
+    private func changeBefore(_ m: PeerMessage) -> [PeerChange] {
+        switch m {
+        case let .unlink(p, n), let .rmdir(p, n):
+            return id(p).map { [.removed(parent: $0, name: n)] } ?? []
+        case let .rename(fp, fn, tp, tn, flags):
+            guard let a = id(fp), let b = id(tp) else { return [] }
+            return [.renamed(parent: a, name: fn, newParent: b, newName: tn, exchange: flags & 2 != 0)]
+        default:
+            return []
+        }
+    }
+
+    private func changeAfter(_ m: PeerMessage) -> [PeerChange] {
+        switch m {
+        case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _):
+            return id(p).map { [.entry(parent: $0, name: n)] } ?? []
+        case let .link(path, np, nn):
+            var out: [PeerChange] = id(np).map { [.entry(parent: $0, name: nn)] } ?? []
+            if let i = id(path) { out.append(.content(id: i)) }
+            return out
+        case let .commit(_, i, _, _, _):
+            return [.content(id: i)]
+        case let .setattr(p, _), let .setxattr(p, _, _, _), let .removexattr(p, _):
+            return id(p).map { [.content(id: $0)] } ?? []
+        default:
+            return []
+        }
+    }
+}
+
+extension ReplicatedVolume {
+    /// The peer is about to serve file `id`: if this node owes it, send it now.
+    func servePull(_ id: UInt64) {
+        guard isOwed(id), !isSplit(id) else { return }
+        let gen = (try? journal.peerFile(id))??.generation ?? .max
+        switch pushFile(id) {
+        case .ok, .gone:
+            settledChecked(id, generation: gen)
+        default:
+            break
+        }
+    }
+
+    /// Drops the owed row up to `generation`; forgets the id only if no newer mark remains.
+    func settledChecked(_ id: UInt64, generation: Int64) {
+        try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .written)
+        if (try? journal.peerFile(id)) ?? nil == nil {
+            state.with { _ = $0.owed.remove(id) }
+        }
+    }
+}

@@ -1,0 +1,805 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+import Volume
+
+/// The replicating layer of a two-node volume (GlusterFS's AFR, purpose-built): wraps the
+/// local volume behind the same `VolumeOperations` protocol the FUSE adapter calls.
+///
+/// - Live (peer up, nothing owed): a namespace change takes its cluster name locks, is written
+///   as a tentative row of `peer_ops` (so a crash cannot forget to tell the peer), applied to
+///   this brick, sent to the peer and returns once the peer applied it. File data streams to
+///   the peer as it is written; close/fsync sends a commit (size + XXH3-128) that the peer
+///   checks against its own hash of its own disk, while the local fsync runs.
+/// - Degraded (peer down, unreachable or frozen past the timeout): every change completes
+///   locally and what the peer must receive is made durable in the journal before the call
+///   returns: the change itself (`peer_ops`) or the file (`peer_files`).
+/// - Catching up: the catch-up thread (`CatchUp`) replays what is owed, then switches to live.
+public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
+    public enum Mode: String, Sendable { case live, degraded, catchingUp = "catching-up" }
+
+    public let local: LocalVolume
+    public let journal: Journal
+    public let channel: PeerChannel
+    public let ordinal: UInt8
+    public let locks = NameLocks()
+    let log: Logger
+    let lease: Duration
+    let gate = ModeGate()
+    let state: Locked<SharedState>
+    private let handles = Locked<[UInt64: RepHandle]>([:])
+    let budget = ByteBudget(limit: 64 << 20)
+    private let pushLocks = Locked<Set<UInt64>>([])
+    let pushCond = NSCondition()
+    /// Called with the stable ids of entries whose state changed behind this node's kernel cache.
+    public let tentativeRowsChecked: Int
+
+    struct SharedState {
+        var owed: Set<UInt64> = []
+        var split: Set<UInt64> = []
+        /// What the peer reported of its own catch-up towards this node.
+        var peerOps: UInt64 = 0
+        var peerFiles: UInt64 = 0
+        var peerStateKnown = false
+        var pulled: Set<UInt64> = []
+        var lastLinkError = ""
+        var degradedSince: Date? = Date()
+    }
+
+    public init(local: LocalVolume, channel: PeerChannel, ordinal: UInt8, logger: Logger) throws(FSError) {
+        self.local = local
+        journal = local.journal
+        self.channel = channel
+        self.ordinal = ordinal
+        log = logger
+        lease = channel.timeout * 2
+        var s = SharedState()
+        do {
+            s.split = try journal.splitBrainIDs()
+            for f in try journal.peerFiles(limit: Int.max, includeStreaming: true) { s.owed.insert(f.id) }
+        } catch {
+            throw FSError.io
+        }
+        state = Locked(s)
+        tentativeRowsChecked = try Self.settleCrashLeftovers(local: local, owedStreaming: s.owed, log: logger)
+    }
+
+    /// Rows a crash left: a tentative namespace change is kept only if the brick shows it was
+    /// applied; a file whose live copy was streaming is owed in full.
+    static func settleCrashLeftovers(local: LocalVolume, owedStreaming: Set<UInt64>, log: Logger) throws(FSError) -> Int {
+        var ops: [JournalOp] = []
+        var checked = 0
+        do {
+            var after: Int64 = 0
+            while true {
+                let rows = try local.journal.peerOps(after: after, limit: 1024)
+                guard let last = rows.last else { break }
+                after = last.seq
+                for r in rows where !r.applied {
+                    checked += 1
+                    if let m = try? decodeOp(r.message), locallyApplied(m, brick: local.brick) {
+                        ops.append(.peerOpApplied(seq: r.seq))
+                    } else {
+                        ops.append(.dropPeerOp(seq: r.seq))
+                    }
+                }
+            }
+            for id in owedStreaming { ops.append(.peerFile(id: id, owed: true)) }
+            if !ops.isEmpty { try local.journal.submit(ops, wait: .durable) }
+        } catch {
+            throw FSError.io
+        }
+        if checked > 0 { log.notice("\(checked) changes interrupted by a crash were checked against the brick for the peer") }
+        return checked
+    }
+
+    static func locallyApplied(_ m: PeerMessage, brick: Brick) -> Bool {
+        func exists(_ rel: String) -> Bool { (try? brick.lstat(rel)) != nil }
+        switch m {
+        case let .mkdir(p, n, _, _, _, id), let .create(p, n, _, _, _, id), let .symlink(p, n, _, _, _, id):
+            return brick.readID(rel: Brick.join(p, n)) == id
+        case let .unlink(p, n), let .rmdir(p, n):
+            return !exists(Brick.join(p, n))
+        case let .rename(fp, fn, tp, tn, flags):
+            return exists(Brick.join(tp, tn)) && (flags & 2 != 0 || !exists(Brick.join(fp, fn)))
+        case let .link(path, np, nn):
+            let id = brick.readID(rel: path)
+            return id != nil && brick.readID(rel: Brick.join(np, nn)) == id
+        default:
+            return true
+        }
+    }
+
+    // MARK: - Mode
+
+    public var mode: Mode { gate.mode }
+
+    /// The peer stopped answering: stop sending live, owe it everything from now on.
+    func markDegraded(_ why: String) {
+        if gate.setDegraded() {
+            log.warning("peer unreachable (\(why)); serving alone and recording what it must receive")
+            state.with { $0.lastLinkError = why; $0.degradedSince = Date(); $0.peerOps = 0; $0.peerFiles = 0; $0.pulled = [] }
+        }
+    }
+
+    public struct Report: Sendable {
+        public var mode: Mode
+        public var link: String
+        public var backlog: PeerBacklog
+        public var splitBrain: [SplitBrainRow]
+        public var lastLinkError: String
+        public var peerCatchingUpOps: UInt64
+        public var peerCatchingUpFiles: UInt64
+        public var lockHolders: Int
+    }
+
+    public func report() throws(FSError) -> Report {
+        do {
+            let b = try journal.peerBacklog()
+            let sb = try journal.splitBrains(limit: 100)
+            let s = state.with { $0 }
+            return Report(mode: mode, link: "\(channel.client.state)", backlog: b, splitBrain: sb,
+                          lastLinkError: s.lastLinkError, peerCatchingUpOps: s.peerOps,
+                          peerCatchingUpFiles: s.peerFiles, lockHolders: locks.heldCount)
+        } catch {
+            throw FSError.io
+        }
+    }
+
+    // MARK: - Peer's catch-up towards us (stale reads)
+
+    func peerReportedCatchUp(ops: UInt64, files: UInt64) {
+        state.with { s in
+            s.peerOps = ops
+            s.peerFiles = files
+            s.peerStateKnown = true
+            if files == 0 { s.pulled = [] }
+        }
+    }
+
+    /// Until the peer told us what it owes us (or the timeout passed), this node's view may be stale.
+    public func waitForPeerState(timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if state.with({ $0.peerStateKnown }) { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// While the peer replays namespace changes this node missed, lookups wait (bounded) so
+    /// that a node that was down does not answer from its stale directories.
+    func awaitPeerNamespace() {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while state.with({ $0.peerOps > 0 }) && channel.isUp && ContinuousClock.now < deadline {
+            usleep(5_000)
+        }
+    }
+
+    /// Before serving a file the peer may hold a newer copy of, ask for it.
+    func pullIfNeeded(_ id: UInt64) {
+        let need = state.with { $0.peerFiles > 0 && !$0.pulled.contains(id) }
+        guard need, channel.isUp else { return }
+        if case .ok = channel.call(.pull(stableID: id)) {
+            state.with { _ = $0.pulled.insert(id) }
+        }
+    }
+
+    func checkNotSplit(_ id: UInt64) throws(FSError) {
+        if state.with({ $0.split.contains(id) }) {
+            log.error("file id \(id) is in split brain (changed on both nodes while apart); refusing to serve either copy until an admin resolves it")
+            throw FSError.io
+        }
+    }
+
+    // MARK: - Split brain, owed files
+
+    func recordSplitBrain(id: UInt64, path: String, reason: String) {
+        log.critical("SPLIT BRAIN: \(path.debugDescription) (id \(id)): \(reason); both copies are kept; see `twinfs status`")
+        let key = id != 0 ? "id:\(id)" : "path:\(path)"
+        try? journal.submit([.splitBrain(key: key, id: id, path: path, reason: reason),
+                             .dropPeerFile(id: id, generation: .max)], wait: .durable)
+        state.with { s in
+            if id != 0 { s.split.insert(id) }
+            s.owed.remove(id)
+        }
+    }
+
+    /// File `id` must reach the peer in full; durable before the caller returns.
+    func owe(_ id: UInt64) throws(FSError) {
+        state.with { _ = $0.owed.insert(id) }
+        do { try journal.submit([.peerFile(id: id, owed: true)], wait: .durable) } catch { throw FSError.io }
+        gate.wakeCatchUp()
+    }
+
+    func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
+    func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
+
+    func settled(_ id: UInt64, generation: Int64) {
+        try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .queued)
+        if generation == .max { state.with { _ = $0.owed.remove(id) } }
+    }
+
+    // MARK: - Namespace replication
+
+    static func key(_ parent: UInt64, _ name: String) -> String { "\(parent)/\(name)" }
+
+    /// Takes the cluster name locks: always in this node's table, and in live mode on node 1
+    /// too when this is node 2. Returns the release.
+    func takeLocks(_ keys: [String], live: Bool) throws(FSError) -> () -> Void {
+        if keys.isEmpty { return {} }
+        let token = locks.newToken()
+        guard locks.acquire(keys, token: token, lease: lease, wait: lease) else {
+            log.error("name lock \(keys) still held after \(lease); continuing without it")
+            return {}
+        }
+        guard live, ordinal != 1 else { return { [locks] in locks.release(token) } }
+        let remote = token & ~(1 << 63)
+        switch channel.call(.lock(token: remote, keys: keys, leaseMs: UInt32(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000))) {
+        case .ok:
+            return { [locks, channel] in
+                locks.release(token)
+                channel.start(.unlock(token: remote)) { _ in }
+            }
+        case .refused(let e):
+            log.warning("peer refused name lock \(keys) (errno \(e)); continuing")
+            return { [locks] in locks.release(token) }
+        case .unreachable(let why):
+            markDegraded(why)
+            return { [locks] in locks.release(token) }
+        }
+    }
+
+    /// One namespace change: tentative row, local change, peer (live) or durable row (not live).
+    func replicate<R>(keys: [String], pre: PeerMessage,
+                      _ apply: () throws(FSError) -> R, message: (R) -> PeerMessage) throws(FSError) -> R {
+        let entered = gate.enter()
+        defer { gate.leave() }
+        let release = try takeLocks(keys, live: entered == .live)
+        defer { release() }
+        let seq = journal.nextPeerSeq()
+        do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
+            throw FSError.io
+        }
+        let r: R
+        do throws(FSError) { r = try apply() } catch {
+            try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+            throw error
+        }
+        let msg = message(r)
+        if entered == .live && gate.mode == .live {
+            switch channel.call(msg) {
+            case .ok:
+                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+                return r
+            case .refused(let e):
+                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+                recordSplitBrain(id: Self.entryID(msg, brick: local.brick), path: Self.describe(msg),
+                                 reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
+                return r
+            case .unreachable(let why):
+                markDegraded(why)
+            }
+        }
+        do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(msg), applied: true)], wait: .durable) } catch {
+            log.error("journal write of the peer's pending change failed: \(error)")
+            throw FSError.io
+        }
+        gate.wakeCatchUp()
+        return r
+    }
+
+    static func encodeOp(_ m: PeerMessage) -> [UInt8] {
+        var b = ByteBuffer()
+        b.writeInteger(m.type.rawValue)
+        var p = m.encodePayload()
+        b.writeBuffer(&p)
+        return Array(b.readableBytesView)
+    }
+
+    static func decodeOp(_ bytes: [UInt8]) throws -> PeerMessage {
+        var b = ByteBuffer(bytes: bytes)
+        guard let raw = b.readInteger(as: UInt16.self), let type = MessageType(rawValue: raw) else {
+            throw FSError.invalid
+        }
+        return try PeerMessage.decode(type: type, payload: b)
+    }
+
+    static func describe(_ m: PeerMessage) -> String {
+        switch m {
+        case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
+             let .unlink(p, n), let .rmdir(p, n):
+            return Brick.join(p, n)
+        case let .rename(fp, fn, tp, tn, _): return "\(Brick.join(fp, fn)) -> \(Brick.join(tp, tn))"
+        case let .link(_, np, nn): return Brick.join(np, nn)
+        case let .setattr(p, _), let .setxattr(p, _, _, _), let .removexattr(p, _), let .write(p, _, _, _),
+             let .commit(p, _, _, _, _):
+            return p
+        default: return "\(m.type)"
+        }
+    }
+
+    static func entryID(_ m: PeerMessage, brick: Brick) -> UInt64 {
+        switch m {
+        case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id): return id
+        default: return 0
+        }
+    }
+
+    // MARK: - VolumeOperations: metadata
+
+    public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
+        awaitPeerNamespace()
+        var st = try local.lookup(parent: parent, name: name)
+        if st.kind == .file && state.with({ $0.peerFiles > 0 }) {
+            pullIfNeeded(UInt64(st.st_ino))
+            st = try local.lookup(parent: parent, name: name)
+        }
+        return st
+    }
+
+    public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat {
+        try local.getattr(node, handle: handle)
+    }
+
+    public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
+        if changes.size != nil { drainWrites(of: node.id) }
+        let now = Date().timeIntervalSince1970
+        return try replicate(keys: [], pre: .setattr(path: node.path, changes: AttrUpdate())) { () throws(FSError) -> stat in
+            try local.setattr(node, handle: handle, changes: changes)
+        } message: { st in
+            func ns(_ t: AttrChanges.Time?, _ fallback: Int64) -> Int64? {
+                switch t {
+                case .none: return nil
+                case .now: return fallback
+                case .at(let ts): return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+                }
+            }
+            let atime = Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec)
+            _ = now
+            return .setattr(path: node.path, changes: AttrUpdate(
+                mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
+                size: changes.size, atimeNs: ns(changes.atime, atime), mtimeNs: ns(changes.mtime, st.mtimeNs)))
+        }
+    }
+
+    public func readlink(_ node: NodeRef) throws(FSError) -> String { try local.readlink(node) }
+
+    public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        let id = try local.allocateID()
+        return try replicate(keys: [Self.key(parent.id, name)],
+                             pre: .mkdir(parentPath: parent.path, name: name, mode: UInt32(mode), uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
+            try local.mkdir(parent: parent, name: name, mode: mode, ctx: ctx, id: id)
+        } message: { st in
+            .mkdir(parentPath: parent.path, name: name, mode: UInt32(st.st_mode), uid: st.st_uid, gid: st.st_gid, stableID: id)
+        }
+    }
+
+    public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        let id = try local.allocateID()
+        return try replicate(keys: [Self.key(parent.id, name)],
+                             pre: .symlink(parentPath: parent.path, name: name, target: target, uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
+            try local.symlink(parent: parent, name: name, target: target, ctx: ctx, id: id)
+        } message: { st in
+            .symlink(parentPath: parent.path, name: name, target: target, uid: st.st_uid, gid: st.st_gid, stableID: id)
+        }
+    }
+
+    public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
+        let m = PeerMessage.link(path: node.path, newParent: newParent.path, newName: newName)
+        return try replicate(keys: [Self.key(newParent.id, newName)], pre: m) { () throws(FSError) -> stat in
+            try local.link(node, newParent: newParent, newName: newName)
+        } message: { _ in m }
+    }
+
+    public func unlink(parent: NodeRef, name: String) throws(FSError) {
+        let m = PeerMessage.unlink(parentPath: parent.path, name: name)
+        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
+            try local.unlink(parent: parent, name: name)
+        } message: { _ in m }
+    }
+
+    public func rmdir(parent: NodeRef, name: String) throws(FSError) {
+        let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
+        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
+            try local.rmdir(parent: parent, name: name)
+        } message: { _ in m }
+    }
+
+    public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
+        let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
+        try replicate(keys: keys, pre: m) { () throws(FSError) in
+            try local.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
+        } message: { _ in m }
+    }
+
+    // MARK: - Files
+
+    public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
+        let id = try local.allocateID()
+        let path = Brick.join(parent.path, name)
+        let (st, h) = try replicate(keys: [Self.key(parent.id, name)],
+                                    pre: .create(parentPath: parent.path, name: name, mode: UInt32(mode), uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> (stat, UInt64) in
+            try local.create(parent: parent, name: name, mode: mode, flags: flags, ctx: ctx, id: id)
+        } message: { r in
+            .create(parentPath: parent.path, name: name, mode: UInt32(r.0.st_mode), uid: r.0.st_uid, gid: r.0.st_gid, stableID: id)
+        }
+        let rh = RepHandle(id: id, path: path)
+        // The peer created the file (live) or owes it as a whole (not live).
+        rh.live = gate.mode == .live
+        handles.with { $0[h] = rh }
+        return (st, h)
+    }
+
+    public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
+        try checkNotSplit(node.id)
+        pullIfNeeded(node.id)
+        try checkNotSplit(node.id)
+        let h = try local.open(node, flags: flags)
+        let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if writable {
+            let rh = RepHandle(id: node.id, path: node.path)
+            rh.live = gate.mode == .live
+            handles.with { $0[h] = rh }
+            if flags & O_TRUNC != 0 {
+                markTouched(rh)
+                if rh.live {
+                    switch channel.call(.setattr(path: node.path, changes: AttrUpdate(size: 0))) {
+                    case .ok: break
+                    case .refused: rh.broken = true
+                    case .unreachable(let why): markDegraded(why); rh.live = false
+                    }
+                }
+            }
+        }
+        return h
+    }
+
+    public func read(handle: UInt64, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int {
+        try local.read(handle: handle, offset: offset, into: buffer)
+    }
+
+    private func markTouched(_ rh: RepHandle) {
+        rh.cond.lock()
+        let first = !rh.touched
+        rh.touched = true
+        rh.cond.unlock()
+        if first {
+            // Before the first byte: a crash from here on leaves the file owed to the peer.
+            try? journal.submit([.peerFile(id: rh.id, owed: false)], wait: .queued)
+        }
+    }
+
+    public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
+        guard let rh = handles.with({ $0[handle] }) else { return try local.write(handle: handle, offset: offset, data: data) }
+        markTouched(rh)
+        let n = try local.write(handle: handle, offset: offset, data: data)
+        guard n > 0 else { return n }
+        if rh.live && !rh.broken && gate.mode == .live {
+            budget.acquire(n)
+            let buf = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: data[0..<n]))
+            rh.cond.lock()
+            rh.inFlight += 1
+            rh.cond.unlock()
+            channel.start(.write(path: rh.path, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
+                self?.budget.release(n)
+                rh.cond.lock()
+                rh.inFlight -= 1
+                if !outcome.isOK { rh.broken = true }
+                rh.cond.broadcast()
+                rh.cond.unlock()
+                if case .unreachable(let why) = outcome { self?.markDegraded(why) }
+            }
+        } else {
+            rh.broken = true
+        }
+        return n
+    }
+
+    func drainWrites(of id: UInt64) {
+        for rh in handles.with({ $0.values.filter { $0.id == id } }) { rh.drain() }
+    }
+
+    /// close()/fsync(): the local commit and the peer's commit, in parallel when the hash is
+    /// known up front. Returns once both disks have the bytes, or the peer is owed the file.
+    private func commit(handle: UInt64, _ localCommit: () throws(FSError) -> Void) throws(FSError) {
+        guard let rh = handles.with({ $0[handle] }), rh.touched else { return try localCommit() }
+        rh.drain()
+        rh.cond.lock()
+        rh.touched = false
+        let streamed = rh.live && !rh.broken
+        rh.cond.unlock()
+        guard streamed, gate.mode == .live else {
+            try localCommit()
+            try owe(rh.id)
+            return
+        }
+        var pending: PendingCall?
+        if let p = local.contentPreview(handle: handle) {
+            pending = channel.start(.commit(path: rh.path, stableID: rh.id, size: p.size, xxh128: p.hash, mtimeNs: p.mtimeNs))
+        }
+        do throws(FSError) { try localCommit() } catch {
+            _ = pending?.wait()
+            rh.broken = true
+            throw error
+        }
+        if pending == nil {
+            guard let rec = try? journal.inode(rh.id), let hash = rec.hash else { try owe(rh.id); return }
+            pending = channel.start(.commit(path: rh.path, stableID: rh.id, size: rec.size, xxh128: hash, mtimeNs: rec.mtimeNs))
+        }
+        switch pending!.wait() {
+        case .ok:
+            settled(rh.id, generation: .max)
+        case .unreachable(let why):
+            markDegraded(why)
+            rh.live = false
+            try owe(rh.id)
+        case .refused(let e) where e == splitBrainErrno:
+            recordSplitBrain(id: rh.id, path: rh.path, reason: "the peer changed this file too while the nodes were apart")
+        case .refused(let e):
+            // The peer's bytes differ (a lost write, or writers on both nodes): send the whole file.
+            log.warning("peer refused the commit of \(rh.path.debugDescription) (errno \(e)); sending the whole file")
+            switch pushFile(rh.id) {
+            case .ok, .gone: settled(rh.id, generation: .max)
+            case .unreachable: try owe(rh.id)
+            case .splitBrain: break
+            case .failed(let why):
+                log.error("could not bring the peer's copy of \(rh.path.debugDescription) up to date: \(why); it stays owed")
+                try owe(rh.id)
+            }
+        }
+    }
+
+    public func flush(handle: UInt64) throws(FSError) {
+        try commit(handle: handle) { () throws(FSError) in try local.flush(handle: handle) }
+    }
+
+    public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
+        try commit(handle: handle) { () throws(FSError) in try local.fsync(handle: handle, dataOnly: dataOnly) }
+    }
+
+    public func release(handle: UInt64) throws(FSError) {
+        defer { _ = handles.with { $0.removeValue(forKey: handle) } }
+        try commit(handle: handle) { () throws(FSError) in try local.flush(handle: handle) }
+        try local.release(handle: handle)
+    }
+
+    public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {
+        if let rh = handles.with({ $0[handle] }) {
+            markTouched(rh)
+            rh.broken = true   // no fallocate message: the whole file goes at close
+        }
+        try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
+    }
+
+    // MARK: - Directories, xattrs
+
+    public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
+        awaitPeerNamespace()
+        return try local.opendir(node)
+    }
+
+    public func readdir(handle: UInt64, offset: Int64, plus: Bool, emit: (DirEntry) -> Bool) throws(FSError) {
+        try local.readdir(handle: handle, offset: offset, plus: plus, emit: emit)
+    }
+
+    public func releasedir(handle: UInt64) { local.releasedir(handle: handle) }
+    public func statfs() throws(FSError) -> statvfs { try local.statfs() }
+    public func fsyncdir(_ node: NodeRef) throws(FSError) { try local.fsyncdir(node) }
+
+    public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        try local.getxattr(node, name: name, into: buffer)
+    }
+
+    public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        let m = PeerMessage.setxattr(path: node.path, name: name, value: Array(value), flags: UInt32(bitPattern: flags) & 3)
+        try replicate(keys: [], pre: m) { () throws(FSError) in
+            try local.setxattr(node, name: name, value: value, flags: flags)
+        } message: { _ in m }
+    }
+
+    public func listxattr(_ node: NodeRef) throws(FSError) -> [String] { try local.listxattr(node) }
+
+    public func removexattr(_ node: NodeRef, name: String) throws(FSError) {
+        let m = PeerMessage.removexattr(path: node.path, name: name)
+        try replicate(keys: [], pre: m) { () throws(FSError) in
+            try local.removexattr(node, name: name)
+        } message: { _ in m }
+    }
+
+    public func openHandle(for id: UInt64) -> UInt64? { local.openHandle(for: id) }
+
+    // MARK: - Whole-file push (catch-up, pull, and repair of a refused commit)
+
+    public enum PushResult: Sendable, Equatable {
+        case ok, gone, unreachable, splitBrain
+        case failed(String)
+    }
+
+    /// Sends file `id` as it is on this brick now: create-if-missing with its id, attributes and
+    /// size, every byte, then a commit whose XXH3-128 the peer checks against its own disk.
+    /// One push per file at a time; on node 2 the content lock is also taken on node 1, so two
+    /// pushes of one file in opposite directions cannot cross.
+    public func pushFile(_ id: UInt64) -> PushResult {
+        pushCond.lock()
+        while pushLocks.with({ $0.contains(id) }) { pushCond.wait() }
+        pushLocks.with { _ = $0.insert(id) }
+        pushCond.unlock()
+        defer {
+            pushCond.lock()
+            pushLocks.with { _ = $0.remove(id) }
+            pushCond.broadcast()
+            pushCond.unlock()
+        }
+        if isSplit(id) { return .splitBrain }
+        let release: () -> Void
+        do { release = try takeLocks(["c/\(id)"], live: channel.isUp) } catch { return .failed("\(error)") }
+        defer { release() }
+        do { try journal.submit([], wait: .written) } catch { return .failed("journal: \(error)") }
+        guard let path = try? journal.path(of: id), !path.isEmpty else { return .gone }
+        let fd: Int32
+        do { fd = try local.brick.openFile(path, flags: O_RDONLY) } catch { return error.errno == ENOENT ? .gone : .failed("open: \(error)") }
+        defer { close(fd) }
+        guard local.brick.readID(rel: path) == id else { return .gone }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.kind == .file else { return .gone }
+        let (parent, name) = Self.split(path)
+        let size = Int64(st.st_size)
+        func outcome(_ o: PeerOutcome, _ what: String) -> PushResult? {
+            switch o {
+            case .ok: return nil
+            case .unreachable(let why): markDegraded(why); return .unreachable
+            case .refused(let e) where e == splitBrainErrno:
+                recordSplitBrain(id: id, path: path, reason: "changed on both nodes while they could not talk")
+                return .splitBrain
+            case .refused(let e) where e == EEXIST && what == "create":
+                recordSplitBrain(id: id, path: path, reason: "the peer has another entry under this name")
+                return .splitBrain
+            case .refused(let e): return .failed("peer refused \(what): errno \(e)")
+            }
+        }
+        if let r = outcome(channel.call(.create(parentPath: parent, name: name, mode: UInt32(st.st_mode), uid: st.st_uid,
+                                                gid: st.st_gid, stableID: id)), "create") { return r }
+        if let r = outcome(channel.call(.setattr(path: path, changes: AttrUpdate(mode: UInt32(st.st_mode & 0o7777), uid: st.st_uid,
+                                                                                 gid: st.st_gid, size: size))), "setattr") { return r }
+        let hasher = XXH128Hasher()
+        let chunk = 1 << 20
+        var off: Int64 = 0
+        var inFlight: [PendingCall] = []
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buf.deallocate() }
+        while off < size {
+            let n = pread(fd, buf.baseAddress, chunk, off_t(off))
+            if n < 0 { if errno == EINTR { continue }; return .failed("read: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            let piece = UnsafeRawBufferPointer(rebasing: buf[0..<n])
+            hasher.update(piece)
+            inFlight.append(channel.start(.write(path: path, stableID: id, offset: off, data: ByteBuffer(bytes: piece))))
+            off += Int64(n)
+            if inFlight.count >= 8 {
+                if let r = outcome(inFlight.removeFirst().wait(), "write") { return r }
+            }
+        }
+        for p in inFlight { if let r = outcome(p.wait(), "write") { return r } }
+        if let r = outcome(channel.call(.commit(path: path, stableID: id, size: off, xxh128: hasher.digest().bytes,
+                                                mtimeNs: st.mtimeNs)), "commit") { return r }
+        return .ok
+    }
+
+    static func split(_ path: String) -> (String, String) {
+        guard let i = path.lastIndex(of: "/") else { return ("", path) }
+        return (String(path[..<i]), String(path[path.index(after: i)...]))
+    }
+}
+
+/// A writable handle's replication state.
+final class RepHandle: @unchecked Sendable {
+    let id: UInt64
+    let path: String
+    let cond = NSCondition()
+    /// Opened while live: its writes stream to the peer.
+    var live = false
+    /// Written since the last commit to the peer.
+    var touched = false
+    /// A write did not reach the peer: the whole file must go.
+    var broken = false
+    var inFlight = 0
+
+    init(id: UInt64, path: String) {
+        self.id = id
+        self.path = path
+    }
+
+    func drain() {
+        cond.lock()
+        while inFlight > 0 { cond.wait() }
+        cond.unlock()
+    }
+}
+
+/// Who may send live: every change enters the gate, which records the mode it saw; the switch
+/// to live waits until no change is inside (writer-preferring) so nothing slips between the
+/// last owed change and the first live one.
+final class ModeGate: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var current: ReplicatedVolume.Mode = .degraded
+    private var inside = 0
+    private var switching = false
+    private var wakeups = 0
+
+    var mode: ReplicatedVolume.Mode {
+        cond.lock()
+        defer { cond.unlock() }
+        return current
+    }
+
+    func enter() -> ReplicatedVolume.Mode {
+        cond.lock()
+        defer { cond.unlock() }
+        while switching { cond.wait() }
+        inside += 1
+        return current
+    }
+
+    func leave() {
+        cond.lock()
+        inside -= 1
+        if inside == 0 { cond.broadcast() }
+        cond.unlock()
+    }
+
+    /// True if this changed the mode.
+    @discardableResult
+    func setDegraded() -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        let changed = current != .degraded
+        current = .degraded
+        cond.broadcast()
+        return changed
+    }
+
+    func setCatchingUp() {
+        cond.lock()
+        if current == .degraded { current = .catchingUp }
+        cond.unlock()
+    }
+
+    /// Switches to live if `ready()` holds once no change is in flight.
+    func switchToLive(_ ready: () -> Bool) -> Bool {
+        cond.lock()
+        while switching { cond.wait() }
+        switching = true
+        while inside > 0 { cond.wait() }
+        let ok = current != .degraded && ready()
+        if ok { current = .live }
+        switching = false
+        cond.broadcast()
+        cond.unlock()
+        return ok
+    }
+
+    func wakeCatchUp() {
+        cond.lock()
+        wakeups += 1
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// Waits for a wake-up or `seconds`.
+    func waitForWork(seconds: Double) {
+        cond.lock()
+        let seen = wakeups
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        while wakeups == seen && Date() < deadline { _ = cond.wait(until: deadline) }
+        cond.unlock()
+    }
+}

@@ -1,0 +1,131 @@
+import Dispatch
+import FuseAdapter
+import Journal
+import Logging
+import PeerLink
+import PeerProtocol
+import Replication
+import TwinConfig
+import TwinCore
+import Volume
+
+/// This node's side of the pair: the link to the peer (client + listener), the replicating
+/// volume the FUSE adapter serves, the receiving service and the catch-up thread.
+final class ClusterMember: @unchecked Sendable {
+    let client: PeerClient
+    let listener: PeerListener
+    let volume: ReplicatedVolume
+    let service: PeerService
+    let catchUp: CatchUp
+    private let fuse = Locked<(FuseSession, FuseAdapter)?>(nil)
+    private let invalidations = DispatchQueue(label: "twinfs.invalidate")
+
+    init(cfg: NodeConfig, peer: NodeConfig.Peer, local: LocalVolume, ordinal: UInt8, log: Logger) throws(AdminError) {
+        let secret = try SecretFile.load(path: peer.secretFile)
+        let identity = PeerLinkIdentity(node: cfg.node, volume: cfg.volume, secret: secret, peerNode: peer.node)
+        let timeout = Duration.milliseconds(Int64(peer.timeout * 1000))
+        let (peerHost, peerPort) = try Self.split(peer.address, "peer.address")
+        var cc = PeerClient.Configuration(identity: identity, host: peerHost, port: peerPort)
+        cc.requestTimeout = timeout
+        cc.peerTimeout = timeout
+        cc.keepaliveInterval = min(.milliseconds(500), timeout / 4)
+        cc.backoff = ReconnectBackoff(initial: .milliseconds(100), maximum: .seconds(1))
+        client = PeerClient(configuration: cc, logger: log)
+        let channel = PeerChannel(client: client, timeout: timeout)
+        do {
+            volume = try ReplicatedVolume(local: local, channel: channel, ordinal: ordinal, logger: log)
+        } catch {
+            Self.shutdown(client)
+            throw AdminError(problem: "cannot read what this node owes its peer from the journal: \(error)",
+                             fix: "check the journal's disk; `twinfs journal rebuild` rebuilds it from the brick")
+        }
+        let fuse = self.fuse
+        let queue = invalidations
+        service = PeerService(volume: volume, logger: log) { change in
+            queue.async {
+                guard let (session, adapter) = fuse.with({ $0 }) else { return }
+                switch change {
+                case let .entry(parent, name):
+                    session.invalidateEntry(parent: parent, name: name)
+                case let .removed(parent, name):
+                    adapter.peerRemovedName(parent: parent, name: name)
+                    session.invalidateEntry(parent: parent, name: name)
+                case let .renamed(parent, name, newParent, newName, exchange):
+                    adapter.peerRenamed(parent: parent, name: name, newParent: newParent, newName: newName, exchange: exchange)
+                    session.invalidateEntry(parent: parent, name: name)
+                    session.invalidateEntry(parent: newParent, name: newName)
+                case let .content(id):
+                    session.invalidateInode(id)
+                }
+            }
+        }
+        let (host, port) = try Self.split(cfg.listen, "listen")
+        let lc = PeerListener.Configuration(identity: identity, host: host, port: port)
+        let result = Locked<Result<PeerListener, PeerLinkError>?>(nil)
+        let sem = DispatchSemaphore(value: 0)
+        let service = self.service
+        Task {
+            do throws(PeerLinkError) {
+                let l = try await PeerListener(configuration: lc, logger: log) { m, id in await service.handle(m, requestID: id) }
+                result.with { $0 = .success(l) }
+            } catch {
+                result.with { $0 = .failure(error) }
+            }
+            sem.signal()
+        }
+        sem.wait()
+        switch result.with({ $0 })! {
+        case .success(let l): listener = l
+        case .failure(let e):
+            Self.shutdown(client)
+            throw AdminError(problem: "cannot listen for the peer on \(cfg.listen): \(e)",
+                             fix: "check `listen` in the config and that no other process uses that port")
+        }
+        catchUp = CatchUp(volume: volume, logger: log)
+        catchUp.start()
+    }
+
+    /// Before mounting: give the peer a moment to tell what it owes us, so a node that was
+    /// down does not serve stale files in its first seconds.
+    func awaitPeer(timeout: Duration, log: Logger) {
+        if volume.waitForPeerState(timeout: timeout) {
+            log.notice("peer connected; replication \(volume.mode.rawValue)")
+        } else {
+            log.warning("peer not reachable within \(timeout); serving alone (DEGRADED) and recording what it must receive")
+        }
+    }
+
+    func attach(session: FuseSession, adapter: FuseAdapter) {
+        fuse.with { $0 = (session, adapter) }
+    }
+
+    func stop() {
+        fuse.with { $0 = nil }
+        catchUp.stop()
+        let sem = DispatchSemaphore(value: 0)
+        let l = listener
+        let c = client
+        Task {
+            await l.close()
+            await c.shutdown()
+            sem.signal()
+        }
+        sem.wait()
+        invalidations.sync {}
+    }
+
+    private static func shutdown(_ c: PeerClient) {
+        let sem = DispatchSemaphore(value: 0)
+        Task { await c.shutdown(); sem.signal() }
+        sem.wait()
+    }
+
+    static func split(_ hostPort: String, _ key: String) throws(AdminError) -> (String, Int) {
+        guard let i = hostPort.lastIndex(of: ":"), let port = Int(hostPort[hostPort.index(after: i)...]) else {
+            throw AdminError(problem: "\(key) '\(hostPort)' is not host:port", fix: "write it as 192.0.2.10:7790")
+        }
+        var host = String(hostPort[..<i])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
+}
