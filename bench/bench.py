@@ -46,7 +46,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 OUT_DIR = os.path.join(BENCH_DIR, "out")
 
-DEFAULT_TWINFS = os.path.join(REPO, ".build-release", "release", "twinfs")
+# TWINFS_BIN overrides the binary (e.g. a release build made in a private clone).
+DEFAULT_TWINFS = os.environ.get("TWINFS_BIN") or os.path.join(REPO, ".build-release", "release", "twinfs")
 DEFAULT_PLL = os.path.join(OUT_DIR, "passthrough_ll")
 
 # Jobs (what --only selects) and the table rows they produce, in table order.
@@ -215,14 +216,18 @@ def force_unmount(path):
     return not is_mounted(path)
 
 
-def sweep_mounts(prefix):
-    """Lazily removes leftover mounts under prefix (from an earlier crashed run)."""
+def sweep_mounts(prefix, keep=()):
+    """Lazily removes leftover mounts under prefix (from an earlier crashed run). Mounts that hold
+    a path in keep (external targets such as <workdir>/gluster/mnt) are left alone."""
     prefix = prefix.rstrip("/") + "/"
-    left = [m["mnt"] for m in mountinfo() if m["mnt"].startswith(prefix)]
+
+    def ours(mp):
+        return mp.startswith(prefix) and not any(k == mp or k.startswith(mp.rstrip("/") + "/") for k in keep)
+    left = [m["mnt"] for m in mountinfo() if ours(m["mnt"])]
     for mp in sorted(left, key=len, reverse=True):
         log(f"leftover mount {mp} from an earlier run: unmounting")
         force_unmount(mp)
-    return [m["mnt"] for m in mountinfo() if m["mnt"].startswith(prefix)]
+    return [m["mnt"] for m in mountinfo() if ours(m["mnt"])]
 
 
 def wait_mounted(mnt, proc, timeout, logpath):
@@ -280,6 +285,15 @@ class Target:
         self.dir = path
         self.dead = None         # reason, once the target is given up
         self.events = []         # restarts and other notable things
+        self.notes = []          # things the report should say about this target
+
+    def log_tail(self, n=25):
+        return tail(self.logpath, n) if self.logpath else None
+
+    def note(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
+            log(f"{self.name}: note: {text}")
 
     @property
     def data(self):
@@ -405,16 +419,22 @@ class PassthroughTarget(DaemonTarget):
 
 
 class TwinFSTarget(DaemonTarget):
-    def __init__(self, name, workdir, binary, listen, extra_config):
-        base = os.path.join(workdir, "twinfs")
-        super().__init__(name, os.path.join(base, "mnt"), os.path.join(workdir, "logs", "twinfs-node.log"))
+    """One TwinFS node. Alone (target `twinfs`: <workdir>/twinfs) or as one half of `twinfs2`
+    (base <workdir>/twinfs2/a or /b, with a [peer] section: peer = (node, address, secret_file))."""
+
+    def __init__(self, name, workdir, binary, listen, extra_config, base=None, node="a", peer=None,
+                 logname="twinfs-node.log"):
+        base = base or os.path.join(workdir, "twinfs")
+        super().__init__(name, os.path.join(base, "mnt"), os.path.join(workdir, "logs", logname))
         self.base = base
         self.brick = os.path.join(base, "brick")
         self.state = os.path.join(base, "state")
-        self.config = os.path.join(base, "twinfs.toml")
+        self.config = os.path.join(base, "twinfs.toml") if peer is None else os.path.join(base, f"{node}.toml")
         self.binary = binary
         self.listen = listen
         self.extra_config = extra_config
+        self.node = node
+        self.peer = peer
 
     def prepare(self):
         if not os.access(self.binary, os.X_OK):
@@ -422,11 +442,14 @@ class TwinFSTarget(DaemonTarget):
                                f"--scratch-path {REPO}/.build-release` (bench/run.sh does it)")
         for d in (self.brick, self.fuse_mnt, self.state):
             os.makedirs(d, exist_ok=True)
-        text = (f'volume = "bench"\nnode = "a"\nbrick = "{self.brick}"\n'
+        text = (f'volume = "bench"\nnode = "{self.node}"\nbrick = "{self.brick}"\n'
                 f'journal = "{self.state}/journal.db"\nmountpoint = "{self.fuse_mnt}"\n'
                 f'control_socket = "{self.state}/control.sock"\nlisten = "{self.listen}"\n')
-        for line in self.extra_config:
+        for line in self.extra_config:  # top-level keys: before [peer], or TOML would put them in it
             text += line + "\n"
+        if self.peer is not None:
+            pnode, paddr, psecret = self.peer
+            text += f'\n[peer]\nnode = "{pnode}"\naddress = "{paddr}"\nsecret_file = "{psecret}"\n'
         with open(self.config, "w") as f:
             f.write(text)
 
@@ -440,6 +463,155 @@ class TwinFSTarget(DaemonTarget):
             if not wait_proc(self.proc, 30):
                 log(f"{self.name}: node did not exit within 30 s of SIGTERM")
         super().stop()
+
+    def status(self):
+        """`twinfs status --config ... --json` as a dict, or None (with the reason) when it fails."""
+        rc, out = sh([self.binary, "status", "--config", self.config, "--json"], 15)
+        if rc != 0:
+            return None, f"twinfs status exited {rc}: {out[-300:]}"
+        try:
+            return json.loads(out), None
+        except ValueError:
+            return None, f"twinfs status printed no JSON: {out[-300:]}"
+
+
+PEER_OK = {"connected", "healthy"}
+PEER_NOT_OK_STATES = {"degraded", "healing", "split-brain", "disconnected", "connecting"}
+
+
+def peer_link_state(st):
+    """(reported, ok, text): the node reports its pair under "replication" (mode live = every
+    change on both bricks; degraded / catching-up = not yet)."""
+    rep = st.get("replication")
+    if isinstance(rep, dict) and "mode" in rep:
+        m = str(rep["mode"])
+        return True, m == "live" and str(st.get("state", "")) == "HEALTHY", f"replication.mode {m!r}, state {st.get('state')!r}"
+    peer = st.get("peer")
+    if isinstance(peer, dict) and "state" in peer:
+        s = str(peer["state"])
+        return True, s.lower() in PEER_OK, f"peer.state {s!r}"
+    top = str(st.get("state", ""))
+    return False, False, f"peer {json.dumps(peer)}, state {top!r}"
+
+
+class TwinFS2Target(Target):
+    """Two TwinFS nodes on this host: a (<workdir>/twinfs2/a) and b (.../b), volume "bench", each
+    with a [peer] section pointing at the other and one shared secret file (mode 0600). The
+    workloads run on a's mount; b's mount is up too. Before the first sample the harness waits
+    until a's status reports the peer link connected (if the node reports it at all)."""
+    managed = True
+
+    def __init__(self, name, workdir, binary, listens, extra_config, peer_wait):
+        self.base = os.path.join(workdir, "twinfs2")
+        self.secret = os.path.join(self.base, "secret")
+        la, lb = listens
+        self.a = TwinFSTarget(f"{name}.a", workdir, binary, la, extra_config, base=os.path.join(self.base, "a"),
+                              node="a", peer=("b", lb, self.secret), logname="twinfs2-a.log")
+        self.b = TwinFSTarget(f"{name}.b", workdir, binary, lb, extra_config, base=os.path.join(self.base, "b"),
+                              node="b", peer=("a", la, self.secret), logname="twinfs2-b.log")
+        super().__init__(name, self.a.fuse_mnt)
+        self.fuse_mnt = self.a.fuse_mnt
+        self.logpath = self.a.logpath
+        self.peer_wait = peer_wait
+        self.peer_state = None
+
+    @property
+    def nodes(self):
+        return (self.a, self.b)
+
+    @property
+    def exit_codes(self):
+        return [f"{n.node}:{c}" for n in self.nodes for c in n.exit_codes]
+
+    def log_tail(self, n=25):
+        return "\n".join(f"--- node {x.node} ({x.logpath})\n{tail(x.logpath, n)}" for x in self.nodes)
+
+    def write_secret(self):
+        os.makedirs(self.base, exist_ok=True)
+        if os.path.exists(self.secret):
+            os.chmod(self.secret, 0o600)
+            return
+        fd = os.open(self.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, os.urandom(32))
+        finally:
+            os.close(fd)
+
+    def start(self):
+        self.write_secret()
+        try:
+            for n in self.nodes:
+                n.start()
+            self.wait_peer()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_peer(self):
+        t0 = time.monotonic()
+        last = None
+        while True:
+            st, err = self.a.status()
+            if st is None:
+                last = err
+                reported, ok, text = False, False, err
+            else:
+                reported, ok, text = peer_link_state(st)
+                last = text
+                if not reported:
+                    self.peer_state = f"not reported ({text})"
+                    self.note("node a's `twinfs status --json` does not report the peer link "
+                              f"({text}); measured as soon as both mounts were up")
+                    return
+                if ok:
+                    self.peer_state = f"connected after {time.monotonic() - t0:.1f} s ({text})"
+                    log(f"{self.name}: peer link {self.peer_state}")
+                    return
+            for n in self.nodes:
+                why = n.health()
+                if why:
+                    raise RuntimeError(f"node {n.node} unhealthy while waiting for the peer link: {why}; "
+                                       f"log tail:\n{tail(n.logpath)}")
+            if time.monotonic() - t0 > self.peer_wait:
+                self.peer_state = f"NOT connected after {self.peer_wait:.0f} s ({last})"
+                self.note(f"peer link NOT connected after {self.peer_wait:.0f} s ({last}): "
+                          "the twinfs2 numbers may be single-node numbers")
+                self.events.append(f"{datetime.datetime.now().strftime('%H:%M:%S')} peer link {self.peer_state}")
+                return
+            time.sleep(0.5)
+
+    def health(self):
+        for n in self.nodes:
+            why = n.health()
+            if why:
+                return f"node {n.node}: {why}"
+        return None
+
+    def abort(self):
+        self.a.abort()
+
+    def restart(self, why):
+        log(f"{self.name}: restarting both nodes ({why})")
+        self.events.append(f"{datetime.datetime.now().strftime('%H:%M:%S')} restarted both nodes: {why}")
+        self.stop()
+        self.start()
+
+    def stop(self):
+        for n in self.nodes:  # SIGTERM both first: a node may wait for its peer while shutting down
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGTERM)
+        for n in self.nodes:
+            try:
+                n.stop()
+            except BaseException as e:  # noqa: BLE001 - always try the other node too
+                log(f"{n.name}: teardown error: {e}")
+
+    def describe(self):
+        d = super().describe()
+        d.update({"nodes": {n.node: {"config": n.config, "mount": n.fuse_mnt, "brick": n.brick, "listen": n.listen,
+                                     "log": n.logpath} for n in self.nodes},
+                  "peer_link": self.peer_state})
+        return d
 
 
 def build_targets(args):
@@ -456,8 +628,11 @@ def build_targets(args):
             t = PassthroughTarget("fuse", args.workdir, args.passthrough_ll)
         elif spec == "twinfs":
             t = TwinFSTarget("twinfs", args.workdir, args.twinfs_bin, args.twinfs_listen, args.twinfs_config)
+        elif spec == "twinfs2":
+            t = TwinFS2Target("twinfs2", args.workdir, args.twinfs_bin, args.twinfs2_listen, args.twinfs_config,
+                              args.twinfs2_peer_wait)
         else:
-            sys.exit(f"unknown target '{spec}': use raw, fuse, twinfs or name=/already/mounted/dir")
+            sys.exit(f"unknown target '{spec}': use raw, fuse, twinfs, twinfs2 or name=/already/mounted/dir")
         if any(x.name == t.name for x in out):
             sys.exit(f"target name '{t.name}' given twice")
         out.append(t)
@@ -853,6 +1028,8 @@ def ratio_pairs(names):
     pairs = [(t, "raw") for t in names if t != "raw" and "raw" in names]
     if "twinfs" in names:
         pairs += [("twinfs", t) for t in names if t not in ("raw", "twinfs")]
+    if "twinfs2" in names:  # the two-node volume against the others (twinfs/twinfs2 is above)
+        pairs += [("twinfs2", t) for t in names if t not in ("raw", "twinfs", "twinfs2")]
     return pairs
 
 
@@ -962,11 +1139,28 @@ def machine_info(args):
     info["fuse3"] = out if rc == 0 else "?"
     rc, out = sh([args.twinfs_bin, "--version"], 20)
     info["twinfs_version"] = out if rc == 0 else "?"
-    rc, out = sh(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], 20)
+    # the git state of the tree the binary was built from (TWINFS_BIN may point into another clone)
+    src = REPO
+    rc, out = sh(["git", "-C", os.path.dirname(os.path.abspath(args.twinfs_bin)), "rev-parse", "--show-toplevel"], 20)
+    if rc == 0 and out and os.path.isdir(out):
+        src = out
+    rc, out = sh(["git", "-C", src, "rev-parse", "--short", "HEAD"], 20)
     head = out if rc == 0 else "?"
-    rc, out = sh(["git", "-C", REPO, "status", "--porcelain", "--", "Sources", "Package.swift"], 20)
+    rc, out = sh(["git", "-C", src, "status", "--porcelain", "--", "Sources", "Package.swift"], 20)
     dirty = len(out.splitlines()) if rc == 0 else "?"
     info["twinfs_git"] = f"{head} (+{dirty} uncommitted changes under Sources/, Package.swift)" if dirty else head
+    if src != REPO:
+        info["twinfs_git"] += f" in {src}"
+    ext = {}
+    for spec in [x.strip() for x in args.targets.split(",") if "=" in x]:
+        name, path = spec.split("=", 1)
+        m = fs_of(path) or {}
+        ext[name] = f"{path}: {m.get('fstype', '?')} {m.get('source', '?')} on {m.get('mnt', '?')}"
+    if ext:
+        info["external_targets"] = ext
+    if any("glusterfs" in v for v in ext.values()):
+        rc, out = sh(["glusterfs", "--version"], 20)
+        info["glusterfs"] = out.splitlines()[0] if rc == 0 and out else "?"
     try:
         info["twinfs_binary_mtime"] = datetime.datetime.fromtimestamp(os.path.getmtime(args.twinfs_bin)).isoformat(timespec="seconds")
     except OSError:
@@ -994,7 +1188,7 @@ class Bench:
         return run_in_child(fn, args, timeout, on_timeout=t.abort)
 
     def logtail(self, t):
-        return tail(t.logpath) if t.logpath else None
+        return t.log_tail()
 
     def usable(self, t):
         """Checks health before a sample; restarts a managed target that died or hangs."""
@@ -1005,7 +1199,7 @@ class Bench:
             return True
         log(f"{t.name}: unhealthy before the next sample: {why}")
         if t.managed:
-            t.events.append(f"unhealthy: {why}; log tail: {tail(t.logpath, 10)}")
+            t.events.append(f"unhealthy: {why}; log tail: {t.log_tail(10)}")
             try:
                 t.restart(why)
                 return True
@@ -1205,7 +1399,12 @@ def write_report(bench, args, info, jobs, started, interrupted):
               f"1-min load sampled around each sample: min {ld.get('min', 0):.2f}, median {ld.get('median', 0):.2f}, "
               f"max {ld.get('max', 0):.2f} ({ld.get('samples', 0)} samples)")
     md.append(f"* workdir {info['workdir']} on {info['workdir_fs']}; fuse3 {info['fuse3']}; Python {info['python']}")
-    md.append(f"* twinfs: {info['twinfs_version']}, git {info['twinfs_git']}, binary built {info.get('twinfs_binary_mtime', '?')}")
+    md.append(f"* twinfs: {info['twinfs_version']}, git {info['twinfs_git']}, binary {args.twinfs_bin} "
+              f"built {info.get('twinfs_binary_mtime', '?')}")
+    for name, what in info.get("external_targets", {}).items():
+        md.append(f"* external target {name}: {what}")
+    if "glusterfs" in info:
+        md.append(f"* {info['glusterfs']} (replica 2, both bricks on this host, default options; bench/gluster.sh)")
     md.append(f"* sizes: reps {args.reps}, ingest {args.small_n} x 512 KiB, medium {args.medium_n} x 20 MiB, "
               f"seq {args.seq_mib} MiB, meta tree {args.meta_files} x 4 KiB in {meta_layout(args.meta_files)[0]} dirs; "
               f"jobs {','.join(jobs)}; target order rotated per rep: {args.rotate}")
@@ -1279,7 +1478,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="TwinFS benchmark harness (see bench/README.md)")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--targets", default="raw,fuse,twinfs",
-                   help="comma list of raw, fuse, twinfs and name=/already/mounted/dir (default raw,fuse,twinfs)")
+                   help="comma list of raw, fuse, twinfs, twinfs2 and name=/already/mounted/dir "
+                        "(default raw,fuse,twinfs)")
     p.add_argument("--only", default=",".join(JOBS),
                    help=f"comma list of jobs: {', '.join(JOBS)} (aliases: {', '.join(JOB_ALIASES)})")
     p.add_argument("--small-n", type=int, default=1000, help="512 KiB files per ingest sample (default 1000)")
@@ -1291,7 +1491,12 @@ def parse_args(argv):
     p.add_argument("--twinfs-bin", default=DEFAULT_TWINFS, help="the twinfs executable (release build)")
     p.add_argument("--twinfs-listen", default="127.0.0.1:7790", help="the node's listen address (loopback)")
     p.add_argument("--twinfs-config", action="append", default=[], metavar="LINE",
-                   help="extra TOML line for the node config, e.g. 'attr_timeout = 1.0' (repeatable)")
+                   help="extra TOML line for the node config, e.g. 'attr_timeout = 1.0' (repeatable; "
+                        "applies to the twinfs node and to both twinfs2 nodes)")
+    p.add_argument("--twinfs2-listen", default="127.0.0.1:7791,127.0.0.1:7792", metavar="A,B",
+                   help="listen addresses of twinfs2's nodes a and b (default 127.0.0.1:7791,127.0.0.1:7792)")
+    p.add_argument("--twinfs2-peer-wait", type=float, default=60, metavar="S",
+                   help="how long to wait for twinfs2's peer link to be reported connected (default 60 s)")
     p.add_argument("--passthrough-ll", default=DEFAULT_PLL, help="libfuse's passthrough_ll binary")
     p.add_argument("--no-rotate", dest="rotate", action="store_false",
                    help="keep the target order fixed in every rep (default: rotate it by one each rep)")
@@ -1300,6 +1505,9 @@ def parse_args(argv):
     p.add_argument("--allow-tmpfs", action="store_true", help="allow a workdir on tmpfs (numbers meaningless)")
     a = p.parse_args(argv)
     a.workdir = os.path.abspath(a.workdir)
+    a.twinfs2_listen = [x.strip() for x in a.twinfs2_listen.split(",") if x.strip()]
+    if len(a.twinfs2_listen) != 2 or len(set(a.twinfs2_listen)) != 2:
+        p.error("--twinfs2-listen takes two different host:port addresses, comma-separated")
     jobs = []
     for j in [x.strip() for x in a.only.split(",") if x.strip()]:
         for k in JOB_ALIASES.get(j, [j]):
@@ -1353,9 +1561,10 @@ def main(argv):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 
     targets = build_targets(args)
+    external = [t.dir for t in targets if type(t) is Target]  # name=/path: never unmounted by us
     notes = []
     if any(t.managed or isinstance(t, RawTarget) for t in targets):
-        left = sweep_mounts(args.workdir)
+        left = sweep_mounts(args.workdir, external)
         if left:
             sys.exit(f"cannot clear leftover mounts under {args.workdir}: {left}")
         for t in targets:  # fresh dirs (brick, journal, source) every run
@@ -1363,7 +1572,7 @@ def main(argv):
                 shutil.rmtree(t.dir, ignore_errors=True)
             elif isinstance(t, PassthroughTarget):
                 shutil.rmtree(os.path.dirname(t.src), ignore_errors=True)
-            elif isinstance(t, TwinFSTarget):
+            elif isinstance(t, (TwinFSTarget, TwinFS2Target)):
                 shutil.rmtree(t.base, ignore_errors=True)
     check_space(args, notes)
 
@@ -1386,8 +1595,9 @@ def main(argv):
                 t.dead = f"start failed: {e}"
                 log(f"{t.name}: {t.dead}")
                 bench.res.failures.append({"workload": "start", "target": t.name, "rep": 0, "error": str(e),
-                                           "log": tail(t.logpath) if t.logpath else None})
+                                           "log": t.log_tail()})
         for t in targets:
+            notes.extend(f"{t.name}: {x}" for x in t.notes if f"{t.name}: {x}" not in notes)
             if not t.dead:
                 try:
                     bench.child(t, os.makedirs, (t.data, 0o755, True), 60)
@@ -1408,9 +1618,11 @@ def main(argv):
                 t.stop()
             except BaseException as e:  # noqa: BLE001 - keep tearing down the others
                 log(f"{t.name}: teardown error: {e}")
-        left = sweep_mounts(args.workdir)
+        left = sweep_mounts(args.workdir, external)
         if left:
             log(f"WARNING: mounts left under {args.workdir}: {left}")
+        for t in targets:  # notes made later (a restart's peer wait)
+            notes.extend(f"{t.name}: {x}" for x in t.notes if f"{t.name}: {x}" not in notes)
         md_path, js_path, text = write_report(bench, args, info, args.jobs, started, interrupted)
         if not args.keep_data and not left:
             for t in targets:
@@ -1421,6 +1633,11 @@ def main(argv):
                 elif isinstance(t, TwinFSTarget):
                     # keep the journal for inspection when TwinFS had trouble; the brick goes
                     shutil.rmtree(t.brick, ignore_errors=True)
+                    if not any(f["target"] == t.name for f in bench.res.failures):
+                        shutil.rmtree(t.base, ignore_errors=True)
+                elif isinstance(t, TwinFS2Target):
+                    for n in t.nodes:
+                        shutil.rmtree(n.brick, ignore_errors=True)
                     if not any(f["target"] == t.name for f in bench.res.failures):
                         shutil.rmtree(t.base, ignore_errors=True)
     print()

@@ -14,9 +14,23 @@ struct Demo: ParsableCommand {
     func run() throws {
         Node.blockStopSignals()
         let base = URL(fileURLWithPath: dir).standardizedFileURL.path
-        let nodes = ["a"]
+        let nodes = ["a", "b"]
         var children: [(String, Process)] = []
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        // The cluster secret both nodes share (kept, so a restarted demo pairs again).
+        let secret = "\(base)/cluster.secret"
+        if !FileManager.default.fileExists(atPath: secret) {
+            var key = [UInt8](repeating: 0, count: 32)
+            for i in key.indices { key[i] = UInt8.random(in: 0...255) }
+            let hex = key.map { String(format: "%02x", $0) }.joined() + "\n"
+            guard FileManager.default.createFile(atPath: secret, contents: Data(hex.utf8), attributes: [.posixPermissions: 0o600]) else {
+                out("cannot write \(secret)")
+                throw ExitCode(2)
+            }
+        }
+        let ports = ["a": 7780, "b": 7781]
+        // Both nodes start together: each waits up to its peer timeout for the other before mounting.
         for n in nodes {
             let root = "\(base)/\(n)"
             for d in ["\(root)/brick", "\(root)/mnt", "\(root)/state"] {
@@ -25,7 +39,10 @@ struct Demo: ParsableCommand {
             let cfgPath = "\(base)/\(n).toml"
             let text = NodeConfig.render(volume: "demo", node: n, brick: "\(root)/brick", journal: "\(root)/state/journal.db",
                                          mountpoint: "\(root)/mnt", controlSocket: "\(root)/state/control.sock",
-                                         listen: "127.0.0.1:\(7780 + children.count)")
+                                         listen: "127.0.0.1:\(ports[n]!)",
+                                         peer: NodeConfig.Peer(node: n == "a" ? "b" : "a",
+                                                               address: "127.0.0.1:\(ports[n == "a" ? "b" : "a"]!)",
+                                                               secretFile: secret))
             try text.write(toFile: cfgPath, atomically: true, encoding: .utf8)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: exe)
@@ -37,6 +54,10 @@ struct Demo: ParsableCommand {
             p.standardError = logHandle
             try p.run()
             children.append((n, p))
+        }
+        for (n, p) in children {
+            let root = "\(base)/\(n)"
+            let logURL = URL(fileURLWithPath: "\(root)/state/node.log")
             let mp = "\(root)/mnt"
             let deadline = Date().addingTimeInterval(30)
             while !Preflight.mountPoints().contains(mp) {
@@ -50,14 +71,17 @@ struct Demo: ParsableCommand {
             }
         }
         out("""
-        TwinFS demo volume 'demo' is up.
+        TwinFS demo volume 'demo' is up: two nodes replicating over 127.0.0.1:7780/7781.
           node a: mounted at \(base)/a/mnt over brick \(base)/a/brick
+          node b: mounted at \(base)/b/mnt over brick \(base)/b/brick
         Try:
           cp -r /usr/share/doc/fuse3 \(base)/a/mnt/
-          ls -l \(base)/a/mnt/fuse3; ls -l \(base)/a/brick/fuse3     # the brick is a plain directory
+          ls -l \(base)/b/mnt/fuse3                                   # written on a, read on b
+          ls -l \(base)/a/brick/fuse3 \(base)/b/brick/fuse3           # both bricks: plain directories
           \(exe) status --config \(base)/a.toml
-          \(exe) verify --config \(base)/a.toml
-        Logs: \(base)/a/state/node.log.  Press Ctrl-C to stop and unmount.
+          \(exe) verify --config \(base)/b.toml
+          kill -STOP $(pgrep -f 'node --config \(base)/b.toml')       # freeze b: a goes DEGRADED after 2.5 s
+        Logs: \(base)/a/state/node.log, \(base)/b/state/node.log.  Press Ctrl-C to stop and unmount.
         """)
         var set = sigset_t()
         sigemptyset(&set)
