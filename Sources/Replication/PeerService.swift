@@ -63,7 +63,7 @@ public final class PeerService: Sendable {
         default:
             break
         }
-        if let id = contentTarget(m), volume.isOwed(id) || volume.isSplit(id) {
+        if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(id: id, path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
@@ -80,6 +80,8 @@ public final class PeerService: Sendable {
 
     /// The file whose bytes a message changes, if this node could own a newer copy of it.
     private func contentTarget(_ m: PeerMessage) -> UInt64? {
+        if case .unlink = m, !volume.owesAnything { return nil }
+        if case .rename = m, !volume.owesAnything { return nil }
         switch m {
         case let .write(_, id, _, _), let .commit(_, id, _, _, _):
             return id
@@ -87,6 +89,11 @@ public final class PeerService: Sendable {
             return volume.local.brick.readID(rel: Brick.join(p, n)) == id ? id : nil
         case let .setattr(path, c) where c.size != nil:
             return volume.local.brick.readID(rel: path)
+        // Removing or replacing a file this node changed while apart would drop its changes.
+        case let .unlink(p, n):
+            return volume.local.brick.readID(rel: Brick.join(p, n))
+        case let .rename(_, _, tp, tn, _):
+            return volume.local.brick.readID(rel: Brick.join(tp, tn))
         default:
             return nil
         }
@@ -144,7 +151,7 @@ extension ReplicatedVolume {
     func settledChecked(_ id: UInt64, generation: Int64) {
         try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .written)
         if (try? journal.peerFile(id)) ?? nil == nil {
-            state.with { _ = $0.owed.remove(id) }
+            state.with { $0.owed.remove(id); $0.changedApart.remove(id) }
         }
     }
 }

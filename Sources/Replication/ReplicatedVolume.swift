@@ -43,6 +43,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     struct SharedState {
         var owed: Set<UInt64> = []
+        /// Owed because they changed while the peer could not be told (not a failed repair while
+        /// connected): the peer's copy of one of these must never overwrite this node's.
+        var changedApart: Set<UInt64> = []
         var split: Set<UInt64> = []
         /// What the peer reported of its own catch-up towards this node.
         var peerOps: UInt64 = 0
@@ -64,6 +67,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         do {
             s.split = try journal.splitBrainIDs()
             for f in try journal.peerFiles(limit: Int.max, includeStreaming: true) { s.owed.insert(f.id) }
+            s.changedApart = s.owed
         } catch {
             throw FSError.io
         }
@@ -209,22 +213,29 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         state.with { s in
             if id != 0 { s.split.insert(id) }
             s.owed.remove(id)
+            s.changedApart.remove(id)
         }
     }
 
     /// File `id` must reach the peer in full; durable before the caller returns.
-    func owe(_ id: UInt64) throws(FSError) {
-        state.with { _ = $0.owed.insert(id) }
+    func owe(_ id: UInt64, changedApart: Bool = false) throws(FSError) {
+        let apart = changedApart || gate.mode != .live
+        state.with { s in
+            s.owed.insert(id)
+            if apart { s.changedApart.insert(id) }
+        }
         do { try journal.submit([.peerFile(id: id, owed: true)], wait: .durable) } catch { throw FSError.io }
         gate.wakeCatchUp()
     }
 
     func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
+    func changedWhileApart(_ id: UInt64) -> Bool { state.with { $0.changedApart.contains(id) } }
+    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
     func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
     func settled(_ id: UInt64, generation: Int64) {
         try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .queued)
-        if generation == .max { state.with { _ = $0.owed.remove(id) } }
+        if generation == .max { state.with { $0.owed.remove(id); $0.changedApart.remove(id) } }
     }
 
     // MARK: - Namespace replication
@@ -500,6 +511,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             }
         } else {
             rh.broken = true
+            if gate.mode != .live { rh.apart = true }
         }
         return n
     }
@@ -519,7 +531,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         rh.cond.unlock()
         guard streamed, gate.mode == .live else {
             try localCommit()
-            try owe(rh.id)
+            try owe(rh.id, changedApart: rh.apart)
             return
         }
         var pending: PendingCall?
@@ -711,6 +723,8 @@ final class RepHandle: @unchecked Sendable {
     var touched = false
     /// A write did not reach the peer: the whole file must go.
     var broken = false
+    /// Written while the peer could not be told.
+    var apart = false
     var inFlight = 0
 
     init(id: UInt64, path: String) {

@@ -169,7 +169,7 @@ final class TestNode: @unchecked Sendable {
     private var watchdog: Thread?
     private let watchdogDeadline = Locked<Date?>(nil)
 
-    init(name: String = "a", volume: String = "test", extraConfig: String = "") throws {
+    init(name: String = "a", volume: String = "test", extraConfig: String = "", listen: String = "127.0.0.1:7780") throws {
         try TestEnv.requireFuse()
         self.name = name
         self.volume = volume
@@ -178,7 +178,7 @@ final class TestNode: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         }
         let cfg = NodeConfig.render(volume: volume, node: name, brick: brick, journal: journalPath, mountpoint: mnt,
-                                    controlSocket: state + "/control.sock", listen: "127.0.0.1:7780") + extraConfig
+                                    controlSocket: state + "/control.sock", listen: listen) + extraConfig
         try cfg.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 

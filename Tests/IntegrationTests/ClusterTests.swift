@@ -1,0 +1,462 @@
+import CTwinShims
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+import XCTest
+
+/// Writes a whole file and checks close(): with replication, close is where a failure shows.
+func putFile(_ path: String, _ bytes: [UInt8], flags: Int32 = O_WRONLY | O_CREAT | O_TRUNC) throws {
+    let fd = open(path, flags, 0o644)
+    guard fd >= 0 else { throw FSError.last }
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+        guard n > 0 else { let e = FSError.last; close(fd); throw e }
+        done += n
+    }
+    guard close(fd) == 0 else { throw FSError.last }
+}
+
+/// Two real node processes with real FUSE mounts, joined through test relays that can cut the
+/// link. Every scenario ends by comparing both bricks entry by entry (XXH3-128, modes, owners,
+/// ids) and both journals.
+final class ClusterTests: XCTestCase {
+    // MARK: - Helpers
+
+    func put(_ path: String, _ bytes: [UInt8], flags: Int32 = O_WRONLY | O_CREAT | O_TRUNC) throws {
+        try putFile(path, bytes, flags: flags)
+    }
+
+    func status(_ n: TestNode) -> [String: Any] {
+        let r = n.twinfs(["status", "--config", n.configPath, "--json"], timeout: 30)
+        return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+    }
+
+    func replication(_ n: TestNode) -> [String: Any] { status(n)["replication"] as? [String: Any] ?? [:] }
+
+    func state(_ n: TestNode) -> String { status(n)["state"] as? String ?? "?" }
+
+    /// Waits (bounded) until `cond` holds; fails the test with `what` otherwise.
+    func waitUntil(_ what: String, timeout: TimeInterval = 60, file: StaticString = #filePath, line: UInt = #line,
+                   _ cond: () -> Bool) {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if cond() { return }
+            usleep(100_000)
+        }
+        XCTFail("timed out after \(Int(timeout)) s waiting for: \(what)", file: file, line: line)
+    }
+
+    func waitHealthy(_ c: TestCluster, timeout: TimeInterval = 120, file: StaticString = #filePath, line: UInt = #line) {
+        waitUntil("both nodes HEALTHY (a: \(state(c.a)), b: \(state(c.b)))", timeout: timeout, file: file, line: line) {
+            state(c.a) == "HEALTHY" && state(c.b) == "HEALTHY"
+        }
+    }
+
+    /// Both bricks and both journals identical.
+    func assertReplicasIdentical(_ c: TestCluster, file: StaticString = #filePath, line: UInt = #line) throws {
+        c.a.syncJournal()
+        c.b.syncJournal()
+        let bricks = compareBricks(c.a.brick, c.b.brick)
+        XCTAssertEqual(bricks, [], "bricks differ:\n" + bricks.prefix(20).joined(separator: "\n"), file: file, line: line)
+        let journals = try compareJournals(c.a.journalPath, c.b.journalPath)
+        XCTAssertEqual(journals, [], "journals differ:\n" + journals.prefix(20).joined(separator: "\n"), file: file, line: line)
+    }
+
+    func cluster(timeout: Double = 2.0, file: StaticString = #filePath, line: UInt = #line) throws -> TestCluster {
+        try startedCluster(peerExtra: "timeout = \(timeout)\n", file: file, line: line)
+    }
+
+    func seconds(_ body: () throws -> Void) rethrows -> Double {
+        let t = Date()
+        try body()
+        return Date().timeIntervalSince(t)
+    }
+
+    // MARK: - Guarantee 1: both up, every change on both bricks when the call returns
+
+    func testEveryChangeIsOnBothBricksWhenTheCallReturns() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let a = c.a.mnt, b = c.b.mnt
+        func onBrick(_ n: TestNode, _ rel: String) -> stat? {
+            var st = stat()
+            return lstat(n.brick + "/" + rel, &st) == 0 ? st : nil
+        }
+        XCTAssertEqual(mkdir(a + "/study", 0o2775), 0)
+        XCTAssertNotNil(onBrick(c.b, "study"), "mkdir returned before the peer had it")
+        let img = pseudoRandomBytes(700_000, seed: 1)
+        try put(a + "/study/IMG1.dcm", img)
+        // close() returned: the peer's brick has every byte and its journal the same hash.
+        XCTAssertEqual(try xxh128(path: c.b.brick + "/study/IMG1.dcm"), XXH128Hasher.hash(img))
+        XCTAssertEqual(try c.b.journalRecord("study/IMG1.dcm")?.hash, XXH128Hasher.hash(img).bytes)
+        XCTAssertEqual(rename(a + "/study/IMG1.dcm", a + "/study/IMG2.dcm"), 0)
+        XCTAssertNil(onBrick(c.b, "study/IMG1.dcm"))
+        XCTAssertNotNil(onBrick(c.b, "study/IMG2.dcm"))
+        XCTAssertEqual(link(a + "/study/IMG2.dcm", a + "/study/hard"), 0)
+        XCTAssertEqual(onBrick(c.b, "study/hard")?.st_nlink, 2)
+        XCTAssertEqual(symlink("IMG2.dcm", a + "/study/latest"), 0)
+        XCTAssertEqual(onBrick(c.b, "study/latest").map { $0.st_mode & S_IFMT }, S_IFLNK)
+        XCTAssertEqual(chmod(a + "/study/IMG2.dcm", 0o640), 0)
+        XCTAssertEqual(onBrick(c.b, "study/IMG2.dcm").map { $0.st_mode & 0o7777 }, 0o640)
+        XCTAssertEqual(chown(a + "/study/IMG2.dcm", 1234, 5678), 0)
+        XCTAssertEqual(onBrick(c.b, "study/IMG2.dcm")?.st_uid, 1234)
+        XCTAssertEqual(twin_setxattr(a + "/study/IMG2.dcm", "user.dicom.study", "1.2.3", 5, 0), 0)
+        var buf = [UInt8](repeating: 0, count: 16)
+        XCTAssertEqual(twin_lgetxattr(c.b.brick + "/study/IMG2.dcm", "user.dicom.study", &buf, 16), 5)
+        XCTAssertEqual(truncate(a + "/study/IMG2.dcm", 1000), 0)
+        XCTAssertEqual(onBrick(c.b, "study/IMG2.dcm")?.st_size, 1000)
+        XCTAssertEqual(unlink(a + "/study/hard"), 0)
+        XCTAssertNil(onBrick(c.b, "study/hard"))
+        // And the other way: b writes, a's brick has it.
+        XCTAssertEqual(mkdir(b + "/from-b", 0o755), 0)
+        let other = pseudoRandomBytes(300_000, seed: 2)
+        try put(b + "/from-b/x.dcm", other)
+        XCTAssertEqual(try xxh128(path: c.a.brick + "/from-b/x.dcm"), XXH128Hasher.hash(other))
+        // b's mount shows a's changes at once (kernel cache invalidated), and a's shows b's.
+        XCTAssertEqual(try readFile(b + "/study/IMG2.dcm"), Array(img[0..<1000]))
+        XCTAssertEqual(try readFile(a + "/from-b/x.dcm"), other)
+        XCTAssertEqual(unlink(b + "/from-b/x.dcm"), 0)
+        XCTAssertEqual(rmdir(b + "/from-b"), 0)
+        XCTAssertNil(onBrick(c.a, "from-b"))
+        var st = stat()
+        XCTAssertEqual(lstat(a + "/from-b", &st), -1, "a's mount still shows a directory b removed")
+        try assertReplicasIdentical(c)
+        XCTAssertEqual(state(c.a), "HEALTHY")
+    }
+
+    // MARK: - Guarantee 2 + 3: peer killed mid-stream, catch-up (scenario i)
+
+    func testPeerKilledAndRestartedWhile2000DicomFilesAreWritten() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/CT", 0o755), 0)
+        var expected: [String: XXH128Digest] = [:]
+        var slowest = 0.0
+        for i in 0..<2000 {
+            if i == 400 { c.b.kill9() }
+            if i == 1200 {
+                XCTAssertEqual(state(c.a), "DEGRADED")
+                let r = replication(c.a)
+                XCTAssertGreaterThan(r["pending_files"] as? Int ?? 0, 700)
+                XCTAssertGreaterThan(r["pending_bytes"] as? Int ?? 0, 700 * 64 * 1024)
+                XCTAssertGreaterThan(r["pending_changes"] as? Int ?? 0, 700)
+                try c.b.start()
+            }
+            let bytes = pseudoRandomBytes(64 * 1024 + (i * 7919) % (448 * 1024), seed: UInt64(i))
+            let path = "CT/IMG\(String(format: "%05d", i)).dcm"
+            slowest = max(slowest, try seconds { try put(c.a.mnt + "/" + path, bytes) })
+            expected[path] = XXH128Hasher.hash(bytes)
+        }
+        // No write waited much longer than the peer timeout (2 s), never GlusterFS's 42 s.
+        XCTAssertLessThan(slowest, 8, "a write waited \(slowest) s")
+        waitHealthy(c)
+        for (path, digest) in expected {
+            XCTAssertEqual(try xxh128(path: c.b.brick + "/" + path), digest, path)
+        }
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Scenario ii: link cut while both write
+
+    func testLinkCutWhileBothNodesWriteThenRestored() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/A", 0o755), 0)
+        XCTAssertEqual(mkdir(c.b.mnt + "/B", 0o755), 0)
+        let errors = Locked<[String]>([])
+        let done = DispatchGroup()
+        for (n, dir, seed) in [(c.a, "A", UInt64(1000)), (c.b, "B", UInt64(2000))] {
+            done.enter()
+            Thread {
+                defer { done.leave() }
+                for i in 0..<150 {
+                    do {
+                        try putFile(n.mnt + "/\(dir)/f\(i)", pseudoRandomBytes(50_000 + i * 1000, seed: seed + UInt64(i)))
+                        if i % 10 == 0 { try putFile(n.mnt + "/\(dir)/f\(i)", pseudoRandomBytes(3000, seed: seed), flags: O_WRONLY | O_APPEND) }
+                        if i % 25 == 0, rename(n.mnt + "/\(dir)/f\(i)", n.mnt + "/\(dir)/r\(i)") != 0 {
+                            errors.with { $0.append("\(n.name) rename f\(i): \(errno)") }
+                        }
+                    } catch { errors.with { $0.append("\(n.name) f\(i): \(error)") } }
+                    usleep(5_000)
+                }
+            }.start()
+        }
+        usleep(200_000)
+        c.cut(.blackhole)
+        waitUntil("both nodes DEGRADED after the cut", timeout: 30) { state(c.a) == "DEGRADED" && state(c.b) == "DEGRADED" }
+        XCTAssertGreaterThan(replication(c.a)["pending_changes"] as? Int ?? 0, 0)
+        usleep(300_000)
+        c.restore()
+        XCTAssertEqual(done.wait(timeout: .now() + 300), .success)
+        XCTAssertEqual(errors.with { $0 }, [])
+        waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Scenario iii: peer frozen with SIGSTOP
+
+    func testPeerFrozenWithSIGSTOPThenContinued() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        guard let pid = c.b.process?.pid else { return XCTFail("b not running") }
+        XCTAssertEqual(mkdir(c.a.mnt + "/S", 0o755), 0)
+        kill(pid, SIGSTOP)
+        defer { kill(pid, SIGCONT) }
+        var times: [Double] = []
+        for i in 0..<60 {
+            times.append(try seconds { try put(c.a.mnt + "/S/f\(i)", pseudoRandomBytes(100_000, seed: UInt64(i))) })
+        }
+        // The first write waits out the timeout; the rest go at full speed.
+        XCTAssertLessThan(times.max() ?? 0, 6, "\(times)")
+        XCTAssertLessThan(times.dropFirst(5).reduce(0, +), 5, "writes after the peer was declared down were slow: \(times)")
+        XCTAssertEqual(state(c.a), "DEGRADED")
+        XCTAssertEqual(replication(c.a)["mode"] as? String, "degraded")
+        kill(pid, SIGCONT)
+        waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Scenario iv + guarantee 5: both nodes at once, races across nodes
+
+    func testBothNodesIngestDifferentStudiesAtOnce() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let errors = Locked<[String]>([])
+        let group = DispatchGroup()
+        for (n, study) in [(c.a, "study-A"), (c.b, "study-B"), (c.a, "study-C"), (c.b, "study-D")] {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                guard mkdir(n.mnt + "/" + study, 0o755) == 0 else { return errors.with { $0.append("mkdir \(study): \(errno)") } }
+                for i in 0..<80 {
+                    do { try putFile(n.mnt + "/\(study)/IMG\(i).dcm", pseudoRandomBytes(200_000 + i * 300, seed: UInt64(i) ^ UInt64(study.hashValue & 0xFFFF))) }
+                    catch { errors.with { $0.append("\(study)/\(i): \(error)") } }
+                }
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 300), .success)
+        XCTAssertEqual(errors.with { $0 }, [])
+        try assertReplicasIdentical(c)
+    }
+
+    func testRacingDirectoryOperationsAcrossNodesEndInOneNamespace() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/race", 0o755), 0)
+        for i in 0..<40 {
+            try put(c.a.mnt + "/race/src-a-\(i)", Array("from a \(i)".utf8))
+            try put(c.b.mnt + "/race/src-b-\(i)", Array("from b \(i)".utf8))
+        }
+        let wins = Locked([String: Int]())
+        let group = DispatchGroup()
+        for n in [c.a, c.b] {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                for i in 0..<40 {
+                    // mkdir of one name on both nodes: exactly one wins, the other sees EEXIST.
+                    if mkdir(n.mnt + "/race/d\(i)", 0o755) == 0 { wins.with { $0["d\(i)", default: 0] += 1 } }
+                    // Renames from both nodes into one target.
+                    _ = rename(n.mnt + "/race/src-\(n.name)-\(i)", n.mnt + "/race/target-\(i)")
+                }
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 300), .success)
+        for i in 0..<40 { XCTAssertEqual(wins.with { $0["d\(i)"] }, 1, "mkdir d\(i) succeeded \(wins.with { $0["d\(i)"] ?? 0 }) times") }
+        try assertReplicasIdentical(c)
+    }
+
+    func testWritersOnBothNodesToOneFileLeaveIdenticalReplicas() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        try put(c.a.mnt + "/shared.dcm", [])
+        let group = DispatchGroup()
+        for (n, seed) in [(c.a, UInt64(1)), (c.b, UInt64(2))] {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                for round in 0..<5 {
+                    try? putFile(n.mnt + "/shared.dcm", pseudoRandomBytes(400_000, seed: seed * 100 + UInt64(round)))
+                }
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 300), .success)
+        waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Scenario v + guarantee 4: split brain
+
+    func testSplitBrainOnOneFileIsDetectedAndBothCopiesAreKept() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        try put(c.a.mnt + "/report.dcm", pseudoRandomBytes(10_000, seed: 1))
+        try put(c.a.mnt + "/untouched.dcm", pseudoRandomBytes(10_000, seed: 9))
+        c.cut(.reset)
+        waitUntil("both DEGRADED", timeout: 30) { state(c.a) == "DEGRADED" && state(c.b) == "DEGRADED" }
+        let va = pseudoRandomBytes(20_000, seed: 2), vb = pseudoRandomBytes(30_000, seed: 3)
+        try put(c.a.mnt + "/report.dcm", va)
+        try put(c.b.mnt + "/report.dcm", vb)
+        // A change on one side only is caught up, not a split brain.
+        try put(c.b.mnt + "/only-b.dcm", pseudoRandomBytes(5_000, seed: 4))
+        c.restore()
+        waitUntil("both report the split brain", timeout: 60) { state(c.a) == "SPLIT-BRAIN" && state(c.b) == "SPLIT-BRAIN" }
+        for n in [c.a, c.b] {
+            let entries = replication(n)["split_brain"] as? [[String: Any]] ?? []
+            XCTAssertEqual(entries.compactMap { $0["path"] as? String }, ["report.dcm"], "\(n.name): \(entries)")
+        }
+        // Both versions kept, each on its own brick; neither served as current.
+        XCTAssertEqual(try readFile(c.a.brick + "/report.dcm"), va)
+        XCTAssertEqual(try readFile(c.b.brick + "/report.dcm"), vb)
+        for n in [c.a, c.b] {
+            let fd = open(n.mnt + "/report.dcm", O_RDONLY)
+            XCTAssertEqual(fd, -1, "\(n.name) served a split-brain file")
+            XCTAssertEqual(errno, EIO)
+            if fd >= 0 { close(fd) }
+        }
+        XCTAssertEqual(try readFile(c.a.mnt + "/only-b.dcm"), pseudoRandomBytes(5_000, seed: 4))
+        XCTAssertEqual(try readFile(c.b.mnt + "/untouched.dcm"), pseudoRandomBytes(10_000, seed: 9))
+    }
+
+    func testANodeThatWasDownDoesNotServeItsStaleCopy() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        try put(c.a.mnt + "/series.dcm", pseudoRandomBytes(100_000, seed: 1))
+        XCTAssertEqual(c.b.stop(), 0)
+        let fresh = pseudoRandomBytes(250_000, seed: 2)
+        for i in 0..<200 { try put(c.a.mnt + "/other\(i).dcm", pseudoRandomBytes(200_000, seed: UInt64(i))) }
+        try put(c.a.mnt + "/series.dcm", fresh)
+        XCTAssertEqual(mkdir(c.a.mnt + "/new-study", 0o755), 0)
+        try c.b.start()
+        // The first reads on b, right after its mount is up, already see a's changes.
+        XCTAssertEqual(try readFile(c.b.mnt + "/series.dcm"), fresh)
+        var st = stat()
+        XCTAssertEqual(stat(c.b.mnt + "/new-study", &st), 0)
+        waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Guarantee 3: restarts during catch-up
+
+    func testCatchUpResumesAfterEitherNodeRestartsMidway() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        XCTAssertEqual(c.b.stop(), 0)
+        XCTAssertEqual(mkdir(c.a.mnt + "/big", 0o755), 0)
+        for i in 0..<300 { try put(c.a.mnt + "/big/f\(i)", pseudoRandomBytes(1 << 20, seed: UInt64(i))) }
+        try c.b.start()
+        waitUntil("catch-up under way", timeout: 30) { (replication(c.a)["pending_files"] as? Int ?? 300) < 300 }
+        // New writes keep working during catch-up.
+        try put(c.a.mnt + "/during.dcm", pseudoRandomBytes(50_000, seed: 7))
+        c.a.kill9()
+        try c.a.start()
+        usleep(500_000)
+        c.b.kill9()
+        try c.b.start()
+        waitHealthy(c, timeout: 180)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Guarantee 6: the peer link
+
+    func testANodeWithTheWrongSecretIsRefusedAndLogged() throws {
+        let c = try TestCluster(peerExtra: "timeout = 1.0\n")
+        addTeardownBlock { c.destroy() }
+        // b gets a secret of its own.
+        let wrong = c.dir + "/wrong-secret"
+        try TestCluster.writeSecret(wrong)
+        let cfg = try String(contentsOfFile: c.b.configPath, encoding: .utf8).replacingOccurrences(of: c.secretPath, with: wrong)
+        try cfg.write(toFile: c.b.configPath, atomically: true, encoding: .utf8)
+        try c.start()
+        try put(c.a.mnt + "/f", [1, 2, 3])
+        usleep(1_500_000)
+        XCTAssertEqual(state(c.a), "DEGRADED")
+        XCTAssertEqual(state(c.b), "DEGRADED")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: c.b.brick + "/f"))
+        XCTAssertTrue(c.a.log.contains("refus") || c.a.log.contains("authentication"), c.a.log)
+    }
+
+    func testFuzzedFramesNeverCrashALiveNodeOrWriteOutsideItsBrick() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        try put(c.a.mnt + "/keep.dcm", pseudoRandomBytes(10_000, seed: 1))
+        // "../outside" seen from a's brick: a directory right beside it.
+        XCTAssertEqual(mkdir(c.a.dir + "/outside", 0o755), 0)
+        func besideBrick() -> [String] {
+            snapshot(c.a.dir).filter { !$0.hasPrefix("brick") && !$0.hasPrefix("mnt") && !$0.hasPrefix("state") }
+        }
+        let before = besideBrick()
+        // Unauthenticated garbage: random bytes, truncated and oversized frames.
+        var rng = SystemRandomNumberGenerator()
+        for round in 0..<300 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(c.listenPortA).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            XCTAssertEqual(ok, 0)
+            var bytes: [UInt8]
+            switch round % 3 {
+            case 0: bytes = (0..<Int.random(in: 1...4096, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            case 1: bytes = Array("TWFS".utf8) + [0, 1, 0, 1] + [0xFF, 0xFF, 0xFF, 0xFF] + [UInt8](repeating: 0x41, count: 64)
+            default: bytes = Array("TWFS".utf8) + (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            }
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            close(fd)
+        }
+        // Authenticated (with the cluster secret) but hostile: paths escaping the brick.
+        let secret = try SecretFile.load(path: c.secretPath)
+        let client = PeerClient(configuration: .init(identity: PeerLinkIdentity(node: "b", volume: "test", secret: secret, peerNode: "a"),
+                                                     host: "127.0.0.1", port: c.listenPortA))
+        defer { let s = DispatchSemaphore(value: 0); Task { await client.shutdown(); s.signal() }; s.wait() }
+        let hostile: [PeerMessage] = [
+            .create(parentPath: "..", name: "escaped", mode: 0o644, uid: 0, gid: 0, stableID: 1 << 57 | 5),
+            .create(parentPath: "../outside", name: "escaped", mode: 0o644, uid: 0, gid: 0, stableID: 1 << 57 | 6),
+            .mkdir(parentPath: "/tmp", name: "escaped", mode: 0o755, uid: 0, gid: 0, stableID: 1 << 57 | 7),
+            .write(path: "../outside/escaped", stableID: 1 << 57 | 6, offset: 0, data: ByteBuffer(bytes: [1, 2, 3])),
+            .symlink(parentPath: "", name: "to-etc", target: "/etc", uid: 0, gid: 0, stableID: 1 << 57 | 8),
+            .write(path: "to-etc/passwd", stableID: 1 << 57 | 8, offset: 0, data: ByteBuffer(bytes: [1])),
+            .rename(fromParent: "", fromName: "keep.dcm", toParent: "..", toName: "stolen", flags: 0),
+            .unlink(parentPath: ".twinfs", name: "brick.json"),
+            .setxattr(path: "keep.dcm", name: "trusted.twinfs.id", value: [1], flags: 0),
+            .create(parentPath: "", name: "a\0b", mode: 0o644, uid: 0, gid: 0, stableID: 1 << 57 | 9),
+            .create(parentPath: "", name: String(repeating: "x", count: 300), mode: 0o644, uid: 0, gid: 0, stableID: 1 << 57 | 10),
+        ]
+        let results = Locked<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            _ = await client.waitUntilUp(timeout: .seconds(10))
+            for m in hostile {
+                do {
+                    let r = try await client.send(m)
+                    if case let .reply(_, e, _) = r { results.with { $0.append("\(m.type):\(e)") } }
+                } catch {
+                    results.with { $0.append("\(m.type):link \(error)") }
+                }
+                // A link closed by the node for a protocol violation comes back.
+                _ = await client.waitUntilUp(timeout: .seconds(5))
+            }
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
+        // Each was refused (errno or a closed link), the symlink aside (a legal entry).
+        for r in results.with({ $0 }) where !r.hasPrefix("symlink") {
+            XCTAssertFalse(r.hasSuffix(":0"), "accepted: \(r)")
+        }
+        XCTAssertTrue(c.a.process?.isRunning ?? false, "node a died:\n\(c.a.log)")
+        XCTAssertEqual(besideBrick(), before, "something was written outside the brick")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/tmp/escaped"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: c.a.brick + "/.twinfs/brick.json"))
+        XCTAssertEqual(try readFile(c.a.mnt + "/keep.dcm"), pseudoRandomBytes(10_000, seed: 1))
+        // Still serving and replicating.
+        try put(c.a.mnt + "/after.dcm", [9, 9, 9])
+        XCTAssertEqual(try readFile(c.b.brick + "/after.dcm"), [9, 9, 9])
+    }
+}
