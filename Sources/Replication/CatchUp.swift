@@ -16,6 +16,9 @@ public final class CatchUp: @unchecked Sendable {
     private let stopped = Locked(false)
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)
+    /// Files whose last send failed for another reason than the link: retried with backoff
+    /// (catch-up thread only).
+    private var retryAt: [UInt64: (ContinuousClock.Instant, Duration)] = [:]
 
     public init(volume: ReplicatedVolume, logger: Logger) {
         v = volume
@@ -59,7 +62,9 @@ public final class CatchUp: @unchecked Sendable {
             }
             if v.gate.mode == .live && b.ops == 0 && b.files == 0 { continue }
             if v.gate.mode == .degraded {
-                log.notice("peer reachable again: catching up \(b.ops) namespace changes and \(b.files) files (\(b.bytes) bytes)")
+                if b.ops + b.files > 0 {
+                    log.notice("peer reachable: catching up \(b.ops) namespace changes and \(b.files) files (\(b.bytes) bytes)")
+                }
                 v.gate.setCatchingUp()
             }
             guard replayOps() else { continue }
@@ -69,7 +74,7 @@ public final class CatchUp: @unchecked Sendable {
                     return (try? v.journal.peerBacklog().ops) == 0
                 }
                 if live {
-                    log.notice("peer in sync for namespace changes: replicating live again")
+                    log.notice("peer reachable and in step: replicating every change live")
                     v.state.with { $0.degradedSince = nil }
                 }
             }
@@ -118,6 +123,7 @@ public final class CatchUp: @unchecked Sendable {
             guard let rows = try? v.journal.peerFiles(after: after, limit: 64), !rows.isEmpty else { return }
             for r in rows {
                 after = r.id
+                if let (when, _) = retryAt[r.id], ContinuousClock.now < when { continue }
                 if v.isSplit(r.id) {
                     try? v.journal.submit([.dropPeerFile(id: r.id, generation: .max)], wait: .written)
                     continue
@@ -125,12 +131,15 @@ public final class CatchUp: @unchecked Sendable {
                 switch v.pushFile(r.id) {
                 case .ok, .gone:
                     v.settledChecked(r.id, generation: r.generation)
+                    retryAt[r.id] = nil
                 case .unreachable:
                     return
                 case .splitBrain:
-                    continue
+                    retryAt[r.id] = nil
                 case .failed(let why):
-                    log.error("sending file id \(r.id) to the peer failed: \(why); it stays owed")
+                    let delay = min((retryAt[r.id]?.1 ?? .seconds(1)) * 2, .seconds(60))
+                    retryAt[r.id] = (ContinuousClock.now + delay, delay)
+                    log.error("sending file id \(r.id) to the peer failed: \(why); it stays owed, next try in \(delay)")
                 }
             }
         }
