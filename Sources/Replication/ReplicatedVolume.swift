@@ -637,7 +637,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     /// Sends file `id` as it is on this brick now: create-if-missing with its id, attributes and
-    /// size, every byte, then a commit whose XXH3-128 the peer checks against its own disk.
+    /// size, every byte, then a commit whose XXH3-128 the peer checks against its own hash of
+    /// the bytes it wrote.
     /// One push per file at a time; on node 2 the content lock is also taken on node 1, so two
     /// pushes of one file in opposite directions cannot cross.
     public func pushFile(_ id: UInt64) -> PushResult {

@@ -66,6 +66,12 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(bricks, [], "bricks differ:\n" + bricks.prefix(20).joined(separator: "\n"), file: file, line: line)
         let journals = try compareJournals(c.a.journalPath, c.b.journalPath)
         XCTAssertEqual(journals, [], "journals differ:\n" + journals.prefix(20).joined(separator: "\n"), file: file, line: line)
+        // Nothing left owed either way (not even a live copy's streaming mark).
+        for n in [c.a, c.b] {
+            let j = try Journal(readOnlyPath: n.journalPath)
+            XCTAssertEqual(try j.peerFiles(limit: 10, includeStreaming: true).map(\.id), [], "\(n.name) still owes files", file: file, line: line)
+            XCTAssertEqual(try j.peerOps(after: 0, limit: 10).map(\.seq), [], "\(n.name) still owes changes", file: file, line: line)
+        }
     }
 
     func cluster(timeout: Double = 2.0, file: StaticString = #filePath, line: UInt = #line) throws -> TestCluster {
@@ -140,8 +146,24 @@ final class ClusterTests: XCTestCase {
         var slowest = 0.0
         for i in 0..<2000 {
             if i == 400 { c.b.kill9() }
+            if i == 800 {
+                // Namespace changes only a replay can carry (a whole-file send would not).
+                XCTAssertEqual(mkdir(c.a.mnt + "/CT/sub", 0o750), 0)
+                XCTAssertEqual(rename(c.a.mnt + "/CT/IMG00010.dcm", c.a.mnt + "/CT/sub/moved.dcm"), 0)
+                expected["CT/sub/moved.dcm"] = expected.removeValue(forKey: "CT/IMG00010.dcm")
+                XCTAssertEqual(unlink(c.a.mnt + "/CT/IMG00011.dcm"), 0)
+                expected["CT/IMG00011.dcm"] = nil
+                XCTAssertEqual(chmod(c.a.mnt + "/CT/IMG00012.dcm", 0o600), 0)
+                XCTAssertEqual(chown(c.a.mnt + "/CT/IMG00013.dcm", 4321, 8765), 0)
+                XCTAssertEqual(symlink("sub/moved.dcm", c.a.mnt + "/CT/latest"), 0)
+                XCTAssertEqual(twin_setxattr(c.a.mnt + "/CT/IMG00014.dcm", "user.study", "1.2.840", 7, 0), 0)
+            }
             if i == 1200 {
                 XCTAssertEqual(state(c.a), "DEGRADED")
+                // What the peer must receive is durable and complete, not merely counted.
+                c.a.syncJournal()
+                let owed = try Journal(readOnlyPath: c.a.journalPath).peerOps(after: 0, limit: 100_000)
+                XCTAssertTrue(owed.allSatisfy(\.applied), "owed changes not marked applied")
                 let r = replication(c.a)
                 XCTAssertGreaterThan(r["pending_files"] as? Int ?? 0, 700)
                 XCTAssertGreaterThan(r["pending_bytes"] as? Int ?? 0, 700 * 64 * 1024)
@@ -159,6 +181,18 @@ final class ClusterTests: XCTestCase {
         for (path, digest) in expected {
             XCTAssertEqual(try xxh128(path: c.b.brick + "/" + path), digest, path)
         }
+        var st = stat()
+        XCTAssertEqual(lstat(c.b.brick + "/CT/IMG00011.dcm", &st), -1, "unlink made while b was down did not reach b")
+        XCTAssertEqual(lstat(c.b.brick + "/CT/sub", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o750)
+        XCTAssertEqual(lstat(c.b.brick + "/CT/IMG00012.dcm", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o7777, 0o600)
+        XCTAssertEqual(lstat(c.b.brick + "/CT/IMG00013.dcm", &st), 0)
+        XCTAssertEqual(st.st_uid, 4321)
+        var buf = [CChar](repeating: 0, count: 64)
+        XCTAssertEqual(readlink(c.b.brick + "/CT/latest", &buf, 63), 13)
+        var x = [UInt8](repeating: 0, count: 16)
+        XCTAssertEqual(twin_lgetxattr(c.b.brick + "/CT/IMG00014.dcm", "user.study", &x, 16), 7)
         try assertReplicasIdentical(c)
     }
 
@@ -276,18 +310,53 @@ final class ClusterTests: XCTestCase {
         let c = try cluster()
         waitHealthy(c)
         try put(c.a.mnt + "/shared.dcm", [])
-        let group = DispatchGroup()
-        for (n, seed) in [(c.a, UInt64(1)), (c.b, UInt64(2))] {
-            group.enter()
-            Thread {
-                defer { group.leave() }
-                for round in 0..<5 {
-                    try? putFile(n.mnt + "/shared.dcm", pseudoRandomBytes(400_000, seed: seed * 100 + UInt64(round)))
-                }
-            }.start()
+        // Writes of the two nodes must cross in flight (so that a commit is refused and the
+        // whole file re-sent) for this to test anything: repeat until the logs show it.
+        var crossed = false
+        for attempt in 0..<10 where !crossed {
+            let group = DispatchGroup()
+            for (n, seed) in [(c.a, UInt64(1)), (c.b, UInt64(2))] {
+                group.enter()
+                Thread {
+                    defer { group.leave() }
+                    for round in 0..<8 {
+                        // No O_TRUNC: both overwrite the same bytes in place.
+                        try? putFile(n.mnt + "/shared.dcm", pseudoRandomBytes(400_000, seed: seed * 1000 + UInt64(attempt * 10 + round)),
+                                     flags: O_WRONLY | O_CREAT)
+                        usleep(UInt32.random(in: 0...3000))
+                    }
+                }.start()
+            }
+            XCTAssertEqual(group.wait(timeout: .now() + 300), .success)
+            crossed = (c.a.log + c.b.log).contains("refused the commit")
         }
-        XCTAssertEqual(group.wait(timeout: .now() + 300), .success)
+        XCTAssertTrue(crossed, "the writers never crossed: the repair path was not exercised")
         waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+
+    /// Every byte streamed and acknowledged, then the link dies before close(): the commit is
+    /// lost, so the file must be owed and end up committed (hash, mtime) on the peer.
+    func testACommitLostWithTheLinkLeavesTheFileOwed() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        let bytes = pseudoRandomBytes(300_000, seed: 5)
+        let fd = open(c.a.mnt + "/late.dcm", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, bytes.count)
+        usleep(500_000)
+        c.cut(.blackhole)
+        XCTAssertEqual(close(fd), 0)
+        XCTAssertEqual(state(c.a), "DEGRADED")
+        XCTAssertEqual(replication(c.a)["pending_files"] as? Int, 1, "the file whose commit was lost is not owed")
+        c.restore()
+        waitHealthy(c)
+        var sa = stat(), sb = stat()
+        XCTAssertEqual(lstat(c.a.brick + "/late.dcm", &sa), 0)
+        XCTAssertEqual(lstat(c.b.brick + "/late.dcm", &sb), 0)
+        XCTAssertEqual(sa.st_mtim.tv_sec, sb.st_mtim.tv_sec)
+        XCTAssertEqual(sa.st_mtim.tv_nsec, sb.st_mtim.tv_nsec, "the peer's copy did not get the sender's mtime")
+        XCTAssertEqual(try c.b.journalRecord("late.dcm")?.hash, XXH128Hasher.hash(bytes).bytes)
         try assertReplicasIdentical(c)
     }
 
