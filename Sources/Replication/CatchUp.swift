@@ -1,3 +1,4 @@
+import BrickStore
 import Foundation
 import Glibc
 import Journal
@@ -109,6 +110,17 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     if e == ENOENT, case .unlink = m { continue }
                     if e == ENOENT, case .rmdir = m { continue }
+                    // The peer has nothing under the old name: the rename reached it before the
+                    // link broke (its reply was lost), or it never had the file. Either way a
+                    // file is made right by sending it whole under its name here.
+                    if e == ENOENT, case let .rename(_, _, tp, tn, _) = m,
+                       case let (st, id?)? = try? v.local.brick.statAndID(Brick.join(tp, tn)), st.kind == .file {
+                        switch v.pushFile(id) {
+                        case .ok, .gone: continue
+                        case .unreachable: return false
+                        case .splitBrain, .failed: break
+                        }
+                    }
                     v.recordSplitBrain(id: ReplicatedVolume.entryID(m, brick: v.local.brick), path: ReplicatedVolume.describe(m),
                                        reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
                 }

@@ -42,21 +42,7 @@ public final class PeerChannel: Sendable {
     /// Sends without waiting; `wait()` on the result collects the answer.
     public func start(_ message: PeerMessage) -> PendingCall {
         let p = PendingCall()
-        let client = self.client
-        let timeout = self.timeout
-        Task {
-            let outcome: PeerOutcome
-            do {
-                let reply = try await client.send(message, timeout: timeout)
-                switch reply {
-                case let .reply(_, errno, payload): outcome = errno == 0 ? .ok(payload) : .refused(errno)
-                default: outcome = .refused(EPROTO)
-                }
-            } catch {
-                outcome = .unreachable("\(error)")
-            }
-            p.complete(outcome)
-        }
+        start(message) { p.complete($0) }
         return p
     }
 

@@ -362,7 +362,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         if changes.size != nil { drainWrites(of: node.id) }
-        let now = Date().timeIntervalSince1970
         return try replicate(keys: [], pre: .setattr(path: node.path, changes: AttrUpdate())) { () throws(FSError) -> stat in
             try local.setattr(node, handle: handle, changes: changes)
         } message: { st in
@@ -374,7 +373,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 }
             }
             let atime = Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec)
-            _ = now
             return .setattr(path: node.path, changes: AttrUpdate(
                 mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
                 size: changes.size, atimeNs: ns(changes.atime, atime), mtimeNs: ns(changes.mtime, st.mtimeNs)))

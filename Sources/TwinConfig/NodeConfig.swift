@@ -68,7 +68,7 @@ public struct NodeConfig: Sendable, Equatable {
             throw AdminError(problem: "config \(path) is not valid TOML: \(error)",
                              fix: "correct the TOML syntax (see docs/twinfs.example.toml)")
         }
-        let r = Reader(table: table, path: path)
+        let r = ConfigReader(table: table, path: path)
         for key in table.keys.sorted() where !knownKeys.contains(key) {
             throw AdminError(problem: "config \(path): unknown key '\(key)'",
                              fix: "remove it or correct its spelling (known keys: \(knownKeys.sorted().joined(separator: ", ")))")
@@ -89,7 +89,7 @@ public struct NodeConfig: Sendable, Equatable {
                 throw AdminError(problem: "config \(path): unknown key 'peer.\(key)'",
                                  fix: "the [peer] section takes node, address, secret_file and timeout")
             }
-            let pr = Reader(table: pt, path: path, section: "peer")
+            let pr = ConfigReader(table: pt, path: path, section: "peer")
             var peer = Peer(node: try pr.name("node"), address: try pr.hostPort("address"),
                             secretFile: try pr.absolutePath("secret_file"))
             if let t = try pr.number("timeout", range: 0.2...30) { peer.timeout = t }
@@ -170,15 +170,21 @@ public struct NodeConfig: Sendable, Equatable {
     }
 }
 
-/// Typed access to one TOML table with admin-readable errors.
-private struct Reader {
-    let table: TOMLTable
-    let path: String
-    var section = ""
+/// Typed access to one TOML table with admin-readable errors (node and HA daemon configs).
+public struct ConfigReader {
+    public let table: TOMLTable
+    public let path: String
+    public var section = ""
 
-    func label(_ key: String) -> String { section.isEmpty ? key : "\(section).\(key)" }
+    public init(table: TOMLTable, path: String, section: String = "") {
+        self.table = table
+        self.path = path
+        self.section = section
+    }
 
-    func string(_ key: String) throws(AdminError) -> String {
+    public func label(_ key: String) -> String { section.isEmpty ? key : "\(section).\(key)" }
+
+    public func string(_ key: String) throws(AdminError) -> String {
         guard let v = table[key] else {
             throw AdminError(problem: "config \(path): required key '\(label(key))' is missing",
                              fix: "add \(key) = \"...\"\(section.isEmpty ? "" : " under [\(section)]") (see docs/twinfs.example.toml)")
@@ -193,7 +199,7 @@ private struct Reader {
         return s
     }
 
-    func name(_ key: String) throws(AdminError) -> String {
+    public func name(_ key: String) throws(AdminError) -> String {
         let s = try string(key)
         let ok = s.utf8.count <= 64 && s.allSatisfy {
             $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".")
@@ -205,7 +211,7 @@ private struct Reader {
         return s
     }
 
-    func absolutePath(_ key: String) throws(AdminError) -> String {
+    public func absolutePath(_ key: String) throws(AdminError) -> String {
         let s = try string(key)
         guard s.hasPrefix("/") else {
             throw AdminError(problem: "config \(path): '\(label(key))' must be an absolute path, got '\(s)'",
@@ -214,7 +220,7 @@ private struct Reader {
         return URL(fileURLWithPath: s).standardizedFileURL.path
     }
 
-    func hostPort(_ key: String) throws(AdminError) -> String {
+    public func hostPort(_ key: String) throws(AdminError) -> String {
         let s = try string(key)
         guard NodeConfig.parseHostPort(s) != nil else {
             throw AdminError(problem: "config \(path): \(label(key)) = '\(s)' is not host:port",
@@ -223,7 +229,7 @@ private struct Reader {
         return s
     }
 
-    func number(_ key: String, range: ClosedRange<Double>) throws(AdminError) -> Double? {
+    public func number(_ key: String, range: ClosedRange<Double>) throws(AdminError) -> Double? {
         guard let v = table[key] else { return nil }
         guard let d = v.double ?? v.int.map(Double.init), range.contains(d) else {
             throw AdminError(problem: "config \(path): '\(label(key))' must be a number from \(range.lowerBound) to \(range.upperBound)",
