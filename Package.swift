@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "twinfs", targets: ["twinfs"]),
+        .executable(name: "twinfs-ha", targets: ["twinfs-ha"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -62,6 +63,16 @@ let package = Package(
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
                                                  "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol",
                                                  .product(name: "Logging", package: "swift-log")]),
+        // Raw-packet helpers of the HA daemon: gratuitous ARP, ARP probe, tickle ACK.
+        .target(name: "CHAShims"),
+        // The CTDB-like heartbeat daemon: owns the floating address, event scripts, witness.
+        .target(name: "HADaemon", dependencies: ["TwinCore", "TwinConfig", "ControlSocket", "PeerProtocol", "CHAShims",
+                                                 .product(name: "Crypto", package: "swift-crypto"),
+                                                 .product(name: "TOMLKit", package: "TOMLKit"),
+                                                 .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "twinfs-ha", dependencies: ["HADaemon", "TwinCore", "ControlSocket", "PeerProtocol",
+                                                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                                            .product(name: "Logging", package: "swift-log")]),
         // The `twinfs` command: node, status, verify, journal rebuild, demo.
         .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims",
                                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -80,6 +91,7 @@ let package = Package(
                                                              .product(name: "NIOCore", package: "swift-nio"),
                                                              .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
+        .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
                                                            "PeerLink", "PeerProtocol",
                                                            .product(name: "NIOCore", package: "swift-nio")]),
