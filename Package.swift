@@ -91,6 +91,8 @@ let package = Package(
                                                              .product(name: "NIOCore", package: "swift-nio"),
                                                              .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
+        // twinfs-ha in network namespaces (root): failover, partitions, witness, tickle ACK.
+        .testTarget(name: "HATests", dependencies: [], exclude: ["probe.py"]),
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
                                                            "PeerLink", "PeerProtocol",

@@ -230,11 +230,11 @@ public final class HADaemon: @unchecked Sendable {
             // A partition healed (or the peer came back): re-announce from whoever holds.
             if peer.alive && !st.peerWasAlive {
                 st.peerWasAlive = true
-                record("peer-alive", "heartbeats from \(cfg.peer) again")
+                recordLocked("peer-alive", "heartbeats from \(cfg.peer) again")
                 if st.transition == nil { job = .reallocated }
             } else if !peer.alive && st.peerWasAlive {
                 st.peerWasAlive = false
-                record("peer-dead", peer.daemonGone ? "\(cfg.peer)'s host reports its daemon gone" : "no heartbeat from \(cfg.peer) for \(cfg.deadInterval) s")
+                recordLocked("peer-dead", peer.daemonGone ? "\(cfg.peer)'s host reports its daemon gone" : "no heartbeat from \(cfg.peer) for \(cfg.deadInterval) s")
             }
             guard st.transition == nil else { return }
             let leaseValid = st.leaseUntil.map { now < $0 } ?? false
@@ -285,7 +285,7 @@ public final class HADaemon: @unchecked Sendable {
             case .release(let why): releaseNow(why)
             case .reallocated: reallocated()
             case .takeIfUnused(let why):
-                let inUse = cfg.publicAddresses.contains { SystemNet.probe(interface: $0.interface, address: $0.address, timeoutMs: 100) == 1 }
+                let inUse = cfg.publicAddresses.contains { SystemNet.probe(interface: $0.interface, address: $0.address, timeoutMs: 50) == 1 }
                 if inUse {
                     let logIt = lock.withLock { () -> Bool in
                         st.transition = nil
@@ -342,7 +342,6 @@ public final class HADaemon: @unchecked Sendable {
     private func reallocated() {
         let o = events.run("ipreallocated", [], extraEnv: heldEnv(extra: nil))
         if !o.ok { log.warning("ipreallocated: \(o.failures.joined(separator: "; "))") }
-        lock.withLock { if st.transition == nil {} }
     }
 
     private func heldEnv(extra: HAConfig.PublicAddress?) -> [String: String] {
@@ -360,7 +359,7 @@ public final class HADaemon: @unchecked Sendable {
             lock.withLock {
                 if o.ok {
                     if !st.healthy { st.healthySince = Date() }
-                    if !st.healthy { st.history.append(Self.transition("healthy", "monitor passed")) }
+                    if !st.healthy { recordLocked("healthy", "monitor passed") }
                     st.healthy = true
                     st.monitorFailures = 0
                 } else {
@@ -369,10 +368,9 @@ public final class HADaemon: @unchecked Sendable {
                     if st.healthy && st.monitorFailures >= cfg.monitorFailures {
                         st.healthy = false
                         st.healthySince = nil
-                        st.history.append(Self.transition("unhealthy", "\(st.monitorFailures) monitor failures: \(st.lastMonitorError)"))
+                        recordLocked("unhealthy", "\(st.monitorFailures) monitor failures: \(st.lastMonitorError)")
                     }
                 }
-                if st.history.count > 50 { st.history.removeFirst(st.history.count - 50) }
             }
             if !o.ok { log.warning("monitor failed: \(o.failures.joined(separator: "; "))") }
             lock.lock()
@@ -418,10 +416,13 @@ public final class HADaemon: @unchecked Sendable {
     // MARK: - Status
 
     func record(_ event: String, _ reason: String) {
-        lock.withLock {
-            st.history.append(Self.transition(event, reason))
-            if st.history.count > 50 { st.history.removeFirst(st.history.count - 50) }
-        }
+        lock.withLock { recordLocked(event, reason) }
+    }
+
+    /// Caller holds `lock` (NSCondition is not recursive).
+    private func recordLocked(_ event: String, _ reason: String) {
+        st.history.append(Self.transition(event, reason))
+        if st.history.count > 50 { st.history.removeFirst(st.history.count - 50) }
     }
 
     static func transition(_ e: String, _ r: String) -> Transition {

@@ -1,0 +1,259 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// A value behind a lock (the test target has no TwinCore).
+final class Locked<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ v: T) { value = v }
+    func with<R>(_ body: (inout T) -> R) -> R { lock.lock(); defer { lock.unlock() }; return body(&value) }
+}
+
+/// twinfs-ha in network namespaces made by the test: nodes a and b, a client (and a witness),
+/// joined by a bridge. The client probes a TCP service on the floating address every 50 ms and
+/// records which node answered; a watcher samples every 20 ms which nodes hold the address.
+final class FailoverTests: XCTestCase {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+    static var binary: String {
+        ProcessInfo.processInfo.environment["TWINFS_HA_BIN"] ?? repoRoot + "/.build/debug/twinfs-ha"
+    }
+
+    /// A running pair: daemons, probe servers, configs.
+    final class Pair: @unchecked Sendable {
+        let topo: NetnsTopology
+        let vip: String
+        var daemons: [NetnsTopology.Node: Child] = [:]
+        var servers: [NetnsTopology.Node: Child] = [:]
+        let maxHolders = Locked(0)
+        let sampling = Locked(true)
+        init(topo: NetnsTopology) {
+            self.topo = topo
+            vip = topo.address(host: 50)
+        }
+        func dir(_ n: NetnsTopology.Node) -> String { topo.workDir + "/" + n.rawValue }
+        func config(_ n: NetnsTopology.Node) -> String { dir(n) + "/ha.toml" }
+        func holders() -> [NetnsTopology.Node] { topo.holderNodes(address: vip) }
+
+        func status(_ n: NetnsTopology.Node) -> [String: Any] {
+            let r = runCommand([FailoverTests.binary, "status", "--config", config(n), "--json"], timeout: 10)
+            return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+        }
+
+        func startDaemon(_ n: NetnsTopology.Node) throws {
+            daemons[n] = try topo.spawn(n, [FailoverTests.binary, "run", "--config", config(n)], log: "ha-\(n.rawValue).log")
+        }
+
+        /// Samples the holders every 20 ms until stopped: "never two owners" is checked over the whole run.
+        func watch() {
+            Thread { [self] in
+                while sampling.with({ $0 }) {
+                    let n = holders().count
+                    maxHolders.with { $0 = max($0, n) }
+                    usleep(20_000)
+                }
+            }.start()
+        }
+    }
+
+    /// `heartbeatLink`: 0 = heartbeats on the public LAN (eth0); 1 = on a private heartbeat
+    /// network of their own (eth1), as hospitals cable it.
+    func startPair(witness: Bool = false, failback: Double = 2, heartbeatLink: Int = 0, extraScripts: [String: String] = [:],
+                   file: StaticString = #filePath, line: UInt = #line) throws -> Pair {
+        guard FileManager.default.isExecutableFile(atPath: Self.binary) else { throw XCTSkip("twinfs-ha not built at \(Self.binary)") }
+        let topo = try makeTopology(secondLink: heartbeatLink == 1, witness: witness)
+        let p = Pair(topo: topo)
+        addTeardownBlock { p.sampling.with { $0 = false } }
+        let secret = topo.workDir + "/secret"
+        _ = FileManager.default.createFile(atPath: secret, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }),
+                                       attributes: [.posixPermissions: 0o600])
+        if witness {
+            _ = try topo.spawn(.witness, [Self.binary, "witness", "--listen", "\(topo.address(.witness)):7796",
+                                          "--secret-file", secret, "--lease", "0.5"], log: "witness.log")
+        }
+        for n in [NetnsTopology.Node.a, .b] {
+            let events = p.dir(n) + "/events"
+            try FileManager.default.createDirectory(atPath: events, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: Self.repoRoot + "/ctdb-like/events/10.interface", toPath: events + "/10.interface")
+            // The monitored service: healthy unless the test creates <dir>/sick.
+            var scripts = ["50.service": "#!/bin/sh\n[ \"$1\" = monitor ] && [ -e \(p.dir(n))/sick ] && exit 1\nexit 0\n"]
+            for (k, v) in extraScripts { scripts[k] = v }
+            for (name, text) in scripts {
+                try text.write(toFile: events + "/" + name, atomically: true, encoding: .utf8)
+                chmod(events + "/" + name, 0o755)
+            }
+            let cfg = """
+            node = "\(n.rawValue)"
+            secret_file = "\(secret)"
+            control_socket = "\(p.dir(n))/ha.sock"
+            state_dir = "\(p.dir(n))/state"
+            preferred = "a"
+            failback_delay = \(failback)
+            [nodes.a]
+            heartbeat = ["\(topo.address(.a, link: heartbeatLink)):7795"]
+            [nodes.b]
+            heartbeat = ["\(topo.address(.b, link: heartbeatLink)):7795"]
+            [[public]]
+            address = "\(p.vip)/24"
+            interface = "eth0"
+            \(witness ? "[witness]\naddress = \"\(topo.address(.witness)):7796\"\nlease = 0.5\n" : "")
+            [events]
+            dir = "\(events)"
+            timeout = 1.0
+            monitor_interval = 0.2
+            monitor_failures = 2
+            """
+            try cfg.write(toFile: p.config(n), atomically: true, encoding: .utf8)
+            p.servers[n] = try topo.startProbeServer(on: n)
+        }
+        try p.startDaemon(.a)
+        try p.startDaemon(.b)
+        XCTAssertTrue(waitUntil(15) { p.holders() == [.a] }, "a (preferred) never took the address; holders \(p.holders())\n\(topo.readLog("ha-a.log"))", file: file, line: line)
+        XCTAssertTrue(waitUntil(10) { (p.status(.b)["peer_alive"] as? Bool) == true }, file: file, line: line)
+        p.watch()
+        return p
+    }
+
+    /// Runs `inject` 1 s into a probe of `duration` s; returns the report and when it happened.
+    func probe(_ p: Pair, duration: Double = 6, _ inject: () throws -> Void) throws -> (ProbeReport, Date) {
+        let (child, json) = try p.topo.startProbe(target: p.vip, duration: duration)
+        usleep(1_000_000)
+        let t = Date()
+        try inject()
+        XCTAssertNotNil(child.wait(timeout: duration + 30))
+        return (try ProbeReport.load(json), t)
+    }
+
+    // MARK: - Scenarios
+
+    func testKill9OfTheOwnersDaemonMovesTheAddress() throws {
+        let p = try startPair()
+        let (r, t) = try probe(p) { p.daemons[.a]?.signal(SIGKILL) }
+        let took = try XCTUnwrap(r.timeToOtherNode(after: t), "node-b never answered")
+        XCTAssertLessThan(took, 3000, "took \(took) ms")
+        XCTAssertEqual(p.holders(), [.b])
+        XCTAssertEqual(r.probes.last?.node, "node-b")
+        // The killed daemon's address dies with its kernel lifetime: no stale ARP answers.
+        XCTAssertTrue(waitUntil(8) { !p.topo.addresses(.a).contains { $0.address.hasPrefix(p.vip + "/") } }, "a kept the address")
+        print("HA kill9: node-b answered \(Int(took)) ms after the kill; outage \(Int(r.maxOutageMs)) ms")
+    }
+
+    func testKillingEverythingInTheOwnersNamespaceMovesTheAddress() throws {
+        let p = try startPair()
+        let (r, t) = try probe(p) { for pid in p.topo.pids(.a) { kill(pid, SIGKILL) } }
+        let took = try XCTUnwrap(r.timeToOtherNode(after: t), "node-b never answered")
+        XCTAssertLessThan(took, 3000)
+        XCTAssertEqual(r.probes.last?.node, "node-b")
+    }
+
+    func testLinkDownOnTheOwnerMovesTheAddressAndFailbackWaitsForTheDelay() throws {
+        let p = try startPair(failback: 2)
+        let (r, t) = try probe(p) { try p.topo.cutLink(node: .a, mode: .carrier) }
+        let took = try XCTUnwrap(r.timeToOtherNode(after: t), "node-b never answered")
+        XCTAssertLessThan(took, 3000)
+        // a sees no carrier: unhealthy, it gives the address up on its side too. (Until then
+        // it still has it, unreachable behind its dead link: harmless.)
+        XCTAssertTrue(waitUntil(5) { p.holders() == [.b] }, "holders \(p.holders())")
+        p.maxHolders.with { $0 = 0 }
+        try p.topo.heal(node: .a)
+        // Failback only after a was healthy for 2 s; then exactly a.
+        usleep(1_000_000)
+        XCTAssertEqual(p.holders(), [.b], "failed back before the failback delay")
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.a] }, "never failed back; holders \(p.holders())")
+        XCTAssertLessThanOrEqual(p.maxHolders.with { $0 }, 1, "two nodes held the address at once")
+        print("HA linkdown: node-b answered \(Int(took)) ms after the cut; outage \(Int(r.maxOutageMs)) ms")
+    }
+
+    func testHeartbeatCutWithAWitnessNeverLeavesTwoOwners() throws {
+        let p = try startPair(witness: true)
+        let (r, _) = try probe(p, duration: 8) {
+            try p.topo.partition()
+            usleep(4_000_000)
+            try p.topo.unpartition()
+        }
+        XCTAssertLessThanOrEqual(p.maxHolders.with { $0 }, 1, "two owners during the partition")
+        XCTAssertEqual(p.holders(), [.a])
+        // The client still reaches the address, and its ARP entry points at the holder.
+        XCTAssertEqual(r.probes.last?.node, "node-a")
+        XCTAssertEqual(p.topo.clientNeighborNode(address: p.vip), .a)
+        XCTAssertEqual(r.answers(from: "node-b"), 0, "node-b answered for the address while cut off")
+    }
+
+    /// Without a witness, the ARP probe guards a cut heartbeat network: the holder still
+    /// answers for the address on the public LAN, so the other node does not take it.
+    /// (A partition of the public LAN itself needs the witness: see the test above.)
+    func testHeartbeatCutWithoutAWitnessDoesNotTakeAnAddressThatStillAnswers() throws {
+        let p = try startPair(heartbeatLink: 1)
+        try p.topo.cutLink(node: .a, mode: .silent, link: 1)
+        XCTAssertTrue(waitUntil(5) { (p.status(.b)["peer_alive"] as? Bool) == false }, "b still hears a")
+        usleep(2_000_000)
+        XCTAssertEqual(p.holders(), [.a], "b took an address a still holds")
+        try p.topo.heal(node: .a, link: 1)
+        XCTAssertTrue(waitUntil(5) { (p.status(.b)["peer_alive"] as? Bool) == true })
+        XCTAssertLessThanOrEqual(p.maxHolders.with { $0 }, 1)
+    }
+
+    func testAFailingMonitoredServiceMovesTheAddressAndItComesBack() throws {
+        let p = try startPair(failback: 2)
+        let (r, t) = try probe(p, duration: 9) {
+            _ = FileManager.default.createFile(atPath: p.dir(.a) + "/sick", contents: nil)
+            XCTAssertTrue(waitUntil(5) { p.holders() == [.b] }, "the unhealthy owner kept the address")
+            try FileManager.default.removeItem(atPath: p.dir(.a) + "/sick")
+        }
+        XCTAssertNotNil(r.timeToOtherNode(after: t))
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.a] }, "no failback after recovery")
+        XCTAssertLessThanOrEqual(p.maxHolders.with { $0 }, 1)
+        let history = (p.status(.a)["transitions"] as? [[String: Any]] ?? []).compactMap { $0["event"] as? String }
+        XCTAssertTrue(history.contains("unhealthy") && history.contains("releaseip"), "\(history)")
+    }
+
+    func testAHangingEventScriptIsKilledAndTheDaemonKeepsBeating() throws {
+        // a's monitor hangs: each run is killed after the 1 s timeout and counts as a failure.
+        let p = try startPair(extraScripts: ["40.hang": "#!/bin/sh\n[ \"$1\" = monitor ] && [ -e \"$TWINFS_HA_STATE_DIR/../hang\" ] && sleep 60\nexit 0\n"])
+        _ = FileManager.default.createFile(atPath: p.dir(.a) + "/hang", contents: nil)
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.b] }, "a stayed owner with a hanging monitor")
+        let s = p.status(.a)
+        XCTAssertEqual(s["healthy"] as? Bool, false)
+        XCTAssertTrue((s["last_monitor_error"] as? String ?? "").contains("timed out"), "\(s)")
+        XCTAssertEqual(s["peer_alive"] as? Bool, true, "a's heartbeats stopped while a script hung")
+        // The killed script's children went with its process group.
+        XCTAssertTrue(waitUntil(3) { runCommand(["pgrep", "-xf", "sleep 60"], timeout: 10).status != 0 }, "a hung script's child survived")
+        try FileManager.default.removeItem(atPath: p.dir(.a) + "/hang")
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.a] })
+    }
+
+    func testALongLivedClientConnectionIsResetAtTakeover() throws {
+        let p = try startPair()
+        // A client holding one connection, idle, waiting for the server: only a tickle ACK
+        // from the new owner tells it that its connection is dead.
+        let script = """
+        import socket, sys, time
+        s = socket.create_connection(("\(p.vip)", 7000), timeout=2)
+        s.sendall(b"hello\\n"); s.recv(100)
+        print("connected", flush=True)
+        s.settimeout(20)
+        t = time.time()
+        try:
+            d = s.recv(100)
+            print("eof" if not d else "data", flush=True)
+        except ConnectionResetError:
+            print("reset", flush=True)
+        except socket.timeout:
+            print("timeout", flush=True)
+        print("after %.3f" % (time.time() - t), flush=True)
+        """
+        let path = p.topo.workDir + "/idle.py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        let c = try p.topo.spawn(.client, ["python3", "-u", path], log: "idle.log")
+        XCTAssertTrue(waitUntil(5) { p.topo.readLog("idle.log").contains("connected") })
+        usleep(500_000)   // a's beats carry the connection to b
+        p.daemons[.a]?.signal(SIGKILL)
+        // a's service keeps the connection open: without the tickle the client waits 20 s.
+        XCTAssertNotNil(c.wait(timeout: 25))
+        let out = p.topo.readLog("idle.log")
+        XCTAssertTrue(out.contains("reset"), out)
+        let after = Double(out.split(separator: "\n").first { $0.hasPrefix("after") }?.split(separator: " ").last ?? "99") ?? 99
+        XCTAssertLessThan(after, 5, out)
+    }
+}
