@@ -53,7 +53,9 @@ public struct Arbiter: Sendable {
         if !peerUp { return healthy ? me : "" }
         func isHealthy(_ n: String) -> Bool { n == me ? healthy : peer.healthy }
         func upFor(_ n: String) -> Double { n == me ? healthyFor : peer.healthyFor }
-        let holder = holding ? me : (peer.holds ? peerName : "")
+        // Both holding (a daemon restarted and found the address still configured): the
+        // preferred node keeps it, on both sides' reckoning.
+        let holder = holding && peer.holds ? preferred : (holding ? me : (peer.holds ? peerName : ""))
         if !holder.isEmpty, isHealthy(holder) {
             if holder != preferred, isHealthy(preferred), upFor(preferred) >= failbackDelay { return preferred }
             return holder

@@ -21,6 +21,14 @@ final class ArbiterTests: XCTestCase {
         XCTAssertEqual(a.decide(healthy: true, healthyFor: 100, holding: false, peer: holdingB, leaseValid: false), .none)
     }
 
+    func testWhenBothHoldAfterARestartThePreferredNodeKeepsTheAddresses() {
+        let bothA = Arbiter.Peer(alive: true, healthy: true, holds: true, choice: "a", healthyFor: 100)
+        XCTAssertEqual(a.decide(healthy: true, healthyFor: 0.1, holding: true, peer: bothA, leaseValid: false), .none)
+        guard case .release = b.decide(healthy: true, healthyFor: 100, holding: true, peer: .init(alive: true, healthy: true, holds: true, choice: "a", healthyFor: 0.1), leaseValid: false) else {
+            return XCTFail("two holders stayed")
+        }
+    }
+
     func testFailbackWaitsForTheDelay() {
         // b holds; a came back healthy 3 s ago: b keeps the addresses.
         let aRecent = Arbiter.Peer(alive: true, healthy: true, choice: "b", healthyFor: 3)

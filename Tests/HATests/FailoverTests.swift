@@ -256,4 +256,58 @@ final class FailoverTests: XCTestCase {
         let after = Double(out.split(separator: "\n").first { $0.hasPrefix("after") }?.split(separator: " ").last ?? "99") ?? 99
         XCTAssertLessThan(after, 5, out)
     }
+
+    func testACleanStopHandsOverAtOnceAndARestartedDaemonFindsItsAddress() throws {
+        let p = try startPair(failback: 1)
+        // SIGTERM: releaseip runs, a says it is leaving, b takes over without waiting.
+        let t = Date()
+        XCTAssertEqual(p.daemons[.a]?.stop(signal: SIGTERM, timeout: 10), 0)
+        XCTAssertTrue(waitUntil(5) { p.holders() == [.b] }, "holders \(p.holders())")
+        XCTAssertLessThan(Date().timeIntervalSince(t), 3)
+        XCTAssertTrue(p.topo.readLog("ha-a.log").contains("released"), p.topo.readLog("ha-a.log"))
+        // Restarted, a is preferred again: it takes the address back after the failback delay.
+        try p.startDaemon(.a)
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.a] })
+        // kill -9 and an immediate restart: the address is still configured (its lifetime has
+        // not run out); the restarted daemon learns it holds it, and one holder remains.
+        p.daemons[.a]?.signal(SIGKILL)
+        _ = p.daemons[.a]?.wait(timeout: 5)
+        try p.startDaemon(.a)
+        XCTAssertTrue(waitUntil(10) { p.holders() == [.a] && (p.status(.a)["state"] as? String) == "HOLDING" },
+                      "holders \(p.holders()), a \(p.status(.a)), b \(p.status(.b))")
+        XCTAssertTrue(waitUntil(5) { (p.status(.b)["holds"] as? [String])?.isEmpty == true })
+    }
+
+    func testFuzzedPacketsToALiveDaemonAreDroppedAndCounted() throws {
+        let p = try startPair()
+        let before = p.status(.a)["packets_dropped"] as? Int ?? 0
+        // Random, truncated and forged heartbeats to a's heartbeat port. The daemon's socket is
+        // connected to the peer's heartbeat address, so the kernel drops datagrams from anyone
+        // else before the daemon sees them; the fuzzer therefore sends from b's own address and
+        // port (an attacker on the heartbeat network spoofing b), where only the MAC stops it.
+        let script = """
+        import os, random, socket, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("\(p.topo.address(.b))", 7795))
+        for i in range(3000):
+            n = random.randint(0, 1400)
+            b = os.urandom(n)
+            if i % 3 == 0: b = b"TWHB\\x01" + b
+            if i % 7 == 0: b = b"TWHB\\x01\\x01b" + b[:40]
+            s.sendto(b, ("\(p.topo.address(.a)):7795".split(":")[0], 7795))
+            if i % 50 == 0: time.sleep(0.01)
+        print("sent", flush=True)
+        """
+        let path = p.topo.workDir + "/fuzz.py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        let r = p.topo.exec(.b, ["python3", path], timeout: 60)
+        XCTAssertTrue(r.stdout.contains("sent"), r.stderr)
+        usleep(500_000)
+        XCTAssertTrue(p.daemons[.a]?.isRunning ?? false, "the daemon died:\n\(p.topo.readLog("ha-a.log"))")
+        let s = p.status(.a)
+        XCTAssertGreaterThan(s["packets_dropped"] as? Int ?? 0, before + 1500, "\(s)")
+        XCTAssertEqual(s["peer_alive"] as? Bool, true)
+        XCTAssertEqual(p.holders(), [.a])
+    }
 }
