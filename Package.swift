@@ -74,7 +74,7 @@ let package = Package(
                                                             .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                             .product(name: "Logging", package: "swift-log")]),
         // The `twinfs` command: node, status, verify, journal rebuild, demo.
-        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims",
+        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims", "HADaemon",
                                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                          .product(name: "Logging", package: "swift-log")]),
 

@@ -141,7 +141,7 @@ public struct HAConfig: Sendable, Equatable {
             guard Self.splitHostPort(a) != nil else {
                 throw AdminError(problem: "config \(path): witness.address '\(a)' is not ipv4:port", fix: "e.g. address = \"10.0.0.13:7796\"")
             }
-            cfg.witness = Witness(address: a, lease: try wr.number("lease", range: 0.1...60) ?? max(0.5, cfg.deadInterval + 0.2))
+            cfg.witness = Witness(address: a, lease: try wr.number("lease", range: 0.1...60) ?? cfg.deadInterval + 0.05)
         }
         guard let ev = table["events"]?.table else {
             throw AdminError(problem: "config \(path): [events] is missing", fix: "add [events] dir = \"/etc/twinfs/ha/events\"")

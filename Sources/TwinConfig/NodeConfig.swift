@@ -31,6 +31,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var attrTimeout: Double = 1.0
     /// FUSE worker threads at most.
     public var maxThreads: Int = 16
+    /// The HA daemon's config on this machine (`ha_config`): `twinfs status` adds its view.
+    public var haConfig: String?
     /// Where this config was read from (absolute).
     public var path: String = "<string>"
 
@@ -43,7 +45,7 @@ public struct NodeConfig: Sendable, Equatable {
     }
 
     public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
-                                                "listen", "peer", "attr_timeout", "max_threads"]
+                                                "listen", "peer", "attr_timeout", "max_threads", "ha_config"]
 
     public static func load(path: String) throws(AdminError) -> NodeConfig {
         let abs = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -80,6 +82,7 @@ public struct NodeConfig: Sendable, Equatable {
                              listen: try r.hostPort("listen"), peer: nil, path: path)
         if let d = try r.number("attr_timeout", range: 0...3600) { cfg.attrTimeout = d }
         if let n = try r.number("max_threads", range: 1...256) { cfg.maxThreads = Int(n) }
+        if table["ha_config"] != nil { cfg.haConfig = try r.absolutePath("ha_config") }
         if let p = table["peer"] {
             guard let pt = p.table else {
                 throw AdminError(problem: "config \(path): 'peer' must be a table",

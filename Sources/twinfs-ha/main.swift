@@ -97,7 +97,7 @@ struct Witness: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the witness (third vote) on a third machine both nodes reach.")
     @Option(help: "Address to listen on, ipv4:port.") var listen: String
     @Option(name: .customLong("secret-file"), help: "The cluster secret (the same file as the nodes').") var secretFile: String
-    @Option(help: "Seconds a lease lasts (the nodes' witness.lease).") var lease: Double = 0.5
+    @Option(help: "Seconds a lease lasts (the nodes' witness.lease; their default is beat_interval x dead_after + 0.05 = 0.35).") var lease: Double = 0.35
 
     func run() throws {
         let log = makeLogger("twinfs-ha.witness")

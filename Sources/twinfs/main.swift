@@ -4,6 +4,7 @@ import BrickStore
 import ControlSocket
 import Foundation
 import Glibc
+import HADaemon
 import Journal
 import Logging
 import TwinConfig
@@ -87,7 +88,16 @@ struct Status: ParsableCommand {
         guard resp.ok, let body = resp.body else {
             exitWith(AdminError(problem: "the node answered with an error: \(resp.error ?? "unknown")", fix: "check the node's log"))
         }
-        if json { out(body); return }
+        let ha = cfg.haConfig.flatMap(haStatus)
+        if json {
+            // The HA daemon's view rides along as "ha" (absent without ha_config).
+            guard let ha, var doc = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any],
+                  let haDoc = try? JSONSerialization.jsonObject(with: Data(ha.utf8)) else { out(body); return }
+            doc["ha"] = haDoc
+            let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(body.utf8)
+            out(String(decoding: data, as: UTF8.self))
+            return
+        }
         guard let s = try? JSONDecoder().decode(NodeStatus.self, from: Data(body.utf8)) else { out(body); return }
         out("Volume \(s.volume)  node \(s.node)  state \(s.state)")
         out("  mount       \(s.mountpoint)")
@@ -112,6 +122,21 @@ struct Status: ParsableCommand {
         } else {
             out("  peer        none configured")
         }
+        if let path = cfg.haConfig {
+            if let ha, let h = try? JSONDecoder().decode(HADaemon.Status.self, from: Data(ha.utf8)) {
+                out("  address     \(h.holds.isEmpty ? "held by the peer or nobody" : "held here: " + h.holds.joined(separator: ", ")) (twinfs-ha \(h.state), peer \(h.peerAlive ? "heard" : "NOT HEARD")\(h.peerHolds ? ", peer holds it" : ""))")
+            } else {
+                out("  address     twinfs-ha not answering (config \(path))")
+            }
+        }
+    }
+
+    /// The HA daemon's status JSON, or nil if it does not answer.
+    func haStatus(_ path: String) -> String? {
+        guard let c = try? HAConfig.load(path: path),
+              let r = try? ControlServer.request(path: c.controlSocket, ControlRequest(command: "status"), timeout: .seconds(2)),
+              r.ok else { return nil }
+        return r.body
     }
 
     func bytes(_ n: Int64) -> String {

@@ -69,7 +69,7 @@ class HATestCase: XCTestCase {
                                        attributes: [.posixPermissions: 0o600])
         if witness {
             _ = try topo.spawn(.witness, [Self.binary, "witness", "--listen", "\(topo.address(.witness)):7796",
-                                          "--secret-file", secret, "--lease", "0.5"], log: "witness.log")
+                                          "--secret-file", secret, "--lease", defaults ? "0.35" : "0.5"], log: "witness.log")
         }
         for n in [NetnsTopology.Node.a, .b] {
             let events = p.dir(n) + "/events"

@@ -32,6 +32,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.attrTimeout, 1.0)
     }
 
+    func testPeerTimeoutAndHAConfig() throws {
+        let c = try NodeConfig.parse(good.replacingOccurrences(of: "listen = \"192.0.2.10:7780\"",
+                                                               with: "listen = \"192.0.2.10:7780\"\nha_config = \"/etc/twinfs/ha/ha.toml\"")
+                                     + "\ntimeout = 1.5\n")
+        XCTAssertEqual(c.peer?.timeout, 1.5)
+        XCTAssertEqual(c.haConfig, "/etc/twinfs/ha/ha.toml")
+        XCTAssertEqual(try NodeConfig.parse(good).peer?.timeout, 2.5, "default peer timeout")
+        XCTAssertThrowsError(try NodeConfig.parse(good + "\ntimeout = 42\n")) { XCTAssertTrue("\($0)".contains("peer.timeout"), "\($0)") }
+        XCTAssertThrowsError(try NodeConfig.parse(good.replacingOccurrences(of: "listen = \"192.0.2.10:7780\"",
+                                                                            with: "listen = \"192.0.2.10:7780\"\nha_config = \"ha.toml\""))) {
+            XCTAssertTrue("\($0)".contains("ha_config"), "\($0)")
+        }
+    }
+
+    func testTheExampleConfigInDocsParses() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path + "/docs/twinfs.example.toml"
+        let c = try NodeConfig.load(path: path)
+        XCTAssertEqual(c.peer?.timeout, 2.5)
+    }
+
     func testRenderedConfigParsesBack() throws {
         let text = NodeConfig.render(volume: "v", node: "n2", brick: "/b", journal: "/j/x.db", mountpoint: "/m",
                                      controlSocket: "/r/s.sock", listen: "[::1]:7000",
