@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 struct arp_frame {
@@ -116,10 +117,13 @@ int twin_arp_probe(const char *ifname, uint32_t ip, int timeout_ms) {
         ssize_t got = recv(fd, &in, sizeof in, 0);
         if (got < (ssize_t)sizeof in) continue;
         if (ntohs(in.eth.ether_type) != ETHERTYPE_ARP) continue;
-        uint32_t spa;
+        uint32_t spa, tpa;
         memcpy(&spa, in.arp.arp_spa, 4);
-        /* Someone else claims the address: a reply, or its own announcement. */
-        if (spa == ip && memcmp(in.arp.arp_sha, mac, 6) != 0) found = 1;
+        memcpy(&tpa, in.arp.arp_tpa, 4);
+        if (memcmp(in.arp.arp_sha, mac, 6) == 0) continue;
+        /* Someone else claims the address (a reply, its own announcement), or probes for it
+         * at the same moment (RFC 5227 2.1.1: a simultaneous probe is a conflict too). */
+        if (spa == ip || (spa == 0 && tpa == ip && ntohs(in.arp.arp_op) == ARPOP_REQUEST)) found = 1;
     }
     close(fd);
     return rc < 0 ? rc : found;
@@ -173,3 +177,5 @@ int twin_send_tickle(uint32_t src_ip, uint16_t src_port, uint32_t dst_ip, uint16
     close(fd);
     return rc;
 }
+
+int twin_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) == 0 ? 0 : -errno; }

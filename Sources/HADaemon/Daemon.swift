@@ -29,7 +29,7 @@ public final class HADaemon: @unchecked Sendable {
         var holding = false
         var transition: String?
         var healthy = false
-        var healthySince: Date?
+        var healthySince: ContinuousClock.Instant?
         var monitorFailures = 0
         var lastMonitorError = ""
         var peerBeat: Beat?
@@ -142,9 +142,15 @@ public final class HADaemon: @unchecked Sendable {
         }
     }
 
-    private func healthyFor(_ now: Date = Date()) -> Double {
-        st.healthy ? now.timeIntervalSince(st.healthySince ?? now) : 0
+    private func healthyFor() -> Double {
+        guard st.healthy, let since = st.healthySince else { return 0 }
+        let d = ContinuousClock.now - since
+        return max(0, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
+
+    /// Holding, or about to (a take under way): what the peer must be told, so that it never
+    /// takes at the same time.
+    private var holdsOrTaking: Bool { st.holding || st.transition == "taking" || st.transition == "probing" }
 
     private func peerView(_ now: ContinuousClock.Instant) -> Arbiter.Peer {
         let dead = Duration.milliseconds(Int64(cfg.deadInterval * 1000))
@@ -162,11 +168,11 @@ public final class HADaemon: @unchecked Sendable {
         let packet: [UInt8] = lock.withLock {
             st.seq += 1
             let peer = peerView(now)
-            let choice = arbiter.choice(healthy: st.healthy && !leaving, healthyFor: healthyFor(), holding: st.holding, peer: peer)
+            let choice = arbiter.choice(healthy: st.healthy && !leaving, healthyFor: healthyFor(), holding: holdsOrTaking, peer: peer)
             let conns = st.holding ? Array(SystemNet.connections(to: addrs).prefix(Beat.maxConnections)) : []
             let b = Beat(node: cfg.node, incarnation: incarnation, seq: st.seq, sentMs: UInt64(Date().timeIntervalSince1970 * 1000),
-                         healthy: st.healthy && !leaving, holds: st.holding && !leaving, leaving: leaving, choice: leaving ? "" : choice,
-                         healthyForMs: UInt32(min(healthyFor() * 1000, Double(UInt32.max))), connections: conns)
+                         healthy: st.healthy && !leaving, holds: holdsOrTaking && !leaving, leaving: leaving, choice: leaving ? "" : choice,
+                         healthyForMs: UInt32(max(0, min(healthyFor() * 1000, Double(UInt32.max)))), connections: conns)
             st.beatsSent += links.count
             return Packets.encode(b, secret: secret)
         }
@@ -237,7 +243,9 @@ public final class HADaemon: @unchecked Sendable {
                 recordLocked("peer-dead", peer.daemonGone ? "\(cfg.peer)'s host reports its daemon gone" : "no heartbeat from \(cfg.peer) for \(cfg.deadInterval) s")
             }
             guard st.transition == nil else { return }
-            let leaseValid = st.leaseUntil.map { now < $0 } ?? false
+            // One beat of margin: the holder lets go before the witness could grant the other.
+            let margin = Duration.milliseconds(Int64(cfg.beatInterval * 1000))
+            let leaseValid = st.leaseUntil.map { now + margin < $0 } ?? false
             switch arbiter.decide(healthy: st.healthy, healthyFor: healthyFor(), holding: st.holding, peer: peer, leaseValid: leaseValid) {
             case .none: break
             case .take:
@@ -249,6 +257,11 @@ public final class HADaemon: @unchecked Sendable {
             case .release(let why):
                 st.transition = "releasing"
                 job = .release(why)
+                if cfg.witness != nil && !peer.alive {
+                    // Lease running out while cut off: drop the address now, from this loop,
+                    // not behind whatever script the executor is running.
+                    for a in cfg.publicAddresses { SystemNet.run(["ip", "-4", "addr", "del", a.cidr, "dev", a.interface]) }
+                }
             }
             // The peer's connection list ages out after a few seconds.
             st.peerConnections = st.peerConnections.filter { now - $0.value < .seconds(10) }
@@ -302,6 +315,16 @@ public final class HADaemon: @unchecked Sendable {
     }
 
     private func take(_ why: String) {
+        // Decided a moment ago; with a witness and a silent peer, the lease must still hold now.
+        let stillOK = lock.withLock { () -> Bool in
+            let now = ContinuousClock.now
+            guard cfg.witness != nil, !peerView(now).alive else { return true }
+            return st.leaseUntil.map { now < $0 } ?? false
+        }
+        guard stillOK else {
+            lock.withLock { st.transition = nil }
+            return
+        }
         var failed: [String] = []
         for a in cfg.publicAddresses {
             let o = events.run("takeip", [a.interface, a.address, "\(a.prefix)"], extraEnv: heldEnv(extra: a))
@@ -358,7 +381,7 @@ public final class HADaemon: @unchecked Sendable {
             let o = events.run("monitor", [], extraEnv: heldEnv(extra: nil))
             lock.withLock {
                 if o.ok {
-                    if !st.healthy { st.healthySince = Date() }
+                    if !st.healthy { st.healthySince = ContinuousClock.now }
                     if !st.healthy { recordLocked("healthy", "monitor passed") }
                     st.healthy = true
                     st.monitorFailures = 0

@@ -77,13 +77,13 @@ public struct EventRunner: Sendable {
             }
         }
         guard rc == 0 else { return "cannot start: \(String(cString: strerror(rc)))" }
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
         var status: Int32 = 0
         while true {
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid { break }
             if r < 0 && errno != EINTR { return "wait failed: \(String(cString: strerror(errno)))" }
-            if Date() >= deadline {
+            if ContinuousClock.now >= deadline {
                 kill(-pid, SIGKILL)
                 kill(pid, SIGKILL)
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

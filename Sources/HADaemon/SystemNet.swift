@@ -9,7 +9,7 @@ public enum SystemNet {
     @discardableResult
     public static func run(_ args: [String]) -> (Int32, String) {
         var out: [Int32] = [0, 0]
-        guard pipe(&out) == 0 else { return (-1, "") }
+        guard twin_pipe_cloexec(&out) == 0 else { return (-1, "") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }

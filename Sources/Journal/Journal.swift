@@ -58,6 +58,8 @@ public enum JournalOp: Sendable {
     /// `applied`: the change is on this brick (a row written just before the change is not yet).
     case peerOp(seq: Int64, message: [UInt8], applied: Bool)
     case peerOpApplied(seq: Int64)
+    /// Applied here; the peer may have applied it too (sent, but its answer never came).
+    case peerOpUncertain(seq: Int64)
     case dropPeerOp(seq: Int64)
     /// File `id`'s bytes must reach the peer. `owed`: false while a live copy is streaming (a
     /// crash leaves it to resend), true once the peer could not take it (catch-up sends it).
@@ -446,7 +448,7 @@ public final class Journal: @unchecked Sendable {
             let s = try writer.statement("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")
             s.bind(1, key); s.bind(2, value)
             try s.run()
-        case .peerOp, .peerOpApplied, .dropPeerOp, .peerFile, .dropPeerFile, .splitBrain, .clearSplitBrain:
+        case .peerOp, .peerOpApplied, .peerOpUncertain, .dropPeerOp, .peerFile, .dropPeerFile, .splitBrain, .clearSplitBrain:
             try applyPeer(op, writer)
         }
     }

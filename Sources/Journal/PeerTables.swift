@@ -9,6 +9,8 @@ public struct PeerOpRow: Sendable, Equatable {
     public var seq: Int64
     public var message: [UInt8]
     public var applied: Bool
+    /// The peer may already have it (its answer was lost): a replay must tolerate that.
+    public var uncertain: Bool = false
 }
 
 public struct PeerFileRow: Sendable, Equatable {
@@ -59,6 +61,10 @@ extension Journal {
             let s = try w.statement("UPDATE peer_ops SET applied = 1 WHERE seq = ?1")
             s.bind(1, seq)
             try s.run()
+        case let .peerOpUncertain(seq):
+            let s = try w.statement("UPDATE peer_ops SET applied = 2 WHERE seq = ?1")
+            s.bind(1, seq)
+            try s.run()
         case let .dropPeerOp(seq):
             let s = try w.statement("DELETE FROM peer_ops WHERE seq = ?1")
             s.bind(1, seq)
@@ -97,7 +103,9 @@ extension Journal {
             let s = try c.statement("SELECT seq, msg, applied FROM peer_ops WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             s.bind(1, seq); s.bind(2, limit)
             var out: [PeerOpRow] = []
-            while try s.step() { out.append(PeerOpRow(seq: s.int(0), message: s.blob(1) ?? [], applied: s.int(2) != 0)) }
+            while try s.step() {
+                out.append(PeerOpRow(seq: s.int(0), message: s.blob(1) ?? [], applied: s.int(2) != 0, uncertain: s.int(2) == 2))
+            }
             return out
         }
     }

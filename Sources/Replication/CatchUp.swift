@@ -46,6 +46,7 @@ public final class CatchUp: @unchecked Sendable {
 
     private func run() {
         var announced: (UInt64, UInt64)?
+        var announcedAt = ContinuousClock.now
         while !isStopped {
             v.gate.waitForWork(seconds: 0.05)
             if isStopped { break }
@@ -57,9 +58,13 @@ public final class CatchUp: @unchecked Sendable {
             try? v.journal.submit([], wait: .written)
             guard let b = try? v.journal.peerBacklog() else { continue }
             let now = (UInt64(b.ops), UInt64(b.files))
-            if announced == nil || announced! != now && (now.0 == 0 || announced!.0 == 0 || now.1 == 0) {
+            // Told at link-up, when a count reaches or leaves zero, and every 2 s while owing
+            // (the peer may have dropped its view of us after a timeout of its own).
+            let stale = (now.0 + now.1 > 0) && ContinuousClock.now - announcedAt > .seconds(2)
+            if announced == nil || stale || announced! != now && (now.0 == 0 || announced!.0 == 0 || now.1 == 0) {
                 guard case .ok = v.channel.call(.catchUpState(ops: now.0, files: now.1)) else { continue }
                 announced = now
+                announcedAt = ContinuousClock.now
             }
             if v.gate.mode == .live && b.ops == 0 && b.files == 0 { continue }
             if v.gate.mode == .degraded {
@@ -100,6 +105,13 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
+                // An exchange the peer may already have made would be undone by a replay.
+                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = m, flags & 2 != 0 {
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    v.recordSplitBrain(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
+                                       reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
+                    continue
+                }
                 switch v.channel.call(m) {
                 case .ok:
                     drops.append(.dropPeerOp(seq: r.seq))
@@ -109,6 +121,8 @@ public final class CatchUp: @unchecked Sendable {
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
                     if e == ENOENT, case .unlink = m { continue }
+                    // Sent before, answer lost: the peer already renamed it.
+                    if e == ENOENT, r.uncertain, case .rename = m { continue }
                     if e == ENOENT, case .rmdir = m { continue }
                     // The peer has nothing under the old name: the rename reached it before the
                     // link broke (its reply was lost), or it never had the file. Either way a

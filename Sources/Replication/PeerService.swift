@@ -48,7 +48,8 @@ public final class PeerService: Sendable {
         switch m {
         case let .lock(token, keys, leaseMs):
             guard volume.ordinal == 1, token < 1 << 63 else { return reply(requestID, EINVAL) }
-            let ok = volume.locks.acquire(keys, token: token, lease: .milliseconds(Int64(leaseMs)), wait: volume.lease)
+            // Answer before the requester's own timeout would tear the link down.
+            let ok = volume.locks.acquire(keys, token: token, lease: .milliseconds(Int64(leaseMs)), wait: volume.channel.timeout / 2)
             return reply(requestID, ok ? 0 : EAGAIN)
         case let .unlock(token):
             guard token < 1 << 63 else { return reply(requestID, EINVAL) }

@@ -38,6 +38,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     let budget = ByteBudget(limit: 64 << 20)
     private let pushLocks = Locked<Set<UInt64>>([])
     let pushCond = NSCondition()
+    /// Handles writing each file (first write to commit), under `pushCond`.
+    private var writers: [UInt64: Int] = [:]
     /// Called with the stable ids of entries whose state changed behind this node's kernel cache.
     public let tentativeRowsChecked: Int
 
@@ -89,7 +91,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 for r in rows where !r.applied {
                     checked += 1
                     if let m = try? decodeOp(r.message), locallyApplied(m, brick: local.brick) {
-                        ops.append(.peerOpApplied(seq: r.seq))
+                        // Applied here just before the crash; whether the peer got it is unknown.
+                        ops.append(.peerOpUncertain(seq: r.seq))
                     } else {
                         ops.append(.dropPeerOp(seq: r.seq))
                     }
@@ -129,7 +132,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     func markDegraded(_ why: String) {
         if gate.setDegraded() {
             log.warning("peer unreachable (\(why)); serving alone and recording what it must receive")
-            state.with { $0.lastLinkError = why; $0.degradedSince = Date(); $0.peerOps = 0; $0.peerFiles = 0; $0.pulled = [] }
+            // What the peer owes us is another direction: kept until the peer says otherwise.
+            state.with { $0.lastLinkError = why; $0.degradedSince = Date() }
         }
     }
 
@@ -247,13 +251,18 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     func takeLocks(_ keys: [String], live: Bool) throws(FSError) -> () -> Void {
         if keys.isEmpty { return {} }
         let token = locks.newToken()
-        guard locks.acquire(keys, token: token, lease: lease, wait: lease) else {
-            log.error("name lock \(keys) still held after \(lease); continuing without it")
+        // A local holder always releases (defer), so its lease never lapses mid-change; a wait
+        // is bounded by the peer timeout, like every other wait of a request.
+        guard locks.acquire(keys, token: token, lease: .seconds(3600), wait: channel.timeout) else {
+            log.error("name lock \(keys) still held after \(channel.timeout); continuing without it")
             return {}
         }
         guard live, ordinal != 1 else { return { [locks] in locks.release(token) } }
         let remote = token & ~(1 << 63)
-        switch channel.call(.lock(token: remote, keys: keys, leaseMs: UInt32(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000))) {
+        // A whole-file push may take long: its content lock on node 1 gets the longest lease.
+        let leaseMs: UInt32 = keys.contains { $0.hasPrefix("c/") } ? 60_000
+            : UInt32(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000)
+        switch channel.call(.lock(token: remote, keys: keys, leaseMs: leaseMs)) {
         case .ok:
             return { [locks, channel] in
                 locks.release(token)
@@ -285,7 +294,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             throw error
         }
         let msg = message(r)
+        var sent = false
         if entered == .live && gate.mode == .live {
+            sent = true
             switch channel.call(msg) {
             case .ok:
                 try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
@@ -299,7 +310,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 markDegraded(why)
             }
         }
-        do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(msg), applied: true)], wait: .durable) } catch {
+        var rows: [JournalOp] = [.peerOp(seq: seq, message: Self.encodeOp(msg), applied: true)]
+        if sent { rows.append(.peerOpUncertain(seq: seq)) }
+        do { try journal.submit(rows, wait: .durable) } catch {
             log.error("journal write of the peer's pending change failed: \(error)")
             throw FSError.io
         }
@@ -362,20 +375,25 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         if changes.size != nil { drainWrites(of: node.id) }
-        return try replicate(keys: [], pre: .setattr(path: node.path, changes: AttrUpdate())) { () throws(FSError) -> stat in
-            try local.setattr(node, handle: handle, changes: changes)
-        } message: { st in
-            func ns(_ t: AttrChanges.Time?, _ fallback: Int64) -> Int64? {
+        func update(_ atimeNow: Int64, _ mtimeNow: Int64) -> PeerMessage {
+            func ns(_ t: AttrChanges.Time?, _ now: Int64) -> Int64? {
                 switch t {
                 case .none: return nil
-                case .now: return fallback
+                case .now: return now
                 case .at(let ts): return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
                 }
             }
-            let atime = Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec)
             return .setattr(path: node.path, changes: AttrUpdate(
                 mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
-                size: changes.size, atimeNs: ns(changes.atime, atime), mtimeNs: ns(changes.mtime, st.mtimeNs)))
+                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(changes.mtime, mtimeNow)))
+        }
+        // The tentative row carries the change itself (times "now" as of before it), so that
+        // a crash between the local change and the peer's answer replays it, not a no-op.
+        let before = Int64(Date().timeIntervalSince1970 * 1e9)
+        return try replicate(keys: [], pre: update(before, before)) { () throws(FSError) -> stat in
+            try local.setattr(node, handle: handle, changes: changes)
+        } message: { st in
+            update(Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec), st.mtimeNs)
         }
     }
 
@@ -443,7 +461,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         let rh = RepHandle(id: id, path: path)
         // The peer created the file (live) or owes it as a whole (not live).
-        rh.live = gate.mode == .live
+        rh.with { $0.live = gate.mode == .live }
         handles.with { $0[h] = rh }
         return (st, h)
     }
@@ -456,16 +474,19 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
         if writable {
             let rh = RepHandle(id: node.id, path: node.path)
-            rh.live = gate.mode == .live
+            let live = gate.mode == .live
+            rh.with { $0.live = live }
             handles.with { $0[h] = rh }
             if flags & O_TRUNC != 0 {
                 markTouched(rh)
-                if rh.live {
+                if live {
                     switch channel.call(.setattr(path: node.path, changes: AttrUpdate(size: 0))) {
                     case .ok: break
-                    case .refused: rh.broken = true
-                    case .unreachable(let why): markDegraded(why); rh.live = false
+                    case .refused: rh.with { $0.broken = true }
+                    case .unreachable(let why): markDegraded(why); rh.with { $0.live = false }
                     }
+                } else {
+                    rh.with { $0.broken = true; $0.apart = true }
                 }
             }
         }
@@ -476,15 +497,28 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         try local.read(handle: handle, offset: offset, into: buffer)
     }
 
+    /// The first write since the last commit: waits while a whole-file push of this file runs
+    /// (its old bytes must not land after new ones), then counts this handle as writing, so
+    /// that no push starts until its commit.
     private func markTouched(_ rh: RepHandle) {
-        rh.cond.lock()
-        let first = !rh.touched
-        rh.touched = true
-        rh.cond.unlock()
-        if first {
-            // Before the first byte: a crash from here on leaves the file owed to the peer.
-            try? journal.submit([.peerFile(id: rh.id, owed: false)], wait: .queued)
+        let first = rh.with { h -> Bool in
+            defer { h.touched = true }
+            return !h.touched
         }
+        guard first else { return }
+        pushCond.lock()
+        while pushLocks.with({ $0.contains(rh.id) }) { pushCond.wait() }
+        writers[rh.id, default: 0] += 1
+        pushCond.unlock()
+        // Before the first byte: a crash from here on leaves the file owed to the peer.
+        try? journal.submit([.peerFile(id: rh.id, owed: false)], wait: .queued)
+    }
+
+    private func doneWriting(_ id: UInt64) {
+        pushCond.lock()
+        if let n = writers[id] { writers[id] = n > 1 ? n - 1 : nil }
+        pushCond.broadcast()
+        pushCond.unlock()
     }
 
     public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
@@ -492,24 +526,24 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         markTouched(rh)
         let n = try local.write(handle: handle, offset: offset, data: data)
         guard n > 0 else { return n }
-        if rh.live && !rh.broken && gate.mode == .live {
-            budget.acquire(n)
-            let buf = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: data[0..<n]))
-            rh.cond.lock()
-            rh.inFlight += 1
-            rh.cond.unlock()
-            channel.start(.write(path: rh.path, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
-                self?.budget.release(n)
-                rh.cond.lock()
-                rh.inFlight -= 1
-                if !outcome.isOK { rh.broken = true }
-                rh.cond.broadcast()
-                rh.cond.unlock()
-                if case .unreachable(let why) = outcome { self?.markDegraded(why) }
+        let liveNow = gate.mode == .live
+        let stream = rh.with { h -> Bool in
+            if h.live && !h.broken && liveNow { h.inFlight += 1; return true }
+            h.broken = true
+            if !liveNow { h.apart = true }
+            return false
+        }
+        guard stream else { return n }
+        budget.acquire(n)
+        let buf = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: data[0..<n]))
+        channel.start(.write(path: rh.path, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
+            self?.budget.release(n)
+            rh.with { h in
+                h.inFlight -= 1
+                if !outcome.isOK { h.broken = true }
             }
-        } else {
-            rh.broken = true
-            if gate.mode != .live { rh.apart = true }
+            rh.cond.broadcast()
+            if case .unreachable(let why) = outcome { self?.markDegraded(why) }
         }
         return n
     }
@@ -518,18 +552,41 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         for rh in handles.with({ $0.values.filter { $0.id == id } }) { rh.drain() }
     }
 
+    /// Drops the file's streaming or owed row up to `generation` (queued unless it was owed:
+    /// then the in-memory sets follow the journal).
+    private func settle(_ id: UInt64, generation: Int64) {
+        if isOwed(id) {
+            settledChecked(id, generation: generation)
+        } else {
+            try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .queued)
+        }
+    }
+
     /// close()/fsync(): the local commit and the peer's commit, in parallel when the hash is
     /// known up front. Returns once both disks have the bytes, or the peer is owed the file.
     private func commit(handle: UInt64, _ localCommit: () throws(FSError) -> Void) throws(FSError) {
-        guard let rh = handles.with({ $0[handle] }), rh.touched else { return try localCommit() }
+        guard let rh = handles.with({ $0[handle] }), rh.with({ $0.touched }) else { return try localCommit() }
         rh.drain()
-        rh.cond.lock()
-        rh.touched = false
-        let streamed = rh.live && !rh.broken
-        rh.cond.unlock()
+        let (streamed, apart) = rh.with { h -> (Bool, Bool) in
+            h.touched = false
+            return (h.live && !h.broken, h.apart)
+        }
+        var writing = true
+        defer { if writing { doneWriting(rh.id) } }
+        // Marks made after this point (another handle, a later write) are newer and stay. Our
+        // own mark may still be queued: a fresh row starts at generation 1; an owed row is
+        // read again once the queue is written.
+        var generation: Int64 = 1
+        if let row = (try? journal.peerFile(rh.id)) ?? nil {
+            generation = row.generation
+            if row.owed {
+                try? journal.submit([], wait: .written)
+                generation = ((try? journal.peerFile(rh.id)) ?? nil)?.generation ?? generation
+            }
+        }
         guard streamed, gate.mode == .live else {
             try localCommit()
-            try owe(rh.id, changedApart: rh.apart)
+            try owe(rh.id, changedApart: apart)
             return
         }
         var pending: PendingCall?
@@ -538,7 +595,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         do throws(FSError) { try localCommit() } catch {
             _ = pending?.wait()
-            rh.broken = true
+            rh.with { $0.broken = true }
             throw error
         }
         if pending == nil {
@@ -547,18 +604,20 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         switch pending!.wait() {
         case .ok:
-            settled(rh.id, generation: .max)
+            settle(rh.id, generation: generation)
         case .unreachable(let why):
             markDegraded(why)
-            rh.live = false
+            rh.with { $0.live = false }
             try owe(rh.id)
         case .refused(let e) where e == splitBrainErrno:
             recordSplitBrain(id: rh.id, path: rh.path, reason: "the peer changed this file too while the nodes were apart")
         case .refused(let e):
             // The peer's bytes differ (a lost write, or writers on both nodes): send the whole file.
             log.warning("peer refused the commit of \(rh.path.debugDescription) (errno \(e)); sending the whole file")
+            doneWriting(rh.id)
+            writing = false
             switch pushFile(rh.id) {
-            case .ok, .gone: settled(rh.id, generation: .max)
+            case .ok, .gone: settle(rh.id, generation: generation)
             case .unreachable: try owe(rh.id)
             case .splitBrain: break
             case .failed(let why):
@@ -578,14 +637,19 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func release(handle: UInt64) throws(FSError) {
         defer { _ = handles.with { $0.removeValue(forKey: handle) } }
-        try commit(handle: handle) { () throws(FSError) in try local.flush(handle: handle) }
+        do throws(FSError) {
+            try commit(handle: handle) { () throws(FSError) in try local.flush(handle: handle) }
+        } catch {
+            try? local.release(handle: handle)
+            throw error
+        }
         try local.release(handle: handle)
     }
 
     public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {
         if let rh = handles.with({ $0[handle] }) {
             markTouched(rh)
-            rh.broken = true   // no fallocate message: the whole file goes at close
+            rh.with { $0.broken = true }   // no fallocate message: the whole file goes at close
         }
         try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
     }
@@ -642,6 +706,12 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public func pushFile(_ id: UInt64) -> PushResult {
         pushCond.lock()
         while pushLocks.with({ $0.contains(id) }) { pushCond.wait() }
+        // A handle streaming new bytes of this file: its own commit settles it; a push now
+        // could land old bytes after them.
+        if writers[id] != nil {
+            pushCond.unlock()
+            return .failed("the file is being written; its own close sends it")
+        }
         pushLocks.with { _ = $0.insert(id) }
         pushCond.unlock()
         defer {
@@ -735,6 +805,13 @@ final class RepHandle: @unchecked Sendable {
         cond.lock()
         while inFlight > 0 { cond.wait() }
         cond.unlock()
+    }
+
+    /// Every field is read and written under `cond` (FUSE threads and write completions).
+    func with<R>(_ body: (RepHandle) -> R) -> R {
+        cond.lock()
+        defer { cond.unlock() }
+        return body(self)
     }
 }
 

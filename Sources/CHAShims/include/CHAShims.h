@@ -18,4 +18,7 @@ int twin_arp_probe(const char *ifname, uint32_t ip, int timeout_ms);
  * RST, and the client drops its dead connection at once instead of waiting for TCP timeouts. */
 int twin_send_tickle(uint32_t src_ip, uint16_t src_port, uint32_t dst_ip, uint16_t dst_port, int count);
 
+/* pipe2(O_CLOEXEC): a helper's pipe must not leak into scripts spawned at the same moment. */
+int twin_pipe_cloexec(int fds[2]);
+
 #endif
