@@ -123,6 +123,12 @@ final class ReplicationLogicTests: XCTestCase {
 
         let seq = j.nextPeerSeq()
         try j.submit([.peerOp(seq: seq, message: [1, 2], applied: false), .peerOpApplied(seq: seq)], wait: .written)
+        XCTAssertEqual(try j.peerOps(after: 0, limit: 10).first?.uncertain, false)
+        // Sent, answer lost: a replay must tolerate that the peer already has it.
+        let lost = j.nextPeerSeq()
+        try j.submit([.peerOp(seq: lost, message: [3], applied: true), .peerOpUncertain(seq: lost)], wait: .written)
+        XCTAssertEqual(try j.peerOps(after: seq, limit: 10).map { [$0.applied, $0.uncertain] }, [[true, true]])
+        try j.submit([.dropPeerOp(seq: lost)], wait: .written)
         let rows = try j.peerOps(after: 0, limit: 10)
         XCTAssertEqual(rows.map(\.seq), [seq]); XCTAssertEqual(rows.first?.message, [1, 2]); XCTAssertEqual(rows.first?.applied, true)
         try j.submit([.splitBrain(key: "id:\(id)", id: id, path: "f", reason: "r")], wait: .written)
