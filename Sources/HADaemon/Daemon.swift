@@ -17,6 +17,8 @@ public final class HADaemon: @unchecked Sendable {
     let events: EventRunner
     let arbiter: Arbiter
     let incarnation = UInt64.random(in: 1...UInt64.max)
+    /// The public addresses as the kernel writes them in /proc/net/tcp.
+    let publicIPs: Set<UInt32>
     private let lock = NSCondition()
     private var st = State()
     private var links: [Int32] = []
@@ -69,6 +71,7 @@ public final class HADaemon: @unchecked Sendable {
         env["TWINFS_HA_BIN"] = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         events = EventRunner(dir: config.eventsDir, timeout: config.eventTimeout, environment: env,
                              logPath: config.stateDir + "/events.log")
+        publicIPs = Set(config.publicAddresses.map { SystemNet.ipv4($0.address) })
         arbiter = Arbiter(me: config.node, peer: config.peer, preferred: config.preferred,
                           failbackDelay: config.failbackDelay, hasWitness: config.witness != nil)
     }
@@ -164,12 +167,12 @@ public final class HADaemon: @unchecked Sendable {
 
     private func sendBeats(leaving: Bool) {
         let now = ContinuousClock.now
-        let addrs = Set(cfg.publicAddresses.map { SystemNet.ipv4($0.address) })
+        // Read outside the lock: status and decisions never wait for /proc.
+        let conns = lock.withLock { st.holding } ? Array(SystemNet.connections(to: publicIPs).prefix(Beat.maxConnections)) : []
         let packet: [UInt8] = lock.withLock {
             st.seq += 1
             let peer = peerView(now)
             let choice = arbiter.choice(healthy: st.healthy && !leaving, healthyFor: healthyFor(), holding: holdsOrTaking, peer: peer)
-            let conns = st.holding ? Array(SystemNet.connections(to: addrs).prefix(Beat.maxConnections)) : []
             let b = Beat(node: cfg.node, incarnation: incarnation, seq: st.seq, sentMs: UInt64(Date().timeIntervalSince1970 * 1000),
                          healthy: st.healthy && !leaving, holds: holdsOrTaking && !leaving, leaving: leaving, choice: leaving ? "" : choice,
                          healthyForMs: UInt32(max(0, min(healthyFor() * 1000, Double(UInt32.max)))), connections: conns)

@@ -79,10 +79,7 @@ public final class CatchUp: @unchecked Sendable {
                     try? v.journal.submit([], wait: .written)
                     return (try? v.journal.peerBacklog().ops) == 0
                 }
-                if live {
-                    log.notice("peer reachable and in step: replicating every change live")
-                    v.state.with { $0.degradedSince = nil }
-                }
+                if live { log.notice("peer reachable and in step: replicating every change live") }
             }
             pushOwedFiles()
         }
@@ -135,7 +132,7 @@ public final class CatchUp: @unchecked Sendable {
                         case .splitBrain, .failed: break
                         }
                     }
-                    v.recordSplitBrain(id: ReplicatedVolume.entryID(m, brick: v.local.brick), path: ReplicatedVolume.describe(m),
+                    v.recordSplitBrain(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
                                        reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
                 }
             }

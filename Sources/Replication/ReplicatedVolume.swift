@@ -40,8 +40,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     let pushCond = NSCondition()
     /// Handles writing each file (first write to commit), under `pushCond`.
     private var writers: [UInt64: Int] = [:]
-    /// Called with the stable ids of entries whose state changed behind this node's kernel cache.
-    public let tentativeRowsChecked: Int
 
     struct SharedState {
         var owed: Set<UInt64> = []
@@ -55,7 +53,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         var peerStateKnown = false
         var pulled: Set<UInt64> = []
         var lastLinkError = ""
-        var degradedSince: Date? = Date()
     }
 
     public init(local: LocalVolume, channel: PeerChannel, ordinal: UInt8, logger: Logger) throws(FSError) {
@@ -74,11 +71,12 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             throw FSError.io
         }
         state = Locked(s)
-        tentativeRowsChecked = try Self.settleCrashLeftovers(local: local, owedStreaming: s.owed, log: logger)
+        try Self.settleCrashLeftovers(local: local, owedStreaming: s.owed, log: logger)
     }
 
     /// Rows a crash left: a tentative namespace change is kept only if the brick shows it was
     /// applied; a file whose live copy was streaming is owed in full.
+    @discardableResult
     static func settleCrashLeftovers(local: LocalVolume, owedStreaming: Set<UInt64>, log: Logger) throws(FSError) -> Int {
         var ops: [JournalOp] = []
         var checked = 0
@@ -133,7 +131,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         if gate.setDegraded() {
             log.warning("peer unreachable (\(why)); serving alone and recording what it must receive")
             // What the peer owes us is another direction: kept until the peer says otherwise.
-            state.with { $0.lastLinkError = why; $0.degradedSince = Date() }
+            state.with { $0.lastLinkError = why }
         }
     }
 
@@ -145,7 +143,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         public var lastLinkError: String
         public var peerCatchingUpOps: UInt64
         public var peerCatchingUpFiles: UInt64
-        public var lockHolders: Int
     }
 
     public func report() throws(FSError) -> Report {
@@ -155,7 +152,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             let s = state.with { $0 }
             return Report(mode: mode, link: "\(channel.client.state)", backlog: b, splitBrain: sb,
                           lastLinkError: s.lastLinkError, peerCatchingUpOps: s.peerOps,
-                          peerCatchingUpFiles: s.peerFiles, lockHolders: locks.heldCount)
+                          peerCatchingUpFiles: s.peerFiles)
         } catch {
             throw FSError.io
         }
@@ -237,11 +234,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
     func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
-    func settled(_ id: UInt64, generation: Int64) {
-        try? journal.submit([.dropPeerFile(id: id, generation: generation)], wait: .queued)
-        if generation == .max { state.with { $0.owed.remove(id); $0.changedApart.remove(id) } }
-    }
-
     // MARK: - Namespace replication
 
     static func key(_ parent: UInt64, _ name: String) -> String { "\(parent)/\(name)" }
@@ -303,7 +295,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 return r
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
-                recordSplitBrain(id: Self.entryID(msg, brick: local.brick), path: Self.describe(msg),
+                recordSplitBrain(id: Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return r
             case .unreachable(let why):
@@ -350,7 +342,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
     }
 
-    static func entryID(_ m: PeerMessage, brick: Brick) -> UInt64 {
+    static func entryID(_ m: PeerMessage) -> UInt64 {
         switch m {
         case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id): return id
         default: return 0

@@ -1,3 +1,4 @@
+import Glibc
 /// An error an administrator reads: one line naming the problem and the fix.
 /// Maps to a process exit status only in `main` (2 = bad input / refused, 3 = node not running).
 public struct AdminError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -28,5 +29,15 @@ public struct AdminError: Error, CustomStringConvertible, Sendable, Equatable {
         case .notRunning: return 3
         case .problemFound: return 1
         }
+    }
+}
+
+extension AdminError {
+    /// Prints "TOOL: problem; fix: ..." on stderr as one line and exits with the error's status
+    /// (the CLIs' shared way out).
+    public func exit(tool: String) -> Never {
+        let line = "\(tool): \(description)\n"
+        _ = line.withCString { write(2, $0, strlen($0)) }
+        Glibc.exit(exitCode)
     }
 }

@@ -111,6 +111,8 @@ final class ClusterMember: @unchecked Sendable {
             sem.signal()
         }
         sem.wait()
+        // Files the peer was sending when the link closed: commit what arrived, locally.
+        service.applier.releaseAll()
         invalidations.sync {}
     }
 

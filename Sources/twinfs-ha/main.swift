@@ -7,11 +7,7 @@ import Logging
 import PeerProtocol
 import TwinCore
 
-func fail(_ e: AdminError) -> Never {
-    let line = "twinfs-ha: \(e.description)\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
-    exit(e.exitCode)
-}
+func fail(_ e: AdminError) -> Never { e.exit(tool: "twinfs-ha") }
 
 func out(_ s: String) {
     let line = s + "\n"

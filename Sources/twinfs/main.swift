@@ -13,11 +13,7 @@ import TwinNode
 import Volume
 
 /// Prints an admin error as one line and exits with its status (2 refused, 3 not running, 1 problem).
-func exitWith(_ e: AdminError) -> Never {
-    let line = "twinfs: \(e.description)\n"
-    _ = line.withCString { write(2, $0, strlen($0)) }
-    exit(e.exitCode)
-}
+func exitWith(_ e: AdminError) -> Never { e.exit(tool: "twinfs") }
 
 func out(_ s: String) {
     let line = s + "\n"
