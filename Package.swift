@@ -92,9 +92,11 @@ let package = Package(
                                                              .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
         // twinfs-ha in network namespaces (root): failover, partitions, witness, tickle ACK.
-        .testTarget(name: "HATests", dependencies: [], exclude: ["probe.py"]),
+        .testTarget(name: "HATests", dependencies: ["TestSupport", "TwinCore"], exclude: ["probe.py"]),
+        // Child processes shared by the integration and HA tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
+        .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
                                                            "PeerLink", "PeerProtocol",
                                                            .product(name: "NIOCore", package: "swift-nio")]),
     ],

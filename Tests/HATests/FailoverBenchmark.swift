@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 import XCTest
 
 /// The failover benchmark (not a timed test): runs only with TWINFS_HA_BENCH=1, prints the

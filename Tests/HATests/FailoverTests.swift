@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 import XCTest
 
 /// twinfs-ha in network namespaces made by the test: nodes a and b, a client (and a witness),

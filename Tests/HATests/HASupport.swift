@@ -1,14 +1,8 @@
 import Foundation
 import Glibc
+import TestSupport
+import TwinCore
 import XCTest
-
-/// A value behind a lock (the test target has no TwinCore).
-final class Locked<T>: @unchecked Sendable {
-    private var value: T
-    private let lock = NSLock()
-    init(_ v: T) { value = v }
-    func with<R>(_ body: (inout T) -> R) -> R { lock.lock(); defer { lock.unlock() }; return body(&value) }
-}
 
 /// What the failover tests and the failover benchmark share: a running pair in namespaces.
 class HATestCase: XCTestCase {

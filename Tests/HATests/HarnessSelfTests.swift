@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 import XCTest
 
 /// Fast checks of the netns harness, probe.py and the shipped interface event script

@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Journal
 import TwinCore
+import TestSupport
 import XCTest
 
 // Test support for two-node scenarios: a pair of nodes linked through relays (so a test can

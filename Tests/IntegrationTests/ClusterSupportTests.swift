@@ -5,6 +5,7 @@ import Glibc
 import Journal
 import TwinConfig
 import TwinCore
+import TestSupport
 import XCTest
 
 /// Self-tests of the two-node test support: the relay (against a small echo server), the

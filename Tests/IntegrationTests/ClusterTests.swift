@@ -7,6 +7,7 @@ import NIOCore
 import PeerLink
 import PeerProtocol
 import TwinCore
+import TestSupport
 import XCTest
 
 /// Writes a whole file and checks close(): with replication, close is where a failure shows.

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TestSupport
 import XCTest
 
 /// kill -9 in the middle of heavy writes, and trees far larger than the process's fd limit.

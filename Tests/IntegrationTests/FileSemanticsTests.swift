@@ -3,6 +3,7 @@ import Fixity
 import Foundation
 import Glibc
 import TwinCore
+import TestSupport
 import XCTest
 
 /// What PACS servers and Samba do to a filesystem, each checked through a real mount and then

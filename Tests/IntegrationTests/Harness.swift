@@ -4,6 +4,7 @@ import Glibc
 import Journal
 import TwinConfig
 import TwinCore
+import TestSupport
 import XCTest
 
 /// Test support: real node processes, real FUSE mounts, bounded waits, and cleanup that
@@ -24,86 +25,6 @@ enum TestEnv {
             throw XCTSkip("twinfs binary not built at \(binary) (run `swift build` first)")
         }
     }
-}
-
-struct CommandResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-}
-
-/// A child process started with posix_spawn and reaped with waitpid. (Foundation's Process
-/// was seen to hang in waitUntilExit on this platform when children exit quickly.)
-final class Child: @unchecked Sendable {
-    let pid: pid_t
-    private var exitStatus: Int32?
-    private let lock = NSLock()
-
-    /// Starts `args[0]` (an absolute path) with stdin from /dev/null and stdout/stderr
-    /// appended to the given files.
-    init(_ args: [String], stdout: String, stderr: String, environment: [String: String]? = nil) throws {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        let env = (environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } }
-            ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        var cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
-        defer { (cargs + cenv).forEach { free($0) } }
-        var p: pid_t = 0
-        let rc = posix_spawn(&p, args[0], &actions, nil, &cargs, &cenv)
-        guard rc == 0 else { throw FSError(rc) }
-        pid = p
-    }
-
-    /// Non-blocking: false once the child has exited (and was reaped).
-    var isRunning: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if exitStatus != nil { return false }
-        var st: Int32 = 0
-        let r = waitpid(pid, &st, WNOHANG)
-        if r == pid { exitStatus = Self.decode(st); return false }
-        return r == 0
-    }
-
-    /// Blocks until the child exits; returns its exit status (128+signal when killed).
-    @discardableResult
-    func wait() -> Int32 {
-        lock.lock()
-        defer { lock.unlock() }
-        if let s = exitStatus { return s }
-        var st: Int32 = 0
-        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-        exitStatus = Self.decode(st)
-        return exitStatus!
-    }
-
-    var terminationStatus: Int32 { lock.lock(); defer { lock.unlock() }; return exitStatus ?? -1 }
-
-    static func decode(_ st: Int32) -> Int32 {
-        let sig = st & 0x7f
-        return sig == 0 ? (st >> 8) & 0xff : 128 + sig
-    }
-}
-
-/// Runs a command with a hard time limit (`timeout -k`, so a child stuck on a dead mount is
-/// killed too) and returns its status and output.
-@discardableResult
-func runCommand(_ args: [String], timeout: Int = 120, environment: [String: String]? = nil) -> CommandResult {
-    let base = "/tmp/twinfs-test-\(UUID().uuidString)"
-    defer { unlink(base + ".out"); unlink(base + ".err") }
-    let argv = ["/usr/bin/timeout", "-k", "5", "\(timeout)"] + args
-    guard let c = try? Child(argv, stdout: base + ".out", stderr: base + ".err", environment: environment) else {
-        return CommandResult(status: -1, stdout: "", stderr: "cannot start \(args)")
-    }
-    let status = c.wait()
-    let o = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-    let e = (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? ""
-    return CommandResult(status: status, stdout: o, stderr: e)
 }
 
 @discardableResult

@@ -2,6 +2,7 @@ import Fixity
 import Foundation
 import Glibc
 import TwinCore
+import TestSupport
 import XCTest
 
 /// The admin's view: start and stop, status, refusals that change nothing, verify, rebuild.
