@@ -50,17 +50,34 @@ public final class ControlServer: Sendable {
                     try ch.pipeline.syncOperations.addHandler(RequestHandler(handler: handler))
                 }
             }
-        // Bind with a private umask so the socket is never reachable by others, even briefly.
-        let old = umask(0o077)
-        defer { umask(old) }
+        // Never reachable by others, even briefly, and without touching the process umask
+        // (umask is process-wide: a FUSE or replication thread creating an entry meanwhile
+        // would get the wrong mode): bind inside a private 0700 directory, make the socket
+        // 0600, then rename it into place (which also replaces a stale socket file).
+        let privateDir = "\(dir)/.\((path as NSString).lastPathComponent).\(getpid()).tmp"
+        let staging = privateDir + "/s"
+        rmdir(privateDir)
+        unlink(staging)
+        guard mkdir(privateDir, 0o700) == 0 || errno == EEXIST, chmod(privateDir, 0o700) == 0 else {
+            try? group.syncShutdownGracefully()
+            throw AdminError(problem: "cannot create \(privateDir) for the control socket: \(String(cString: strerror(errno)))",
+                             fix: "check that \(dir) exists and is writable by root, or change control_socket")
+        }
+        defer { unlink(staging); rmdir(privateDir) }
         do {
-            channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
+            channel = try bootstrap.bind(unixDomainSocketPath: staging, cleanupExistingSocketFile: true).wait()
         } catch {
             try? group.syncShutdownGracefully()
             throw AdminError(problem: "cannot listen on control socket \(path): \(error)",
                              fix: "check that \(dir) exists and is writable by root, or change control_socket")
         }
-        chmod(path, 0o600)
+        guard chmod(staging, 0o600) == 0, rename(staging, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            try? channel.close().wait()
+            try? group.syncShutdownGracefully()
+            throw AdminError(problem: "cannot put the control socket at \(path): \(e)",
+                             fix: "check that \(dir) is writable by root, or change control_socket")
+        }
     }
 
     public func close() {
