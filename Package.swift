@@ -59,9 +59,13 @@ let package = Package(
         .target(name: "Replication", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "PeerLink",
                                                     .product(name: "Logging", package: "swift-log"),
                                                     .product(name: "NIOCore", package: "swift-nio")]),
+        // The self-heal daemon: rebuild of a replaced brick, full heal, scrub, split-brain resolution.
+        .target(name: "Healer", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "Replication",
+                                               .product(name: "Logging", package: "swift-log"),
+                                               .product(name: "NIOCore", package: "swift-nio")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
-                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol",
+                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol", "Healer",
                                                  .product(name: "Logging", package: "swift-log")]),
         // Raw-packet helpers of the HA daemon: gratuitous ARP, ARP probe, tickle ACK.
         .target(name: "CHAShims"),
@@ -74,7 +78,7 @@ let package = Package(
                                                             .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                             .product(name: "Logging", package: "swift-log")]),
         // The `twinfs` command: node, status, verify, journal rebuild, demo.
-        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims", "HADaemon",
+        .executableTarget(name: "twinfs", dependencies: ["TwinNode", "TwinConfig", "ControlSocket", "TwinCore", "CTwinShims", "HADaemon", "Healer", "Journal",
                                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                          .product(name: "Logging", package: "swift-log")]),
 

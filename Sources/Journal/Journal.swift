@@ -68,6 +68,15 @@ public enum JournalOp: Sendable {
     case dropPeerFile(id: UInt64, generation: Int64)
     case splitBrain(key: String, id: UInt64, path: String, reason: String)
     case clearSplitBrain(key: String)
+    /// File `id` on this brick is a placeholder (or stale): the peer's copy of `size` bytes
+    /// hashing to `hash` must be received (disk replacement, scrub, full heal).
+    case healPending(id: UInt64, size: Int64, hash: [UInt8])
+    /// File `id` was received whole and verified.
+    case healReceived(id: UInt64)
+    /// A copy kept in the brick's quarantine area (never deleted by TwinFS).
+    case quarantined(QuarantineRow)
+    case scrubFinding(ScrubFinding)
+    case clearScrubFinding(id: UInt64)
 }
 
 public struct JournalStats: Sendable, Equatable {
@@ -138,6 +147,7 @@ public final class Journal: @unchecked Sendable {
                 try Self.createSchema(w, identity: identity)
             }
             try Self.createPeerTables(w)
+            try Self.createHealTables(w)
             try Self.checkIdentity(w, path: path, expected: identity)
             writerConn = w
             reader = try SQLiteConnection(path: path, readOnly: true, create: false)
@@ -450,6 +460,8 @@ public final class Journal: @unchecked Sendable {
             try s.run()
         case .peerOp, .peerOpApplied, .peerOpUncertain, .dropPeerOp, .peerFile, .dropPeerFile, .splitBrain, .clearSplitBrain:
             try applyPeer(op, writer)
+        case .healPending, .healReceived, .quarantined, .scrubFinding, .clearScrubFinding:
+            try applyHeal(op, writer)
         }
     }
 

@@ -461,7 +461,8 @@ extension PeerMessage {
         case let .removexattr(path, name): return s(path) + s(name)
         case let .reply(_, _, payload): return 4 + (payload?.readableBytes ?? 0)
         case let .lock(_, keys, _): return keys.reduce(0) { $0 + s($1) }
-        case .unlock, .pull, .catchUpState: return 0
+        case .unlock, .pull, .catchUpState, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit: return 0
+        case let .listDir(_, after, _): return s(after)
         }
     }
 

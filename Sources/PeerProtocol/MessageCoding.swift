@@ -56,6 +56,18 @@ extension PeerMessage {
             w.integer(id)
         case let .catchUpState(ops, files):
             w.integer(ops); w.integer(files)
+        case let .listDir(dirID, after, limit):
+            w.integer(dirID); w.string(after); w.integer(limit)
+        case let .healFile(id, expected):
+            w.integer(id); w.fixed(expected)
+        case let .fileState(id, rehash):
+            w.integer(id); w.integer(UInt8(rehash ? 1 : 0))
+        case let .volumeInfo(ordinal):
+            w.integer(ordinal)
+        case let .healInfo(summary):
+            w.integer(UInt8(summary ? 1 : 0))
+        case let .resolveSplit(id, role):
+            w.integer(id); w.integer(role)
         case let .reply(requestID, errno, payload):
             w.integer(requestID); w.integer(errno)
             if let payload { w.integer(UInt8(1)); w.bytes(payload) } else { w.integer(UInt8(0)) }
@@ -127,6 +139,30 @@ extension PeerMessage {
             m = .pull(stableID: try r.stableID())
         case .catchUpState:
             m = .catchUpState(ops: try r.integer("ops"), files: try r.integer("files"))
+        case .listDir:
+            let dir = try r.integer("dirID", as: UInt64.self)
+            guard dir >= 1 else { throw r.malformed("dirID", "0 is not a directory id") }
+            let after = try r.text("after", max: PeerPath.maxNameBytes)
+            let limit = try r.integer("limit", as: UInt32.self)
+            guard (1...DirListing.maxEntries).contains(Int(limit)) else {
+                throw r.malformed("limit", "\(limit) is not between 1 and \(DirListing.maxEntries)")
+            }
+            m = .listDir(dirID: dir, after: after, limit: limit)
+        case .healFile:
+            m = .healFile(stableID: try r.stableID(), expected: try r.fixed("expected", count: digestSize))
+        case .fileState:
+            m = .fileState(stableID: try r.stableID(), rehash: try r.bool("rehash"))
+        case .volumeInfo:
+            let o = try r.integer("ordinal", as: UInt8.self)
+            guard o == 1 || o == 2 else { throw r.malformed("ordinal", "\(o) is not 1 or 2") }
+            m = .volumeInfo(ordinal: o)
+        case .healInfo:
+            m = .healInfo(summary: try r.bool("summary"))
+        case .resolveSplit:
+            let id = try r.stableID()
+            let role = try r.integer("role", as: UInt8.self)
+            guard role == 1 || role == 2 else { throw r.malformed("role", "\(role) is not 1 (lose) or 2 (win)") }
+            m = .resolveSplit(stableID: id, role: role)
         case .reply:
             let (requestID, errno) = (try r.integer("requestID", as: UInt64.self), try r.integer("errno", as: Int32.self))
             guard (0...4095).contains(errno) else { throw r.malformed("errno", "\(errno) is not an errno value") }
@@ -165,10 +201,18 @@ extension PayloadReader {
     }
 
     /// Ids of files and directories the peer creates or changes: never 0, never the root.
-    fileprivate mutating func stableID() throws(PeerProtocolError) -> UInt64 {
+    mutating func stableID() throws(PeerProtocolError) -> UInt64 {
         let id = try integer("stableID", as: UInt64.self)
         guard id > 1 else { throw malformed("stableID", "\(id) is not a file or directory id") }
         return id
+    }
+
+    mutating func bool(_ field: String) throws(PeerProtocolError) -> Bool {
+        switch try integer(field, as: UInt8.self) {
+        case 0: return false
+        case 1: return true
+        case let v: throw malformed(field, "\(v) is neither 0 nor 1")
+        }
     }
 
     fileprivate mutating func mode(_ field: String) throws(PeerProtocolError) -> UInt32 {

@@ -28,6 +28,13 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case unlock = 29
     case pull = 30
     case catchUpState = 31
+    // Healing: the namespace and files as the peer has them, and asks to send them.
+    case listDir = 32
+    case healFile = 33
+    case fileState = 34
+    case volumeInfo = 35
+    case healInfo = 36
+    case resolveSplit = 37
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -84,6 +91,24 @@ public enum PeerMessage: Sendable, Equatable {
     case pull(stableID: UInt64)
     /// The sender's catch-up towards the receiver: namespace changes and files still to send.
     case catchUpState(ops: UInt64, files: UInt64)
+    /// "List directory `dirID` as your journal has it": names after `after` (in byte order), at
+    /// most `limit`; the reply payload is a `DirListing`.
+    case listDir(dirID: UInt64, after: String, limit: UInt32)
+    /// "Send me file `stableID` whole, now, if your bytes hash to `expected`" (16 zero bytes:
+    /// to your journal's hash). The sender re-hashes its copy first and never sends bytes that
+    /// do not match (answered EIO), so a heal cannot spread a bad copy.
+    case healFile(stableID: UInt64, expected: [UInt8])
+    /// "How is file `stableID` on your brick?" With `rehash`, the bytes are read and hashed.
+    /// The reply payload is a `FileStateReport`.
+    case fileState(stableID: UInt64, rehash: Bool)
+    /// "What is the highest id counter of node `ordinal` your journal knows?" (a node on a new,
+    /// empty brick must never hand out an id it gave out before). Reply payload: `VolumeInfo`.
+    case volumeInfo(ordinal: UInt8)
+    /// "Your heal state, as JSON" (`twinfs heal info` shows both nodes). Reply payload: UTF-8 JSON.
+    case healInfo(summary: Bool)
+    /// Split-brain resolution of file `stableID`: `role` 1 = "yours loses: keep it in quarantine
+    /// and take mine"; 2 = "yours wins: send it to me".
+    case resolveSplit(stableID: UInt64, role: UInt8)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -128,6 +153,12 @@ public enum PeerMessage: Sendable, Equatable {
         case .unlock: return .unlock
         case .pull: return .pull
         case .catchUpState: return .catchUpState
+        case .listDir: return .listDir
+        case .healFile: return .healFile
+        case .fileState: return .fileState
+        case .volumeInfo: return .volumeInfo
+        case .healInfo: return .healInfo
+        case .resolveSplit: return .resolveSplit
         }
     }
 }

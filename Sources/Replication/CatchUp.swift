@@ -129,7 +129,7 @@ public final class CatchUp: @unchecked Sendable {
                         switch v.pushFile(id) {
                         case .ok, .gone: continue
                         case .unreachable: return false
-                        case .splitBrain, .failed: break
+                        case .splitBrain, .failed, .badSource: break
                         }
                     }
                     v.recordSplitBrain(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
@@ -159,7 +159,7 @@ public final class CatchUp: @unchecked Sendable {
                     return
                 case .splitBrain:
                     retryAt[r.id] = nil
-                case .failed(let why):
+                case .failed(let why), .badSource(let why):
                     let delay = min((retryAt[r.id]?.1 ?? .seconds(1)) * 2, .seconds(60))
                     retryAt[r.id] = (ContinuousClock.now + delay, delay)
                     log.error("sending file id \(r.id) to the peer failed: \(why); it stays owed, next try in \(delay)")

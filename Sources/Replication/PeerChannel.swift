@@ -39,6 +39,14 @@ public final class PeerChannel: Sendable {
         return pending.wait()
     }
 
+    /// Sends and waits up to `timeout` (for requests the peer needs long to answer, such as a
+    /// whole-file heal: a request that outlives its timeout takes the link down).
+    public func call(_ message: PeerMessage, timeout: Duration) -> PeerOutcome {
+        let p = PendingCall()
+        start(message, timeout: timeout) { p.complete($0) }
+        return p.wait()
+    }
+
     /// Sends without waiting; `wait()` on the result collects the answer.
     public func start(_ message: PeerMessage) -> PendingCall {
         let p = PendingCall()
@@ -47,9 +55,9 @@ public final class PeerChannel: Sendable {
     }
 
     /// Sends without waiting and calls `done` with the answer (on a concurrency thread: keep it short).
-    public func start(_ message: PeerMessage, done: @escaping @Sendable (PeerOutcome) -> Void) {
+    public func start(_ message: PeerMessage, timeout: Duration? = nil, done: @escaping @Sendable (PeerOutcome) -> Void) {
         let client = self.client
-        let timeout = self.timeout
+        let timeout = timeout ?? self.timeout
         Task {
             let outcome: PeerOutcome
             do {

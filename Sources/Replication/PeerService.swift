@@ -24,7 +24,7 @@ public enum PeerChange: Sendable {
 public final class PeerService: Sendable {
     public let volume: ReplicatedVolume
     public let applier: ReplicaApplier
-    private let queue = DispatchQueue(label: "twinfs.peer.apply", attributes: .concurrent)
+    private let pool = BlockingPool(name: "twinfs-peer-apply")
     private let notify: @Sendable (PeerChange) -> Void
     private let log: Logger
 
@@ -38,7 +38,7 @@ public final class PeerService: Sendable {
     /// `PeerListener`'s handler: hops off the cooperative pool (applying blocks on fsync).
     public func handle(_ message: PeerMessage, requestID: UInt64) async -> PeerMessage {
         await withCheckedContinuation { (c: CheckedContinuation<PeerMessage, Never>) in
-            queue.async { c.resume(returning: self.handleBlocking(message, requestID: requestID)) }
+            pool.run { c.resume(returning: self.handleBlocking(message, requestID: requestID)) }
         }
     }
 
@@ -61,8 +61,14 @@ public final class PeerService: Sendable {
         case let .catchUpState(ops, files):
             volume.peerReportedCatchUp(ops: ops, files: files)
             return reply(requestID, 0)
+        case .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
+            return volume.serveHeal(m, requestID: requestID)
         default:
             break
+        }
+        // While this brick is rebuilt, a directory the peer changes is listed from the peer first.
+        if let hooks = volume.healHooks {
+            for d in parents(m) { hooks.prepareDirectory(path: d) }
         }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
@@ -75,8 +81,23 @@ public final class PeerService: Sendable {
         let r = applier.apply(m, requestID: requestID)
         if case let .reply(_, errno, _) = r, errno == 0 {
             for c in before + changeAfter(m) { notify(c) }
+            if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
         }
         return r
+    }
+
+    /// The directories a namespace change works in.
+    private func parents(_ m: PeerMessage) -> [String] {
+        switch m {
+        case let .mkdir(p, _, _, _, _, _), let .create(p, _, _, _, _, _), let .symlink(p, _, _, _, _, _),
+             let .unlink(p, _), let .rmdir(p, _):
+            return [p]
+        case let .rename(fp, _, tp, _, _): return [fp, tp]
+        case let .link(_, np, _): return [np]
+        case let .write(path, _, _, _), let .commit(path, _, _, _, _), let .setattr(path, _):
+            return [ReplicatedVolume.split(path).0]
+        default: return []
+        }
     }
 
     /// The file whose bytes a message changes, if this node could own a newer copy of it.

@@ -133,7 +133,7 @@ public final class ReplicaApplier: Sendable {
         case let .removexattr(path, name):
             try removexattr(path, name)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
-             .lock, .unlock, .pull, .catchUpState:
+             .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
             stats.with { $0.refused += 1 }
             throw FSError.invalid

@@ -40,6 +40,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     let pushCond = NSCondition()
     /// Handles writing each file (first write to commit), under `pushCond`.
     private var writers: [UInt64: Int] = [:]
+    /// The healer's on-demand side (set once at start; nil: nothing to heal on demand).
+    let hooksBox = Locked<(any HealHooks)?>(nil)
+    let sendSamples = Locked<[(ContinuousClock.Instant, Int64)]>([])
+    public var healHooks: (any HealHooks)? {
+        get { hooksBox.with { $0 } }
+        set { hooksBox.with { $0 = newValue } }
+    }
 
     struct SharedState {
         var owed: Set<UInt64> = []
@@ -206,7 +213,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     // MARK: - Split brain, owed files
 
-    func recordSplitBrain(id: UInt64, path: String, reason: String) {
+    public func recordSplitBrain(id: UInt64, path: String, reason: String) {
         log.critical("SPLIT BRAIN: \(path.debugDescription) (id \(id)): \(reason); both copies are kept; see `twinfs status`")
         let key = id != 0 ? "id:\(id)" : "path:\(path)"
         try? journal.submit([.splitBrain(key: key, id: id, path: path, reason: reason),
@@ -229,10 +236,34 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         gate.wakeCatchUp()
     }
 
-    func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
+    public func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
     func changedWhileApart(_ id: UInt64) -> Bool { state.with { $0.changedApart.contains(id) } }
     var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
-    func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
+    public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
+
+    /// File `id` must reach the peer whole (owed, durable).
+    public func oweFile(_ id: UInt64) throws(FSError) { try owe(id) }
+
+    public func gateWake() { gate.wakeCatchUp() }
+
+    /// The peer told us it still owes this node changes or files.
+    public var peerOwesUs: Bool { state.with { $0.peerOps + $0.peerFiles > 0 } }
+
+    /// Takes the cluster name lock of (parentID, name) like a namespace change does; returns the release.
+    public func withNameLock(parentID: UInt64, name: String) -> () -> Void {
+        (try? takeLocks([Self.key(parentID, name)], live: gate.mode == .live)) ?? {}
+    }
+
+    /// Files this node sent whole in the last 20 s (catch-up, heal sends): the heal rate.
+    public var healSendStats: (files: Int64, bytesPerSecond: Double, filesPerSecond: Double) {
+        sendSamples.with { s in
+            let now = ContinuousClock.now
+            s.removeAll { now - $0.0 > .seconds(20) }
+            guard let first = s.first else { return (0, 0, 0) }
+            let span = max(1.0, Double((now - first.0).components.seconds))
+            return (Int64(s.count), Double(s.reduce(0) { $0 + $1.1 }) / span, Double(s.count) / span)
+        }
+    }
 
     // MARK: - Namespace replication
 
@@ -320,7 +351,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         return Array(b.readableBytesView)
     }
 
-    static func decodeOp(_ bytes: [UInt8]) throws -> PeerMessage {
+    public static func decodeOp(_ bytes: [UInt8]) throws -> PeerMessage {
         var b = ByteBuffer(bytes: bytes)
         guard let raw = b.readInteger(as: UInt16.self), let type = MessageType(rawValue: raw) else {
             throw FSError.invalid
@@ -328,7 +359,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         return try PeerMessage.decode(type: type, payload: b)
     }
 
-    static func describe(_ m: PeerMessage) -> String {
+    public static func describe(_ m: PeerMessage) -> String {
         switch m {
         case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
              let .unlink(p, n), let .rmdir(p, n):
@@ -353,20 +384,40 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
         awaitPeerNamespace()
+        let hooks = healHooks
+        hooks?.prepareDirectory(path: parent.path)
         var st = try local.lookup(parent: parent, name: name)
         if st.kind == .file && state.with({ $0.peerFiles > 0 }) {
             pullIfNeeded(UInt64(st.st_ino))
             st = try local.lookup(parent: parent, name: name)
         }
-        return st
+        return Self.awaited(st, hooks)
+    }
+
+    /// A placeholder still awaiting its content shows the size it will have.
+    static func awaited(_ st: stat, _ hooks: (any HealHooks)?) -> stat {
+        guard let h = hooks, st.kind == .file, let size = h.awaitedSize(id: UInt64(st.st_ino)) else { return st }
+        var s = st
+        s.st_size = Int(size)
+        s.st_blocks = Int((size + 511) / 512)
+        return s
     }
 
     public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat {
-        try local.getattr(node, handle: handle)
+        Self.awaited(try local.getattr(node, handle: handle), handle == nil ? healHooks : nil)
+    }
+
+    /// Before a namespace change in `dirs`: while rebuilding, their entries come from the peer first.
+    func prepare(_ dirs: String...) {
+        guard let h = healHooks else { return }
+        for d in dirs { h.prepareDirectory(path: d) }
     }
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
-        if changes.size != nil { drainWrites(of: node.id) }
+        if changes.size != nil {
+            try healHooks?.prepareFile(id: node.id)
+            drainWrites(of: node.id)
+        }
         func update(_ atimeNow: Int64, _ mtimeNow: Int64) -> PeerMessage {
             func ns(_ t: AttrChanges.Time?, _ now: Int64) -> Int64? {
                 switch t {
@@ -392,6 +443,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public func readlink(_ node: NodeRef) throws(FSError) -> String { try local.readlink(node) }
 
     public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
                              pre: .mkdir(parentPath: parent.path, name: name, mode: UInt32(mode), uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
@@ -402,6 +454,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
                              pre: .symlink(parentPath: parent.path, name: name, target: target, uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
@@ -412,6 +465,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
+        prepare(newParent.path)
         let m = PeerMessage.link(path: node.path, newParent: newParent.path, newName: newName)
         return try replicate(keys: [Self.key(newParent.id, newName)], pre: m) { () throws(FSError) -> stat in
             try local.link(node, newParent: newParent, newName: newName)
@@ -419,6 +473,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
+        prepare(parent.path)
         let m = PeerMessage.unlink(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
             try local.unlink(parent: parent, name: name)
@@ -426,6 +481,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rmdir(parent: NodeRef, name: String) throws(FSError) {
+        prepare(parent.path)
         let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
             try local.rmdir(parent: parent, name: name)
@@ -433,6 +489,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        prepare(parent.path, newParent.path)
         let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
         let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
         try replicate(keys: keys, pre: m) { () throws(FSError) in
@@ -443,6 +500,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Files
 
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
+        prepare(parent.path)
         let id = try local.allocateID()
         let path = Brick.join(parent.path, name)
         let (st, h) = try replicate(keys: [Self.key(parent.id, name)],
@@ -460,6 +518,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
         try checkNotSplit(node.id)
+        try healHooks?.prepareFile(id: node.id)
         pullIfNeeded(node.id)
         try checkNotSplit(node.id)
         let h = try local.open(node, flags: flags)
@@ -612,7 +671,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             case .ok, .gone: settle(rh.id, generation: generation)
             case .unreachable: try owe(rh.id)
             case .splitBrain: break
-            case .failed(let why):
+            case .failed(let why), .badSource(let why):
                 log.error("could not bring the peer's copy of \(rh.path.debugDescription) up to date: \(why); it stays owed")
                 try owe(rh.id)
             }
@@ -650,11 +709,17 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
         awaitPeerNamespace()
+        healHooks?.prepareDirectory(path: node.path)
         return try local.opendir(node)
     }
 
     public func readdir(handle: UInt64, offset: Int64, plus: Bool, emit: (DirEntry) -> Bool) throws(FSError) {
-        try local.readdir(handle: handle, offset: offset, plus: plus, emit: emit)
+        guard plus, let hooks = healHooks else { return try local.readdir(handle: handle, offset: offset, plus: plus, emit: emit) }
+        try local.readdir(handle: handle, offset: offset, plus: plus) { e in
+            var e = e
+            if let st = e.attributes { e.attributes = Self.awaited(st, hooks) }
+            return emit(e)
+        }
     }
 
     public func releasedir(handle: UInt64) { local.releasedir(handle: handle) }
@@ -688,6 +753,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public enum PushResult: Sendable, Equatable {
         case ok, gone, unreachable, splitBrain
         case failed(String)
+        /// This node's bytes do not hash to what they must (bit rot, or a change behind
+        /// TwinFS's back): nothing was sent.
+        case badSource(String)
     }
 
     /// Sends file `id` as it is on this brick now: create-if-missing with its id, attributes and
@@ -695,7 +763,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// the bytes it wrote.
     /// One push per file at a time; on node 2 the content lock is also taken on node 1, so two
     /// pushes of one file in opposite directions cannot cross.
-    public func pushFile(_ id: UInt64) -> PushResult {
+    /// `verify`: before a single byte leaves, re-read the file and check it hashes to `verify`
+    /// (or, when empty, to this journal's hash): a heal never spreads a bad copy.
+    public func pushFile(_ id: UInt64, verify: [UInt8]? = nil) -> PushResult {
         pushCond.lock()
         while pushLocks.with({ $0.contains(id) }) { pushCond.wait() }
         // A handle streaming new bytes of this file: its own commit settles it; a push now
@@ -726,6 +796,21 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         guard fstat(fd, &st) == 0, st.kind == .file else { return .gone }
         let (parent, name) = Self.split(path)
         let size = Int64(st.st_size)
+        if let want = verify {
+            let expected: [UInt8]
+            if want.isEmpty {
+                guard let rec = try? journal.inode(id), !rec.dirty, let h = rec.hash else {
+                    return .failed("no clean hash in the journal yet (being written?)")
+                }
+                expected = h
+            } else {
+                expected = want
+            }
+            guard let (digest, n) = try? XXH128Hasher.hash(fd: fd) else { return .failed("read: \(FSError.last)") }
+            guard digest.bytes == expected, n == size else {
+                return .badSource("\(path) (id \(id)): its bytes hash to \(digest.hex), not to the recorded \(Self.hex(expected))")
+            }
+        }
         func outcome(_ o: PeerOutcome, _ what: String) -> PushResult? {
             switch o {
             case .ok: return nil
@@ -764,10 +849,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         for p in inFlight { if let r = outcome(p.wait(), "write") { return r } }
         if let r = outcome(channel.call(.commit(path: path, stableID: id, size: off, xxh128: hasher.digest().bytes,
                                                 mtimeNs: st.mtimeNs)), "commit") { return r }
+        sendSamples.with { $0.append((.now, off)) }
         return .ok
     }
 
-    static func split(_ path: String) -> (String, String) {
+    static func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+
+    public static func split(_ path: String) -> (String, String) {
         guard let i = path.lastIndex(of: "/") else { return ("", path) }
         return (String(path[..<i]), String(path[path.index(after: i)...]))
     }

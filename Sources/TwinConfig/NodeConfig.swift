@@ -33,6 +33,12 @@ public struct NodeConfig: Sendable, Equatable {
     public var maxThreads: Int = 16
     /// The HA daemon's config on this machine (`ha_config`): `twinfs status` adds its view.
     public var haConfig: String?
+    /// [heal]: bytes per second the healer may move (0: unlimited) and files received at once.
+    public var healRate: Int64 = 0
+    public var healConcurrency: Int = 4
+    /// [scrub]: bytes per second the scrubber reads, and seconds between scheduled scrubs (nil: off).
+    public var scrubRate: Int64 = 50_000_000
+    public var scrubInterval: Double? = 30 * 86400
     /// Where this config was read from (absolute).
     public var path: String = "<string>"
 
@@ -45,7 +51,7 @@ public struct NodeConfig: Sendable, Equatable {
     }
 
     public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
-                                                "listen", "peer", "attr_timeout", "max_threads", "ha_config"]
+                                                "listen", "peer", "attr_timeout", "max_threads", "ha_config", "heal", "scrub"]
 
     public static func load(path: String) throws(AdminError) -> NodeConfig {
         let abs = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -83,6 +89,30 @@ public struct NodeConfig: Sendable, Equatable {
         if let d = try r.number("attr_timeout", range: 0...3600) { cfg.attrTimeout = d }
         if let n = try r.number("max_threads", range: 1...256) { cfg.maxThreads = Int(n) }
         if table["ha_config"] != nil { cfg.haConfig = try r.absolutePath("ha_config") }
+        if let h = table["heal"] {
+            let hr = try ConfigReader.section(h, "heal", keys: ["rate_mb", "concurrency"], path: path)
+            if let v = try hr.number("rate_mb", range: 0...100_000) { cfg.healRate = Int64(v * 1_000_000) }
+            if let v = try hr.number("concurrency", range: 1...64) { cfg.healConcurrency = Int(v) }
+        }
+        if let sc = table["scrub"] {
+            let sr = try ConfigReader.section(sc, "scrub", keys: ["rate_mb", "schedule"], path: path)
+            if let v = try sr.number("rate_mb", range: 0...100_000) { cfg.scrubRate = Int64(v * 1_000_000) }
+            if sr.table["schedule"] != nil {
+                let sched = try sr.string("schedule")
+                switch sched {
+                case "off": cfg.scrubInterval = nil
+                case "daily": cfg.scrubInterval = 86400
+                case "weekly": cfg.scrubInterval = 7 * 86400
+                case "monthly": cfg.scrubInterval = 30 * 86400
+                default:
+                    guard sched.hasSuffix("d"), let days = Double(sched.dropLast()), days > 0, days <= 3650 else {
+                        throw AdminError(problem: "config \(path): scrub.schedule = '\(sched)' is not a schedule",
+                                         fix: "use off, daily, weekly, monthly or a number of days such as \"14d\"")
+                    }
+                    cfg.scrubInterval = days * 86400
+                }
+            }
+        }
         if let p = table["peer"] {
             guard let pt = p.table else {
                 throw AdminError(problem: "config \(path): 'peer' must be a table",
@@ -178,6 +208,18 @@ public struct ConfigReader {
     public let table: TOMLTable
     public let path: String
     public var section = ""
+
+    /// The reader of section `[name]`, refusing keys it does not know.
+    public static func section(_ value: any TOMLValueConvertible, _ name: String, keys: Set<String>, path: String) throws(AdminError) -> ConfigReader {
+        guard let t = value.table else {
+            throw AdminError(problem: "config \(path): '\(name)' must be a table", fix: "write it as a [\(name)] section")
+        }
+        for key in t.keys.sorted() where !keys.contains(key) {
+            throw AdminError(problem: "config \(path): unknown key '\(name).\(key)'",
+                             fix: "the [\(name)] section takes \(keys.sorted().joined(separator: ", "))")
+        }
+        return ConfigReader(table: t, path: path, section: name)
+    }
 
     public init(table: TOMLTable, path: String, section: String = "") {
         self.table = table

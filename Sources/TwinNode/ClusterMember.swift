@@ -1,5 +1,6 @@
 import Dispatch
 import FuseAdapter
+import Healer
 import Journal
 import Logging
 import PeerLink
@@ -17,6 +18,7 @@ final class ClusterMember: @unchecked Sendable {
     let volume: ReplicatedVolume
     let service: PeerService
     let catchUp: CatchUp
+    let healer: Healer
     private let fuse = Locked<(FuseSession, FuseAdapter)?>(nil)
     private let invalidations = DispatchQueue(label: "twinfs.invalidate")
 
@@ -82,7 +84,22 @@ final class ClusterMember: @unchecked Sendable {
                              fix: "check `listen` in the config and that no other process uses that port")
         }
         catchUp = CatchUp(volume: volume, logger: log)
+        do {
+            healer = try Healer(volume: volume, applier: service.applier, node: cfg.node, peer: peer.node,
+                                settings: HealSettings(rateBytesPerSecond: cfg.healRate, concurrency: cfg.healConcurrency,
+                                                       scrubBytesPerSecond: cfg.scrubRate, scrubInterval: cfg.scrubInterval),
+                                logger: log)
+        } catch {
+            let (l, c) = (listener, client)
+            let sem = DispatchSemaphore(value: 0)
+            Task { await l.close(); await c.shutdown(); sem.signal() }
+            sem.wait()
+            throw AdminError(problem: "cannot read the heal state from the journal: \(error)",
+                             fix: "check the journal's disk; `twinfs journal rebuild` rebuilds it from the brick")
+        }
+        volume.healHooks = healer
         catchUp.start()
+        healer.start()
     }
 
     /// Before mounting: give the peer a moment to tell what it owes us, so a node that was
@@ -101,6 +118,7 @@ final class ClusterMember: @unchecked Sendable {
 
     func stop() {
         fuse.with { $0 = nil }
+        healer.requestStop()
         catchUp.stop()
         let sem = DispatchSemaphore(value: 0)
         let l = listener
@@ -111,6 +129,8 @@ final class ClusterMember: @unchecked Sendable {
             sem.signal()
         }
         sem.wait()
+        // Requests in flight failed with the link: the healer's threads end now.
+        healer.stop()
         // Files the peer was sending when the link closed: commit what arrived, locally.
         service.applier.releaseAll()
         invalidations.sync {}

@@ -38,10 +38,12 @@ public struct NodeStatus: Codable, Sendable {
     public var peer: String?
     /// The pair's replication, when a peer is configured.
     public var replication: ReplicationStatus?
+    /// The healer, when a peer is configured.
+    public var heal: HealStatus?
     public var version: String
 
     enum CodingKeys: String, CodingKey {
-        case volume, node, brick, mountpoint, state, pid, files, directories, symlinks, bytes, peer, version, replication
+        case volume, node, brick, mountpoint, state, pid, files, directories, symlinks, bytes, peer, version, replication, heal
         case uptimeSeconds = "uptime_seconds"
         case dirtyFiles = "dirty_files"
         case journalPath = "journal_path"
@@ -97,7 +99,31 @@ public struct ReplicationStatus: Codable, Sendable {
     }
 }
 
-public let twinfsVersion = "0.2.0"
+/// `heal` in `twinfs status --json`.
+public struct HealStatus: Codable, Sendable {
+    /// Files this node still has to receive from its peer (rebuild, scrub repair).
+    public var filesAwaited: Int64
+    public var bytesAwaited: Int64
+    /// This brick is being rebuilt from the peer (replaced disk).
+    public var rebuilding: Bool
+    /// "idle", or the walk's kind and state ("rebuild running", "full done", ...).
+    public var crawl: String
+    public var paused: Bool
+    /// The scrubber: idle, running or paused; when it last finished; files found bad and not repaired.
+    public var scrub: String
+    public var lastScrub: String?
+    public var corruptFound: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case rebuilding, crawl, paused, scrub
+        case filesAwaited = "files_awaited"
+        case bytesAwaited = "bytes_awaited"
+        case lastScrub = "last_scrub"
+        case corruptFound = "corrupt_unrepaired"
+    }
+}
+
+public let twinfsVersion = "0.3.0"
 
 /// One TwinFS node process: brick + journal + volume + FUSE mount + control socket.
 public final class Node: @unchecked Sendable {
@@ -133,6 +159,10 @@ public final class Node: @unchecked Sendable {
             log.warning("detaching the dead mount at \(cfg.mountpoint) left by a crashed node")
             umount2(cfg.mountpoint, Int32(MNT_DETACH))
         }
+        if plan.setAsideJournal {
+            let aside = try Self.setJournalAside(cfg.journal)
+            log.warning("brick \(cfg.brick) is new and empty (disk replaced?): the old journal is kept as \(aside); rebuilding this brick from \(cfg.peer?.node ?? "the peer")")
+        }
         let brick = try Brick(path: cfg.brick)
         if plan.brick == .initialize {
             log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity)")
@@ -165,6 +195,18 @@ public final class Node: @unchecked Sendable {
             throw error.adminError
         }
         let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log)
+        if plan.rebuild {
+            // Every id this node hands out from now on lies above any it handed out on the
+            // lost disk (a counter never reaches today's time in microseconds); the peer's
+            // high-water mark is added once it answers.
+            do {
+                try journal.submit([.setMeta(key: "rebuild", value: "pending")], wait: .durable)
+                try volume.raiseIDs(atLeast: UInt64(Date().timeIntervalSince1970 * 1_000_000))
+            } catch {
+                journal.close(cleanShutdown: false)
+                throw AdminError(problem: "cannot prepare the rebuild of brick \(cfg.brick): \(error)", fix: "check the journal's and the brick's disks")
+            }
+        }
         let report: RecoveryReport
         do { report = try volume.recover() } catch {
             journal.close(cleanShutdown: false)
@@ -238,6 +280,7 @@ public final class Node: @unchecked Sendable {
 
     func handle(_ req: ControlRequest, journal: Journal, volume: LocalVolume, adapter: FuseAdapter, brick: Brick,
                 lastShutdown: String, report: RecoveryReport, member: ClusterMember?) -> ControlResponse {
+        if let r = handleHeal(req, member: member) { return r }
         switch req.command {
         case "ping":
             return ControlResponse(ok: true, body: "{}")
@@ -255,6 +298,7 @@ public final class Node: @unchecked Sendable {
                 let fs = try? brick.statfs()
                 var state = journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED"
                 var replication: ReplicationStatus?
+                var heal: HealStatus?
                 if let m = member, let p = cfg.peer {
                     let r = try m.volume.report()
                     replication = ReplicationStatus(
@@ -264,10 +308,16 @@ public final class Node: @unchecked Sendable {
                         splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
                         lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
                         peerPendingFiles: r.peerCatchingUpFiles)
+                    let hi = m.healer.info(summary: true)
+                    let sc = m.healer.scrubber.current()
+                    heal = HealStatus(filesAwaited: hi.filesAwaited, bytesAwaited: hi.bytesAwaited, rebuilding: m.healer.isRebuilding,
+                                      crawl: hi.crawl.kind == "none" ? "idle" : "\(hi.crawl.kind) \(hi.crawl.state)",
+                                      paused: hi.paused, scrub: sc.state, lastScrub: sc.finished,
+                                      corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count))
                     if state == "HEALTHY" {
                         if r.mode == .degraded { state = "DEGRADED" }
                         else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
-                        else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 { state = "HEALING" }
+                        else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 || m.healer.busy { state = "HEALING" }
                     }
                 }
                 let st = NodeStatus(
@@ -279,7 +329,7 @@ public final class Node: @unchecked Sendable {
                     brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
                     brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
                     lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
-                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, version: twinfsVersion)
+                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, heal: heal, version: twinfsVersion)
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 return ControlResponse(ok: true, body: String(decoding: try enc.encode(st), as: UTF8.self))
@@ -289,6 +339,19 @@ public final class Node: @unchecked Sendable {
         default:
             return ControlResponse(ok: false, error: "unknown command '\(req.command)'")
         }
+    }
+
+    /// Renames the journal of a lost brick (and its side files) out of the way; returns the new name.
+    static func setJournalAside(_ path: String) throws(AdminError) -> String {
+        let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
+        let aside = "\(path).replaced-\(stamp)"
+        for suffix in ["", "-wal", "-shm", ".intents"] where FileManager.default.fileExists(atPath: path + suffix) {
+            guard rename(path + suffix, aside + suffix) == 0 else {
+                throw AdminError(problem: "cannot set the old journal \(path + suffix) aside: \(String(cString: strerror(errno)))",
+                                 fix: "check that the journal's directory is writable")
+            }
+        }
+        return aside
     }
 
     static func bootID() -> String {

@@ -14,6 +14,11 @@ public struct StartPlan: Sendable, Equatable {
     public var journal: JournalAction
     /// A dead mount of this volume left by a crashed node sits on the mount point.
     public var detachStaleMount = false
+    /// A new, empty brick in a pair (a replaced disk, or a first start): it is filled from the
+    /// peer by the healer, never taken as "everything was deleted".
+    public var rebuild = false
+    /// The journal of the brick that is gone: kept aside (renamed), a new one is made.
+    public var setAsideJournal = false
 }
 
 /// Every check that can refuse a start, run before anything is written: a refused start
@@ -52,6 +57,7 @@ public enum Preflight {
         let stale = try checkMountpoint(cfg.mountpoint, volume: cfg.volume)
 
         var journalAction: StartPlan.JournalAction
+        var setAside = false
         if FileManager.default.fileExists(atPath: cfg.journal) {
             let found: VolumeIdentity
             do { found = try Journal.storedIdentity(path: cfg.journal) } catch { throw error.adminError }
@@ -59,10 +65,17 @@ public enum Preflight {
                 throw JournalError.foreign(path: cfg.journal, found: found, expected: cfg.identity).adminError
             }
             if brickAction == .initialize {
-                throw AdminError(problem: "brick \(cfg.brick) is empty but journal \(cfg.journal) lists the volume's files",
-                                 fix: "mount the brick's disk (is it missing?); to start over on purpose, move the old journal away")
+                guard cfg.peer != nil else {
+                    throw AdminError(problem: "brick \(cfg.brick) is empty but journal \(cfg.journal) lists the volume's files",
+                                     fix: "mount the brick's disk (is it missing?); to start over on purpose, move the old journal away")
+                }
+                // A replaced disk in a pair: the old journal describes a brick that is gone. It
+                // is kept (renamed), and the new brick is rebuilt from the peer.
+                setAside = true
+                journalAction = .create
+            } else {
+                journalAction = .open
             }
-            journalAction = .open
         } else {
             let dir = (cfg.journal as NSString).deletingLastPathComponent
             var isDir: ObjCBool = false
@@ -103,7 +116,8 @@ public enum Preflight {
             throw AdminError(problem: "/dev/fuse is not available",
                              fix: "install fuse3 and load the module (modprobe fuse); in a container, pass --device /dev/fuse")
         }
-        return StartPlan(brick: brickAction, journal: journalAction, detachStaleMount: stale)
+        return StartPlan(brick: brickAction, journal: journalAction, detachStaleMount: stale,
+                         rebuild: brickAction == .initialize && cfg.peer != nil, setAsideJournal: setAside)
     }
 
     /// Returns true when the mount point holds a dead mount of this same volume (its node

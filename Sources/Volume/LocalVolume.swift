@@ -70,6 +70,21 @@ final class IDAllocator: Sendable {
         }
         return StableID.make(nodeOrdinal: ordinal, counter: counter)
     }
+
+    /// Never hand out a counter below `floor` from now on (a node on a new brick learns from
+    /// its peer which ids it gave out before).
+    func raise(atLeast floor: UInt64) throws(FSError) {
+        try range.with { (r: inout Range) throws(FSError) in
+            guard r.next < floor || r.limit == 0 else { return }
+            do {
+                let first = try journal.reserveIDs(Self.block, atLeast: max(floor, brick.readHighWater() ?? 0))
+                try brick.writeHighWater(first + Self.block)
+                r = Range(next: first, limit: first + Self.block)
+            } catch {
+                throw FSError.io
+            }
+        }
+    }
 }
 
 /// The volume of one node on its own: applies every operation to the brick and records it in
@@ -544,6 +559,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     /// A fresh stable id of this node (a replicated create sends it to the peer first).
     public func allocateID() throws(FSError) -> UInt64 { try ids.next() }
+
+    /// Raises the id counter to at least `floor` (see `IDAllocator.raise`).
+    public func raiseIDs(atLeast floor: UInt64) throws(FSError) { try ids.raise(atLeast: floor) }
 
     /// Size, XXH3-128 and mtime the next content commit of `handle` will record, when known
     /// without reading the file back (written front to back): lets a replicated close send

@@ -29,7 +29,7 @@ struct TwinFS: ParsableCommand {
         commandName: "twinfs",
         abstract: "TwinFS: a two-node replicated file service for PACS image archives.",
         version: twinfsVersion,
-        subcommands: [NodeCommand.self, Status.self, Verify.self, JournalCommand.self, Demo.self])
+        subcommands: [NodeCommand.self, Status.self, HealCommand.self, ScrubCommand.self, Verify.self, JournalCommand.self, Demo.self])
 }
 
 struct ConfigOption: ParsableArguments {
@@ -117,6 +117,12 @@ struct Status: ParsableCommand {
             }
         } else {
             out("  peer        none configured")
+        }
+        if let h = s.heal {
+            var line = h.rebuilding ? "REBUILDING this brick from the peer; " : ""
+            line += "\(h.filesAwaited) files (\(bytes(h.bytesAwaited))) to receive, walk \(h.crawl)\(h.paused ? " (PAUSED)" : "")"
+            out("  heal        \(line)")
+            out("  scrub       \(h.scrub), last finished \(h.lastScrub ?? "never")\(h.corruptFound > 0 ? ", \(h.corruptFound) files corrupt and not repaired (see `twinfs scrub status`)" : "")")
         }
         if let path = cfg.haConfig {
             if let ha, let h = try? JSONDecoder().decode(HADaemon.Status.self, from: Data(ha.utf8)) {

@@ -56,7 +56,7 @@ final class ClusterSupportTests: XCTestCase {
         // Half-close: our FIN reaches the echo server, which closes; its FIN reaches us.
         shutdown(fd, Int32(SHUT_WR))
         XCTAssertEqual(readOutcome(fd, timeout: 5), .eof)
-        XCTAssertTrue(waitUntil(5) { relay.openConnections == 0 }, "relay kept a finished connection")
+        XCTAssertTrue(pollUntil(5) { relay.openConnections == 0 }, "relay kept a finished connection")
     }
 
     func testRelayResetResetsOpenAndNewConnections() throws {
@@ -71,7 +71,7 @@ final class ClusterSupportTests: XCTestCase {
 
         relay.set(.reset)
         XCTAssertEqual(readOutcome(fd, timeout: 5), .reset, "an open connection is reset")
-        XCTAssertTrue(waitUntil(5) { echo.openConnections == 0 }, "the upstream side is reset too")
+        XCTAssertTrue(pollUntil(5) { echo.openConnections == 0 }, "the upstream side is reset too")
 
         // A new connection is accepted, then reset at once.
         let fd2 = try connectLoopback(relay.port)
@@ -115,7 +115,7 @@ final class ClusterSupportTests: XCTestCase {
         relay.set(.pass)
         XCTAssertEqual(readOutcome(fd, timeout: 5), .reset)
         XCTAssertEqual(readOutcome(fd2, timeout: 5), .reset)
-        XCTAssertTrue(waitUntil(5) { echo.openConnections == 0 })
+        XCTAssertTrue(pollUntil(5) { echo.openConnections == 0 })
         XCTAssertTrue(echo.receivedBytes == 1, "bytes sent during the blackhole were never delivered")
         let fd3 = try connectLoopback(relay.port)
         defer { close(fd3) }
@@ -144,7 +144,7 @@ final class ClusterSupportTests: XCTestCase {
                 while read(fd, &buf, buf.count) > 0 {}
                 done.leave()
             }.start()
-            XCTAssertTrue(waitUntil(5) { relay.forwardedBytes > 8 << 20 }, "traffic flows")
+            XCTAssertTrue(pollUntil(5) { relay.forwardedBytes > 8 << 20 }, "traffic flows")
             relay.set(mode)
             let frozen = relay.forwardedBytes
             usleep(200_000)
@@ -177,7 +177,7 @@ final class ClusterSupportTests: XCTestCase {
         relay.set(.blackhole)
         let fd2 = try connectLoopback(relay.port)
         defer { close(fd2) }
-        XCTAssertTrue(waitUntil(5) { relay.openConnections == 2 })
+        XCTAssertTrue(pollUntil(5) { relay.openConnections == 2 })
         let started = Date()
         relay.stop()
         relay.stop()
@@ -410,7 +410,7 @@ final class ClusterSupportTests: XCTestCase {
         XCTAssertEqual(try c.b.statusJSON()["peer"] as? String, "a")
 
         // The peer links run through the relays (each node dials the other's relay).
-        XCTAssertTrue(waitUntil(60) { c.relayToA.acceptedConnections > 0 && c.relayToB.acceptedConnections > 0 },
+        XCTAssertTrue(pollUntil(60) { c.relayToA.acceptedConnections > 0 && c.relayToB.acceptedConnections > 0 },
                       "peer connections through both relays (to a: \(c.relayToA.acceptedConnections), to b: \(c.relayToB.acceptedConnections))")
         print("cluster states: a=\(try c.a.statusJSON()["state"] ?? "?") b=\(try c.b.statusJSON()["state"] ?? "?")")
 
@@ -518,7 +518,7 @@ private func readOutcome(_ fd: Int32, timeout: TimeInterval) -> ReadOutcome {
     return errno == ECONNRESET ? .reset : .error
 }
 
-private func waitUntil(_ seconds: TimeInterval, _ cond: () -> Bool) -> Bool {
+private func pollUntil(_ seconds: TimeInterval, _ cond: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while !cond() {
         if Date() > deadline { return false }

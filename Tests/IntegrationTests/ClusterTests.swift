@@ -27,64 +27,6 @@ func putFile(_ path: String, _ bytes: [UInt8], flags: Int32 = O_WRONLY | O_CREAT
 /// link. Every scenario ends by comparing both bricks entry by entry (XXH3-128, modes, owners,
 /// ids) and both journals.
 final class ClusterTests: XCTestCase {
-    // MARK: - Helpers
-
-    func put(_ path: String, _ bytes: [UInt8], flags: Int32 = O_WRONLY | O_CREAT | O_TRUNC) throws {
-        try putFile(path, bytes, flags: flags)
-    }
-
-    func status(_ n: TestNode) -> [String: Any] {
-        let r = n.twinfs(["status", "--config", n.configPath, "--json"], timeout: 30)
-        return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
-    }
-
-    func replication(_ n: TestNode) -> [String: Any] { status(n)["replication"] as? [String: Any] ?? [:] }
-
-    func state(_ n: TestNode) -> String { status(n)["state"] as? String ?? "?" }
-
-    /// Waits (bounded) until `cond` holds; fails the test with `what` otherwise.
-    func waitUntil(_ what: String, timeout: TimeInterval = 60, file: StaticString = #filePath, line: UInt = #line,
-                   _ cond: () -> Bool) {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if cond() { return }
-            usleep(100_000)
-        }
-        XCTFail("timed out after \(Int(timeout)) s waiting for: \(what)", file: file, line: line)
-    }
-
-    func waitHealthy(_ c: TestCluster, timeout: TimeInterval = 120, file: StaticString = #filePath, line: UInt = #line) {
-        waitUntil("both nodes HEALTHY (a: \(state(c.a)), b: \(state(c.b)))", timeout: timeout, file: file, line: line) {
-            state(c.a) == "HEALTHY" && state(c.b) == "HEALTHY"
-        }
-    }
-
-    /// Both bricks and both journals identical.
-    func assertReplicasIdentical(_ c: TestCluster, file: StaticString = #filePath, line: UInt = #line) throws {
-        c.a.syncJournal()
-        c.b.syncJournal()
-        let bricks = compareBricks(c.a.brick, c.b.brick)
-        XCTAssertEqual(bricks, [], "bricks differ:\n" + bricks.prefix(20).joined(separator: "\n"), file: file, line: line)
-        let journals = try compareJournals(c.a.journalPath, c.b.journalPath)
-        XCTAssertEqual(journals, [], "journals differ:\n" + journals.prefix(20).joined(separator: "\n"), file: file, line: line)
-        // Nothing left owed either way (not even a live copy's streaming mark).
-        for n in [c.a, c.b] {
-            let j = try Journal(readOnlyPath: n.journalPath)
-            XCTAssertEqual(try j.peerFiles(limit: 10, includeStreaming: true).map(\.id), [], "\(n.name) still owes files", file: file, line: line)
-            XCTAssertEqual(try j.peerOps(after: 0, limit: 10).map(\.seq), [], "\(n.name) still owes changes", file: file, line: line)
-        }
-    }
-
-    func cluster(timeout: Double = 2.0, file: StaticString = #filePath, line: UInt = #line) throws -> TestCluster {
-        try startedCluster(peerExtra: "timeout = \(timeout)\n", file: file, line: line)
-    }
-
-    func seconds(_ body: () throws -> Void) rethrows -> Double {
-        let t = Date()
-        try body()
-        return Date().timeIntervalSince(t)
-    }
-
     // MARK: - Guarantee 1: both up, every change on both bricks when the call returns
 
     func testEveryChangeIsOnBothBricksWhenTheCallReturns() throws {

@@ -1,0 +1,19 @@
+import TwinCore
+
+/// What the healer does on demand, called by the replicated volume before it serves a request
+/// and by the peer service before it applies a peer's change. While a replaced disk is being
+/// rebuilt, this is what lets the mount show the whole namespace and correct bytes from the
+/// first minute: a directory is listed from the peer the first time it is used, and a file
+/// still awaited is received before it is opened.
+public protocol HealHooks: AnyObject, Sendable {
+    /// Makes sure directory `path` (and its ancestors) hold every entry the peer has.
+    func prepareDirectory(path: String)
+    /// If file `id` still awaits its content from the peer, receives it now (bounded wait).
+    func prepareFile(id: UInt64) throws(FSError)
+    /// The size a placeholder will have once healed; nil for every other file.
+    func awaitedSize(id: UInt64) -> Int64?
+    /// The peer committed file `id` whole and verified on this brick.
+    func received(id: UInt64)
+    /// This node's heal state as JSON (the peer's `twinfs heal info`).
+    func infoJSON(summary: Bool) -> [UInt8]
+}
