@@ -52,6 +52,19 @@ public final class Scrubber: @unchecked Sendable {
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)
 
+    /// Timestamps with milliseconds: two scrubs may start within one second.
+    static func stamp(_ d: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: d)
+    }
+
+    static func date(from s: String) -> Date? {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.date(from: s) ?? ISO8601DateFormatter().date(from: s)
+    }
+
     init(volume: ReplicatedVolume, settings: HealSettings, logger: Logger) {
         v = volume
         journal = volume.journal
@@ -94,7 +107,7 @@ public final class Scrubber: @unchecked Sendable {
             status.bytesChecked = 0
             status.corruptFound = 0
             status.repaired = 0
-            status.started = ISO8601DateFormatter().string(from: Date())
+            status.started = Self.stamp(Date())
             status.finished = nil
             try? journal.submit([.setMeta(key: "scrub_cursor", value: "0"), .setMeta(key: "scrub_started", value: status.started!)],
                                 wait: .written)
@@ -121,8 +134,8 @@ public final class Scrubber: @unchecked Sendable {
         if let st = try? journal.stats() { s.filesTotal = st.files; s.bytesTotal = st.bytes }
         s.findings = (try? journal.scrubFindings(limit: 1000)) ?? []
         if let i = interval, s.state != "running" {
-            let last = s.finished.flatMap { ISO8601DateFormatter().date(from: $0) } ?? Date()
-            s.nextScheduled = ISO8601DateFormatter().string(from: last.addingTimeInterval(i))
+            let last = s.finished.flatMap { Self.date(from: $0) } ?? Date()
+            s.nextScheduled = Self.stamp(last.addingTimeInterval(i))
         }
         return s
     }
@@ -144,9 +157,9 @@ public final class Scrubber: @unchecked Sendable {
     /// The config's schedule: a scrub is due `interval` after the last one finished.
     private func scheduleDue() -> Bool {
         guard let i = interval, status.state == "idle" else { return false }
-        guard let f = status.finished, let last = ISO8601DateFormatter().date(from: f) else {
+        guard let f = status.finished, let last = Self.date(from: f) else {
             // Never scrubbed: the first one starts one interval after the node first started.
-            let first = ((try? journal.meta("created")) ?? nil).flatMap { ISO8601DateFormatter().date(from: $0) } ?? Date()
+            let first = ((try? journal.meta("created")) ?? nil).flatMap { Self.date(from: $0) } ?? Date()
             return Date().timeIntervalSince(first) > i
         }
         return Date().timeIntervalSince(last) > i
@@ -165,7 +178,7 @@ public final class Scrubber: @unchecked Sendable {
             if rows.isEmpty {
                 cond.lock()
                 status.state = "idle"
-                status.finished = ISO8601DateFormatter().string(from: Date())
+                status.finished = Self.stamp(Date())
                 let s = status
                 cond.unlock()
                 try? journal.submit([.setMeta(key: "scrub_state", value: "idle"), .setMeta(key: "scrub_finished", value: s.finished!)],
@@ -215,7 +228,7 @@ public final class Scrubber: @unchecked Sendable {
         if let q = try? brick.quarantineCopy(rel: path, id: rec.id, tag: "scrub") {
             let row = QuarantineRow(id: rec.id, path: path, stored: q.stored, size: q.size, hash: q.hash,
                                     reason: "failed scrub: bytes no longer matched the recorded XXH3-128",
-                                    created: ISO8601DateFormatter().string(from: Date()))
+                                    created: Self.stamp(Date()))
             try? journal.submit([.quarantined(row)], wait: .durable)
             detail = "bad copy kept at \(q.stored); "
         }
@@ -226,7 +239,7 @@ public final class Scrubber: @unchecked Sendable {
         while healer.awaitedSize(id: rec.id) != nil && Date() < deadline && running && !healer.lastResultBad(rec.id) {
             usleep(50_000)
         }
-        let now = ISO8601DateFormatter().string(from: Date())
+        let now = Self.stamp(Date())
         if healer.lastResultBad(rec.id) {
             healer.clearAwaited(rec.id)
             log.critical("SCRUB: \(path.debugDescription) is bad on both nodes; left untouched on both, reported")
