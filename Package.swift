@@ -99,6 +99,8 @@ let package = Package(
         .testTarget(name: "HATests", dependencies: ["TestSupport", "TwinCore"], exclude: ["probe.py"]),
         // Child processes shared by the integration and HA tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // The healer's decisions: which copy a heal trusts, split-brain policies, the throttle.
+        .testTarget(name: "HealerTests", dependencies: ["Healer", "PeerProtocol"]),
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
                                                            "PeerLink", "PeerProtocol",

@@ -10,6 +10,8 @@
 
 int twin_O_PATH(void) { return O_PATH; }
 int twin_O_DIRECT(void) { return O_DIRECT; }
+int twin_O_TMPFILE(void) { return O_TMPFILE; }
+int twin_AT_EMPTY_PATH(void) { return AT_EMPTY_PATH; }
 long twin_UTIME_NOW(void) { return UTIME_NOW; }
 long twin_UTIME_OMIT(void) { return UTIME_OMIT; }
 unsigned int twin_RENAME_NOREPLACE(void) { return RENAME_NOREPLACE; }

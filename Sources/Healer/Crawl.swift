@@ -186,11 +186,12 @@ extension Healer {
     func markAwaited(_ id: UInt64, rel: String, size: Int64, hash: [UInt8]) {
         do {
             try journal.submit([.healPending(id: id, size: size, hash: hash)], wait: .durable)
-            try brick.markPending(rel: rel, size: size, hash: hash)
         } catch {
             noteProblem("cannot record \(rel) as awaited: \(error)")
             return
         }
+        // A file missing from the brick has nothing to mark; the peer's send creates it.
+        try? brick.markPending(rel: rel, size: size, hash: hash)
         expect(id, size: size, hash: hash)
     }
 
@@ -209,9 +210,9 @@ extension Healer {
         let r: PeerMessage
         switch p.kind {
         case .directory:
-            r = applier.apply(.mkdir(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
+            r = service.applyHealed(.mkdir(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
         case .symlink:
-            r = applier.apply(.symlink(parentPath: parent, name: p.name, target: p.target, uid: p.uid, gid: p.gid, stableID: p.id))
+            r = service.applyHealed(.symlink(parentPath: parent, name: p.name, target: p.target, uid: p.uid, gid: p.gid, stableID: p.id))
         case .file:
             // Awaited first (journal), then the placeholder: a crash in between leaves a row
             // whose file the peer's send creates.
@@ -220,9 +221,9 @@ extension Healer {
                 noteProblem("cannot record \(rel) as awaited: \(error)")
                 return nil
             }
-            r = applier.apply(.create(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
+            r = service.applyHealed(.create(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
             if case .reply(_, 0, _) = r {
-                _ = applier.apply(.commit(path: rel, stableID: p.id, size: 0, xxh128: emptyHash, mtimeNs: p.mtimeNs))
+                _ = service.applyHealed(.commit(path: rel, stableID: p.id, size: 0, xxh128: emptyHash, mtimeNs: p.mtimeNs))
                 try? brick.markPending(rel: rel, size: want.size, hash: want.hash)
                 expect(p.id, size: want.size, hash: want.hash)
             } else {

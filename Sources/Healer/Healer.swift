@@ -46,7 +46,7 @@ public struct HealSettings: Sendable {
 ///   what is awaited; the walk is idempotent) and paused on request.
 public final class Healer: HealHooks, @unchecked Sendable {
     let v: ReplicatedVolume
-    let applier: ReplicaApplier
+    let service: PeerService
     let journal: Journal
     let brick: Brick
     let log: Logger
@@ -75,15 +75,17 @@ public final class Healer: HealHooks, @unchecked Sendable {
     var crawl = NodeHealInfo.Crawl(kind: "none", state: "idle", directories: 0, entries: 0, filesHealed: 0, bytesHealed: 0, problems: 0)
     var samples: [(at: ContinuousClock.Instant, bytes: Int64, files: Int64)] = []
     var peerBytes: Int64 = 0
+    /// When a client last wrote here or through the peer (heal yields to ingest).
+    let lastIngest = Locked<ContinuousClock.Instant>(.now - .seconds(3600))
     /// Files whose last try found the peer's copy bad too.
     var badSources: Set<UInt64> = []
     private var threads: [Thread] = []
     private let done = DispatchSemaphore(value: 0)
     public let scrubber: Scrubber
 
-    public init(volume: ReplicatedVolume, applier: ReplicaApplier, node: String, peer: String, settings: HealSettings, logger: Logger) throws(FSError) {
+    public init(volume: ReplicatedVolume, service: PeerService, node: String, peer: String, settings: HealSettings, logger: Logger) throws(FSError) {
         v = volume
-        self.applier = applier
+        self.service = service
         journal = volume.journal
         brick = volume.local.brick
         log = logger
@@ -116,7 +118,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         c.name = "twinfs-heal"
         threads.append(c)
         for i in 0..<concurrency {
-            let t = Thread { [self] in worker(); done.signal() }
+            let t = Thread { [self] in worker(i); done.signal() }
             t.name = "twinfs-heal-\(i)"
             threads.append(t)
         }
@@ -234,7 +236,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             log.error("cannot raise this node's id counter above the peer's: \(error); the rebuild waits")
             return false
         }
-        _ = applier.apply(.setattr(path: "", changes: AttrUpdate(mode: info.rootMode, uid: info.rootUid, gid: info.rootGid)))
+        _ = service.applyHealed(.setattr(path: "", changes: AttrUpdate(mode: info.rootMode, uid: info.rootUid, gid: info.rootGid)))
         cond.lock()
         idsRaised = true
         peerBytes = info.bytes
@@ -340,8 +342,37 @@ public final class Healer: HealHooks, @unchecked Sendable {
         cond.unlock()
     }
 
-    private func worker() {
+    /// PACS ingest keeps priority: while a client writes (here, or on the peer, whose writes
+    /// arrive here), one worker goes on, one file at a time with a pause between files,
+    /// and the others wait. Healing never stops entirely, so a 24x7 ingest cannot starve it.
+    static let ingestWindow: Duration = .seconds(1)
+    static let ingestGap: UInt32 = 20_000
+
+    var ingestActive: Bool { ContinuousClock.now - lastIngest.with { $0 } < Self.ingestWindow }
+
+    public func noteIngest(id: UInt64) {
+        if id != 0 {
+            cond.lock()
+            let heal = inflight[id] != nil
+            cond.unlock()
+            if heal { return }
+        }
+        lastIngest.with { $0 = .now }
+    }
+
+    private func worker(_ index: Int) {
         while true {
+            if ingestActive {
+                if index > 0 {
+                    cond.lock()
+                    if !stopped { _ = cond.wait(until: Date(timeIntervalSinceNow: 0.1)) }
+                    let stop = stopped
+                    cond.unlock()
+                    if stop { return }
+                    continue
+                }
+                usleep(Self.ingestGap)
+            }
             cond.lock()
             while !stopped && (paused || queue.isEmpty) { cond.wait() }
             if stopped { cond.unlock(); return }

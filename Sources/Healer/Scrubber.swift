@@ -202,8 +202,19 @@ public final class Scrubber: @unchecked Sendable {
     }
 
     private func check(_ rec: InodeRecord) {
-        guard let path = try? journal.path(of: rec.id), let expected = rec.hash,
-              let fd = try? v.local.brick.openFile(path, flags: O_RDONLY) else { return }
+        guard let path = try? journal.path(of: rec.id), let expected = rec.hash else { return }
+        let fd: Int32
+        do { fd = try v.local.brick.openFile(path, flags: O_RDONLY) } catch {
+            // Gone from the brick behind TwinFS's back while the journal still lists it.
+            guard error.errno == ENOENT, let now = try? journal.inode(rec.id), now.version == rec.version else { return }
+            cond.lock()
+            status.filesChecked += 1
+            status.corruptFound += 1
+            cond.unlock()
+            log.critical("SCRUB: \(path.debugDescription) (id \(rec.id)) is missing from the brick; restoring it from the peer")
+            repair(rec, path: path)
+            return
+        }
         let result = try? XXH128Hasher.hash(fd: fd)
         close(fd)
         cond.lock()
@@ -225,7 +236,7 @@ public final class Scrubber: @unchecked Sendable {
     private func repair(_ rec: InodeRecord, path: String) {
         let brick = v.local.brick
         var detail = ""
-        if let q = try? brick.quarantineCopy(rel: path, id: rec.id, tag: "scrub") {
+        if (try? brick.lstat(path)) != nil, let q = try? brick.quarantineCopy(rel: path, id: rec.id, tag: "scrub") {
             let row = QuarantineRow(id: rec.id, path: path, stored: q.stored, size: q.size, hash: q.hash,
                                     reason: "failed scrub: bytes no longer matched the recorded XXH3-128",
                                     created: Self.stamp(Date()))

@@ -33,7 +33,7 @@ public struct SplitResolution: Codable, Sendable {
 extension Healer {
     /// Which side wins under `policy`: true for this node. Nil with the reason when the policy
     /// cannot decide (equal times or sizes): an admin must then name the source.
-    static func localWins(_ policy: SplitPolicy, node: String, peer: String,
+    public static func localWins(_ policy: SplitPolicy, node: String, peer: String,
                           local: FileStateReport, remote: FileStateReport) -> (Bool?, String) {
         switch policy {
         case .source(let n):

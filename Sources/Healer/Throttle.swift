@@ -31,7 +31,7 @@ public final class Throttle: @unchecked Sendable {
     }
 
     /// How long a caller must wait before spending `bytes` (it is charged now).
-    func reserve(_ bytes: Int64, now: ContinuousClock.Instant = .now) -> Duration {
+    public func reserve(_ bytes: Int64, now: ContinuousClock.Instant = .now) -> Duration {
         lock.lock()
         defer { lock.unlock() }
         guard rate > 0 else { return .zero }

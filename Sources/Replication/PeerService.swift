@@ -77,11 +77,28 @@ public final class PeerService: Sendable {
             }
             return reply(requestID, splitBrainErrno)
         }
+        if let hooks = volume.healHooks {
+            switch m {
+            case let .write(_, id, _, _), let .create(_, _, _, _, _, id): hooks.noteIngest(id: id)
+            default: break
+            }
+        }
         let before = changeBefore(m)
         let r = applier.apply(m, requestID: requestID)
         if case let .reply(_, errno, _) = r, errno == 0 {
             for c in before + changeAfter(m) { notify(c) }
             if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
+        }
+        return r
+    }
+
+    /// Applies a change the healer decided on (an entry the peer has and this node lacks), with
+    /// the same kernel-cache invalidations as a change the peer sent: a name this node's
+    /// kernel remembers as missing appears at once.
+    public func applyHealed(_ m: PeerMessage) -> PeerMessage {
+        let r = applier.apply(m)
+        if case let .reply(_, errno, _) = r, errno == 0 {
+            for c in changeAfter(m) { notify(c) }
         }
         return r
     }

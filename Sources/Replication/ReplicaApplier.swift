@@ -215,7 +215,9 @@ public final class ReplicaApplier: Sendable {
             recent.with { $0.remove(id) }
             throw FSError.io
         }
-        if rec != nil {
+        // A row whose file vanished from the brick under this very name (the caller found
+        // nothing there): the peer's copy restores it under its own id.
+        if rec != nil, ((try? volume.journal.path(of: id)) ?? nil) != rel {
             recent.with { $0.remove(id) }
             log.error("peer's \(op) of \(rel.debugDescription) uses stable id \(id), which this node already gives to another entry; refused")
             throw FSError.exists

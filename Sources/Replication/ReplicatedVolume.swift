@@ -574,6 +574,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
         guard let rh = handles.with({ $0[handle] }) else { return try local.write(handle: handle, offset: offset, data: data) }
+        healHooks?.noteIngest(id: 0)
         markTouched(rh)
         let n = try local.write(handle: handle, offset: offset, data: data)
         guard n > 0 else { return n }

@@ -85,7 +85,7 @@ final class ClusterMember: @unchecked Sendable {
         }
         catchUp = CatchUp(volume: volume, logger: log)
         do {
-            healer = try Healer(volume: volume, applier: service.applier, node: cfg.node, peer: peer.node,
+            healer = try Healer(volume: volume, service: service, node: cfg.node, peer: peer.node,
                                 settings: HealSettings(rateBytesPerSecond: cfg.healRate, concurrency: cfg.healConcurrency,
                                                        scrubBytesPerSecond: cfg.scrubRate, scrubInterval: cfg.scrubInterval),
                                 logger: log)

@@ -374,6 +374,13 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let r = rel(parent, name)
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> (stat, [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in
+                if given != nil {
+                    // The peer's id: the entry must never appear without it (a crash in between
+                    // would make recovery give it another id than the peer's). Made in the
+                    // private tmp area with its id and owner, then renamed into place.
+                    try makeAside(d, n, ctx: ctx, id: id, removeFlags: removeFlags, make)
+                    return
+                }
                 try make(d, n)
                 do throws(FSError) {
                     let gid = try owningGroup(d, ctx)
@@ -449,6 +456,43 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         return f
     }
 
+    /// Makes an entry (directory or symlink) in `.twinfs/tmp` with owner and `id`, then renames
+    /// it to `n` in `d` without replacing anything: it appears complete or not at all.
+    func makeAside(_ d: Int32, _ n: String, ctx: RequestContext, id: UInt64, removeFlags: Int32,
+                   _ make: (Int32, String) throws(FSError) -> Void) throws(FSError) {
+        let tmpRel = Brick.privateDir + "/tmp"
+        _ = brick.absolute(tmpRel).withCString { Glibc.mkdir($0, 0o700) }
+        let tmpName = "new-\(String(id, radix: 16))-\(UInt64.random(in: 0...UInt64.max))"
+        let tmpFD = try brick.openFile(tmpRel, flags: O_RDONLY | O_DIRECTORY)
+        defer { close(tmpFD) }
+        try make(tmpFD, tmpName)
+        do throws(FSError) {
+            let gid = try owningGroup(d, ctx)
+            _ = try sys { fchownat(tmpFD, tmpName, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
+            try brick.writeID(rel: tmpRel + "/" + tmpName, id: id)
+            _ = try sys { twin_renameat2(tmpFD, tmpName, d, n, twin_RENAME_NOREPLACE()) }
+        } catch {
+            unlinkat(tmpFD, tmpName, removeFlags)
+            throw error
+        }
+    }
+
+    /// A new file with the peer's id, opened read-write: made unnamed (O_TMPFILE) with owner
+    /// and id, then linked to its name, so that it never appears without its id.
+    func createAside(_ d: Int32, _ n: String, mode: mode_t, ctx: RequestContext, id: UInt64) throws(FSError) -> Int32 {
+        let fd = try sys { openat(d, ".", twin_O_TMPFILE() | O_RDWR | O_CLOEXEC, mode) }
+        do throws(FSError) {
+            let gid = try owningGroup(d, ctx)
+            _ = try sys { fchown(fd, ctx.uid, gid) }
+            try brick.writeID(fd: fd, id: id)
+            _ = try sys { linkat(fd, "", d, n, twin_AT_EMPTY_PATH()) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
         try create(parent: parent, name: name, mode: mode, flags: flags, ctx: ctx, id: nil)
     }
@@ -465,7 +509,11 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> ((stat, UInt64), [JournalOp]) in
             let fd: Int32
             do throws(FSError) {
-                fd = try brick.openFile(r, flags: Self.brickFlags(flags) | O_CREAT | O_EXCL, mode: mode)
+                if given != nil {
+                    fd = try brick.at(r) { (d, n) throws(FSError) -> Int32 in try createAside(d, n, mode: mode, ctx: ctx, id: id) }
+                } else {
+                    fd = try brick.openFile(r, flags: Self.brickFlags(flags) | O_CREAT | O_EXCL, mode: mode)
+                }
             } catch {
                 try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
                 throw error

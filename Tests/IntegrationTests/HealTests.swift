@@ -175,6 +175,12 @@ final class HealTests: XCTestCase {
         if let stored = q.first?["stored"] as? String { XCTAssertEqual(try readFile(stored), rotten) }
         try assertReplicasIdentical(c)
 
+        // A file deleted from the brick behind TwinFS's back is restored from the peer.
+        XCTAssertEqual(unlink(c.a.brick + "/ct/slice-3.dcm"), 0)
+        runScrub(c.a)
+        XCTAssertEqual(try readFile(c.a.brick + "/ct/slice-3.dcm"), pseudoRandomBytes(53_000, seed: 3), "missing file not restored")
+        try assertReplicasIdentical(c)
+
         // The same damage on both nodes: reported, neither copy touched.
         try flipByte(c.a.brick + "/ct/slice-9.dcm", at: 10)
         try flipByte(c.b.brick + "/ct/slice-9.dcm", at: 10)
@@ -185,6 +191,31 @@ final class HealTests: XCTestCase {
         XCTAssertEqual(try readFile(c.a.brick + "/ct/slice-9.dcm"), damaged)
         XCTAssertEqual(try readFile(c.b.brick + "/ct/slice-9.dcm"), damaged)
         XCTAssertEqual((status(c.a)["heal"] as? [String: Any])?["corrupt_unrepaired"] as? Int, 1)
+        try assertReplicasIdentical(c)
+    }
+
+    // MARK: - Full heal
+
+    func testFullHealCopiesWhatOnlyOneSideHasAndNeverDeletes() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        for i in 0..<10 { try put(c.a.mnt + "/f\(i).dcm", pseudoRandomBytes(30_000, seed: UInt64(i))) }
+        // Behind TwinFS's back: a directory with a file put into a's brick only, which a adopts
+        // (gives ids) when it is first looked at, and a symlink likewise on b.
+        XCTAssertEqual(mkdir(c.a.brick + "/imported", 0o755), 0)
+        try put(c.a.brick + "/imported/old-study.dcm", pseudoRandomBytes(700_000, seed: 42))
+        XCTAssertEqual(symlink("f1.dcm", c.b.brick + "/latest"), 0)
+        var st = stat()
+        XCTAssertEqual(stat(c.a.mnt + "/imported/old-study.dcm", &st), 0)
+        XCTAssertEqual(lstat(c.b.mnt + "/latest", &st), 0)
+        XCTAssertEqual(stat(c.b.mnt + "/imported", &st), -1, "the peer must not have it before the full heal")
+        // Not a terminal: plain progress lines, exit 0 when done.
+        let r = c.b.twinfs(["heal", "full", "--wait", "--config", c.b.configPath], timeout: 300)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("full heal done"), r.stdout)
+        XCTAssertEqual(try readFile(c.b.mnt + "/imported/old-study.dcm"), pseudoRandomBytes(700_000, seed: 42))
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: c.a.mnt + "/latest"), "f1.dcm")
+        waitHealthy(c)
         try assertReplicasIdentical(c)
     }
 

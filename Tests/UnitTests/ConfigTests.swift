@@ -32,6 +32,25 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.attrTimeout, 1.0)
     }
 
+    func testHealAndScrubSections() throws {
+        let base = good.replacingOccurrences(of: "\n[peer]", with: "\n[heal]\nrate_mb = 80\nconcurrency = 2\n\n[scrub]\nschedule = \"14d\"\nrate_mb = 20\n\n[peer]")
+        let c = try NodeConfig.parse(base)
+        XCTAssertEqual(c.healRate, 80_000_000)
+        XCTAssertEqual(c.healConcurrency, 2)
+        XCTAssertEqual(c.scrubRate, 20_000_000)
+        XCTAssertEqual(c.scrubInterval, 14 * 86400)
+        let d = try NodeConfig.parse(good)
+        XCTAssertEqual(d.healRate, 0, "heal is unlimited by default")
+        XCTAssertEqual(d.scrubInterval, 30 * 86400, "a monthly scrub by default")
+        XCTAssertNil(try NodeConfig.parse(good.replacingOccurrences(of: "\n[peer]", with: "\n[scrub]\nschedule = \"off\"\n[peer]")).scrubInterval)
+        for (bad, words) in [("[heal]\nspeed = 5\n", "heal.speed"), ("[heal]\nconcurrency = 0\n", "concurrency"),
+                             ("[scrub]\nschedule = \"sometimes\"\n", "schedule"), ("heal = 5\n", "table")] {
+            XCTAssertThrowsError(try NodeConfig.parse(good.replacingOccurrences(of: "\n[peer]", with: "\n" + bad + "[peer]"))) { e in
+                XCTAssertTrue("\(e)".contains(words), "\(e)")
+            }
+        }
+    }
+
     func testPeerTimeoutAndHAConfig() throws {
         let c = try NodeConfig.parse(good.replacingOccurrences(of: "listen = \"192.0.2.10:7780\"",
                                                                with: "listen = \"192.0.2.10:7780\"\nha_config = \"/etc/twinfs/ha/ha.toml\"")

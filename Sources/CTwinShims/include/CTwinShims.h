@@ -9,6 +9,8 @@
 
 int twin_O_PATH(void);
 int twin_O_DIRECT(void);
+int twin_O_TMPFILE(void);
+int twin_AT_EMPTY_PATH(void);
 long twin_UTIME_NOW(void);
 long twin_UTIME_OMIT(void);
 unsigned int twin_RENAME_NOREPLACE(void);
