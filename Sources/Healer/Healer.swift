@@ -178,7 +178,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
     public var busy: Bool {
         cond.lock()
         defer { cond.unlock() }
-        return rebuilding || !awaited.isEmpty || crawl.state == "running"
+        return rebuilding || awaited.keys.contains { !badSources.contains($0) } || crawl.state == "running"
     }
 
     // MARK: - The controller
@@ -278,10 +278,11 @@ public final class Healer: HealHooks, @unchecked Sendable {
             if kind == "full" { cond.lock(); fullRequested = true; cond.unlock() }
             return
         }
-        // The namespace is complete; the walk is done once every awaited file arrived.
+        // The namespace is complete; the walk is done once every awaited file arrived (or was
+        // found bad on the peer too: reported, retried now and then, not waited for).
         while !isStopped && !isPausedNow && v.channel.isUp {
             cond.lock()
-            let left = awaited.count
+            let left = awaited.keys.filter { !badSources.contains($0) }.count
             cond.unlock()
             if left == 0 { break }
             requeueAwaited()
@@ -290,7 +291,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             cond.unlock()
         }
         cond.lock()
-        let finished = awaited.isEmpty
+        let finished = awaited.keys.allSatisfy { badSources.contains($0) }
         if finished {
             crawl.state = "done"
             crawl.finished = Self.now()
@@ -413,7 +414,10 @@ public final class Healer: HealHooks, @unchecked Sendable {
         case .split:
             clearAwaited(id)
         case .bad(let why):
-            noteProblem("file id \(id): \(why); left as it is")
+            let path = (try? journal.path(of: id)) ?? "<id \(id)>"
+            noteProblem("\(path) (id \(id)): \(why); left as it is")
+            try? journal.submit([.scrubFinding(ScrubFinding(id: id, path: path, state: .badOnBothNodes,
+                                                            detail: "not healed: \(why)", found: Self.now()))], wait: .written)
             cond.lock()
             retryAt[id] = .now + .seconds(300)
             badSources.insert(id)
