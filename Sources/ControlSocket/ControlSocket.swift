@@ -154,18 +154,24 @@ final class RequestHandler: ChannelInboundHandler, Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let line = unwrapInboundIn(data)
-        let response: ControlResponse
-        if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line.readableBytesView)) {
-            response = handler(req)
-        } else {
-            response = ControlResponse(ok: false, error: "malformed request")
-        }
-        var out = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
-        out.append(0x0A)
-        var buf = context.channel.allocator.buffer(capacity: out.count)
-        buf.writeBytes(out)
         let ch = context.channel
-        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in ch.close(promise: nil) }
+        let handler = self.handler
+        // Off the event loop: a long command (a split-brain resolution sending whole files,
+        // heal info asking the peer) must never hold up `status`, which the HA monitor
+        // calls with a 2 s limit.
+        Thread.detachNewThread {
+            let response: ControlResponse
+            if let req = try? JSONDecoder().decode(ControlRequest.self, from: Data(line.readableBytesView)) {
+                response = handler(req)
+            } else {
+                response = ControlResponse(ok: false, error: "malformed request")
+            }
+            var out = (try? JSONEncoder().encode(response)) ?? Data("{\"ok\":false}".utf8)
+            out.append(0x0A)
+            var buf = ch.allocator.buffer(capacity: out.count)
+            buf.writeBytes(out)
+            ch.writeAndFlush(buf).whenComplete { _ in ch.close(promise: nil) }
+        }
     }
 }
 

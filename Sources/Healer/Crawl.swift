@@ -97,6 +97,17 @@ extension Healer {
         let ours = try localListing(dirID)
         var subdirs: [(UInt64, String)] = []
         var seen: Set<String> = []
+        // Every file this directory will await, recorded in one durable commit (not one per
+        // file: a first listing of a big directory must not outlast the peer's timeout).
+        let newFiles = theirs.filter { $0.kind == .file && ours[$0.name] == nil }
+        if !newFiles.isEmpty {
+            do {
+                try journal.submit(newFiles.map { .healPending(id: $0.id, size: $0.size, hash: $0.hash.isEmpty ? emptyHash : $0.hash) },
+                                   wait: .durable)
+            } catch {
+                throw .local("cannot record awaited files: \(error)")
+            }
+        }
         for p in theirs {
             if isStopped { break }
             seen.insert(p.name)
@@ -214,13 +225,9 @@ extension Healer {
         case .symlink:
             r = service.applyHealed(.symlink(parentPath: parent, name: p.name, target: p.target, uid: p.uid, gid: p.gid, stableID: p.id))
         case .file:
-            // Awaited first (journal), then the placeholder: a crash in between leaves a row
-            // whose file the peer's send creates.
+            // Awaited first (the journal row, written for the whole directory by the caller),
+            // then the placeholder: a crash in between leaves a row whose file the send creates.
             let want = (size: p.size, hash: p.hash.isEmpty ? emptyHash : p.hash)
-            do { try journal.submit([.healPending(id: p.id, size: want.size, hash: want.hash)], wait: .durable) } catch {
-                noteProblem("cannot record \(rel) as awaited: \(error)")
-                return nil
-            }
             r = service.applyHealed(.create(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
             if case .reply(_, 0, _) = r {
                 _ = service.applyHealed(.commit(path: rel, stableID: p.id, size: 0, xxh128: emptyHash, mtimeNs: p.mtimeNs))

@@ -62,13 +62,18 @@ public final class Healer: HealHooks, @unchecked Sendable {
     var paused = false
     var fullRequested = false
     var rebuilding = false
+    /// The brick replaced one that held data (its old journal was set aside): never serve its
+    /// emptiness as the volume's state.
+    var strictRebuild = false
     var idsRaised = false
     /// Directories whose entries are complete here (while rebuilding).
     var listed: Set<UInt64> = []
     var listing: Set<UInt64> = []
     /// Files awaiting their content from the peer: size and hash they must end with.
     var awaited: [UInt64: (size: Int64, hash: [UInt8])] = [:]
+    /// Ids to receive, in order; `queueHead` is the next one (no O(n) removal from the front).
     var queue: [UInt64] = []
+    var queueHead = 0
     var queued: Set<UInt64> = []
     var inflight: [UInt64: String] = [:]
     var retryAt: [UInt64: ContinuousClock.Instant] = [:]
@@ -77,6 +82,8 @@ public final class Healer: HealHooks, @unchecked Sendable {
     var peerBytes: Int64 = 0
     /// When a client last wrote here or through the peer (heal yields to ingest).
     let lastIngest = Locked<ContinuousClock.Instant>(.now - .seconds(3600))
+    /// Split-brain entries being resolved: awaited, but the resolution brings them, not a worker.
+    var resolving: Set<UInt64> = []
     /// Files whose last try found the peer's copy bad too.
     var badSources: Set<UInt64> = []
     private var threads: [Thread] = []
@@ -96,6 +103,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         scrubber = Scrubber(volume: volume, settings: settings, logger: logger)
         do {
             rebuilding = try journal.meta("rebuild") == "pending"
+            strictRebuild = try journal.meta("rebuild_strict") == "1"
             var after: UInt64 = 0
             while true {
                 let rows = try journal.healPending(after: after, limit: 10_000)
@@ -255,11 +263,17 @@ public final class Healer: HealHooks, @unchecked Sendable {
         log.notice("\(kind == "rebuild" ? "rebuild" : "full heal") started: walking both namespaces from the root")
         var stack: [(UInt64, String)] = [(StableID.root, "")]
         var complete = true
-        while let (id, path) = stack.popLast() {
+        while let (id, listedPath) = stack.popLast() {
             cond.lock()
             let stop = stopped || paused
             cond.unlock()
             if stop || !v.channel.isUp { complete = false; break }
+            // Where the directory is now (a client may have renamed it since it was listed).
+            try? journal.submit([], wait: .written)
+            guard let path = id == StableID.root ? "" : ((try? journal.path(of: id)) ?? nil) else {
+                continue   // gone meanwhile
+            }
+            _ = listedPath
             do {
                 let dirs = try exclusively(id) { () throws(HealError) in try healDirectory(id, path: path, full: kind == "full") }
                 stack.append(contentsOf: dirs.reversed())
@@ -347,7 +361,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
     /// arrive here), one worker goes on, one file at a time with a pause between files,
     /// and the others wait. Healing never stops entirely, so a 24x7 ingest cannot starve it.
     static let ingestWindow: Duration = .seconds(1)
-    static let ingestGap: UInt32 = 20_000
+    static let ingestGap: UInt32 = 50_000
 
     var ingestActive: Bool { ContinuousClock.now - lastIngest.with { $0 } < Self.ingestWindow }
 
@@ -375,10 +389,20 @@ public final class Healer: HealHooks, @unchecked Sendable {
                 usleep(Self.ingestGap)
             }
             cond.lock()
-            while !stopped && (paused || queue.isEmpty) { cond.wait() }
+            while !stopped && (paused || queueHead == queue.count) { cond.wait() }
             if stopped { cond.unlock(); return }
-            let id = queue.removeFirst()
+            let id = queue[queueHead]
+            queueHead += 1
+            if queueHead > 4096 && queueHead * 2 > queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
+            }
             queued.remove(id)
+            if resolving.contains(id) {
+                retryAt[id] = .now + .seconds(2)
+                cond.unlock()
+                continue
+            }
             guard let want = awaited[id], inflight[id] == nil else { cond.unlock(); continue }
             inflight[id] = (try? journal.path(of: id)) ?? "<id \(id)>"
             cond.unlock()
@@ -394,7 +418,9 @@ public final class Healer: HealHooks, @unchecked Sendable {
     /// sending; this node's replica applier verifies them again at commit).
     func receive(_ id: UInt64, want: (size: Int64, hash: [UInt8])) -> Received {
         guard v.channel.isUp else { return .retry("peer unreachable") }
-        switch v.channel.call(.healFile(stableID: id, expected: want.hash), timeout: .seconds(600)) {
+        // The sender checks its bytes against its own current journal hash, not the one this
+        // node saw when it listed the directory: the file may have changed legitimately since.
+        switch v.channel.call(.healFile(stableID: id, expected: [UInt8](repeating: 0, count: 16)), timeout: .seconds(600)) {
         case .ok: return .ok
         case .refused(ENOENT): return .gone
         case .refused(EIO): return .bad("the peer's copy does not match its recorded XXH3-128 either")
@@ -409,10 +435,22 @@ public final class Healer: HealHooks, @unchecked Sendable {
         case .ok:
             received(id: id)
         case .gone:
-            // The peer no longer has it (deleted meanwhile): nothing left to receive.
+            // The peer no longer has it (deleted meanwhile, e.g. a client's unlink racing the
+            // walk): nothing left to receive, and an empty placeholder made by the walk goes
+            // too (it never held data).
+            removePlaceholder(id)
             clearAwaited(id)
         case .split:
-            clearAwaited(id)
+            // The peer holds this file in split brain: nothing comes until an admin resolves
+            // it. The placeholder stays awaited (never served as an empty file) and the split
+            // is recorded here too, so the mount answers EIO and `status` lists it.
+            let path = (try? journal.path(of: id)) ?? "<id \(id)>"
+            if !v.isSplit(id) {
+                v.recordSplitBrain(id: id, path: path, reason: "the peer holds this file in split brain; this node has no copy of it yet")
+            }
+            cond.lock()
+            retryAt[id] = .now + .seconds(60)
+            cond.unlock()
         case .bad(let why):
             let path = (try? journal.path(of: id)) ?? "<id \(id)>"
             noteProblem("\(path) (id \(id)): \(why); left as it is")
@@ -432,6 +470,14 @@ public final class Healer: HealHooks, @unchecked Sendable {
         inflight[id] = nil
         cond.broadcast()
         cond.unlock()
+    }
+
+    private func removePlaceholder(_ id: UInt64) {
+        guard let path = try? journal.path(of: id), !path.isEmpty,
+              brick.isPending(rel: path), let st = try? brick.lstat(path), st.kind == .file, st.st_size == 0 else { return }
+        let (parent, name) = ReplicatedVolume.split(path)
+        _ = service.applyHealed(.unlink(parentPath: parent, name: name))
+        log.info("heal: \(path.debugDescription) was deleted on \(peer) before it arrived; its placeholder is removed")
     }
 
     func lastResultBad(_ id: UInt64) -> Bool {
@@ -468,6 +514,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         // The commit verified the peer's bytes; check they are what the walk expected.
         if let rec = try? journal.inode(id), !rec.dirty, rec.hash != nil {
             clearAwaited(id)
+            try? journal.submit([.clearScrubFinding(id: id)], wait: .queued)
             cond.lock()
             crawl.filesHealed += 1
             crawl.bytesHealed += rec.size
@@ -513,7 +560,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         }
     }
 
-    public func prepareDirectory(path: String) {
+    public func prepareDirectory(path: String) throws(FSError) {
         cond.lock()
         let active = rebuilding
         cond.unlock()
@@ -523,7 +570,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         let comps = path.split(separator: "/").map(String.init)
         var i = 0
         while true {
-            ensureListed(dirID, path: cur)
+            try ensureListed(dirID, path: cur)
             guard i < comps.count else { return }
             cur = Brick.join(cur, comps[i])
             i += 1
@@ -548,9 +595,10 @@ public final class Healer: HealHooks, @unchecked Sendable {
         return try body()
     }
 
-    private func ensureListed(_ id: UInt64, path: String) {
+    private func ensureListed(_ id: UInt64, path: String) throws(FSError) {
         cond.lock()
-        while listing.contains(id) { cond.wait() }
+        // Listed once is enough (the walk may be comparing it again: no need to wait for that).
+        while !listed.contains(id) && listing.contains(id) { cond.wait() }
         if listed.contains(id) || !rebuilding { cond.unlock(); return }
         listing.insert(id)
         cond.unlock()
@@ -563,8 +611,12 @@ public final class Healer: HealHooks, @unchecked Sendable {
         cond.lock()
         listing.remove(id)
         if ok { listed.insert(id) }
+        let strict = strictRebuild
         cond.broadcast()
         cond.unlock()
+        // A replaced disk must not answer "no such file" for what the peer holds: until the
+        // directory can be listed, requests in it fail (EIO) instead of seeing it empty.
+        if !ok && strict { throw FSError.io }
     }
 
     public func infoJSON(summary: Bool) -> [UInt8] {

@@ -205,8 +205,11 @@ public final class Scrubber: @unchecked Sendable {
         guard let path = try? journal.path(of: rec.id), let expected = rec.hash else { return }
         let fd: Int32
         do { fd = try v.local.brick.openFile(path, flags: O_RDONLY) } catch {
-            // Gone from the brick behind TwinFS's back while the journal still lists it.
-            guard error.errno == ENOENT, let now = try? journal.inode(rec.id), now.version == rec.version else { return }
+            // Gone from the brick behind TwinFS's back while the journal still lists it (and not
+            // just unlinked or renamed by a client: the journal, flushed, still says so).
+            try? journal.submit([], wait: .written)
+            guard error.errno == ENOENT, let now = try? journal.inode(rec.id), now.version == rec.version,
+                  ((try? journal.path(of: rec.id)) ?? nil) == path, (try? v.local.brick.lstat(path)) == nil else { return }
             cond.lock()
             status.filesChecked += 1
             status.corruptFound += 1

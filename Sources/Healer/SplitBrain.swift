@@ -81,6 +81,15 @@ extension Healer {
             : (local.exists, "")
         guard let localWins = decided else { return result(false, "", why) }
         if localWins {
+            // Never let a copy win that does not match its own journal (bit rot) or that is
+            // still a placeholder awaiting its content: checked before the peer gives up its copy.
+            if awaitedSize(id: r.id) != nil {
+                return result(false, "", "this node's copy has not been received yet (it is a placeholder); choose the peer's copy")
+            }
+            let check = v.fileState(r.id, rehash: true)
+            guard !check.journalHash.isEmpty, check.bytesHash == check.journalHash else {
+                return result(false, "", "this node's copy does not match its recorded XXH3-128 (damaged); choose the peer's copy")
+            }
             switch v.channel.call(.resolveSplit(stableID: r.id, role: 1), timeout: .seconds(600)) {
             case .ok: break
             case .refused(let e): return result(false, "", "the peer could not set its copy aside (errno \(e))")
@@ -94,11 +103,20 @@ extension Healer {
             }
             return result(true, node, "\(peer)'s copy is kept in its quarantine; \(node)'s copy is now on both")
         }
+        // Awaited until it arrives (a failed send is retried by the healer, never forgotten),
+        // but brought by the resolution itself, not by a worker racing it.
+        cond.lock()
+        resolving.insert(r.id)
+        cond.unlock()
+        defer {
+            cond.lock()
+            resolving.remove(r.id)
+            cond.unlock()
+        }
         do { try v.loseSplit(r.id, reason: "split brain resolved in favour of \(peer)'s copy") } catch {
             return result(false, "", "this node could not set its copy aside: \(error)")
         }
-        // Awaited until it arrives: a failed send is retried by the healer, never forgotten.
-        markAwaited(r.id, rel: r.path, size: remote.size, hash: remote.journalHash)
+        markAwaited(r.id, rel: r.path, size: remote.size, hash: remote.journalHash.isEmpty ? emptyHash : remote.journalHash)
         switch v.channel.call(.resolveSplit(stableID: r.id, role: 2), timeout: .seconds(600)) {
         case .ok: return result(true, peer, "\(node)'s copy is kept in its quarantine; \(peer)'s copy is now on both")
         case .refused(let e): return result(false, peer, "the peer could not send its copy (errno \(e)); run `twinfs heal start` to retry")

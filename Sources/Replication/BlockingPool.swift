@@ -21,7 +21,9 @@ final class BlockingPool: @unchecked Sendable {
     func run(_ job: @escaping @Sendable () -> Void) {
         cond.lock()
         jobs.append(job)
-        if idle == 0 && threads < limit {
+        // Every queued job needs a thread of its own: an idle one that was signalled may not
+        // have woken yet when the next job arrives.
+        if jobs.count > idle && threads < limit {
             threads += 1
             let t = Thread { [self] in loop() }
             t.name = name

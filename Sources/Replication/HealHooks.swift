@@ -7,7 +7,7 @@ import TwinCore
 /// still awaited is received before it is opened.
 public protocol HealHooks: AnyObject, Sendable {
     /// Makes sure directory `path` (and its ancestors) hold every entry the peer has.
-    func prepareDirectory(path: String)
+    func prepareDirectory(path: String) throws(FSError)
     /// If file `id` still awaits its content from the peer, receives it now (bounded wait).
     func prepareFile(id: UInt64) throws(FSError)
     /// The size a placeholder will have once healed; nil for every other file.

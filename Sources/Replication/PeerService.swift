@@ -68,7 +68,11 @@ public final class PeerService: Sendable {
         }
         // While this brick is rebuilt, a directory the peer changes is listed from the peer first.
         if let hooks = volume.healHooks {
-            for d in parents(m) { hooks.prepareDirectory(path: d) }
+            do {
+                for d in parents(m) { try hooks.prepareDirectory(path: d) }
+            } catch {
+                return reply(requestID, error.errno)
+            }
         }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {

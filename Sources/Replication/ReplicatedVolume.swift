@@ -385,7 +385,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
         awaitPeerNamespace()
         let hooks = healHooks
-        hooks?.prepareDirectory(path: parent.path)
+        try hooks?.prepareDirectory(path: parent.path)
         var st = try local.lookup(parent: parent, name: name)
         if st.kind == .file && state.with({ $0.peerFiles > 0 }) {
             pullIfNeeded(UInt64(st.st_ino))
@@ -408,15 +408,19 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     /// Before a namespace change in `dirs`: while rebuilding, their entries come from the peer first.
-    func prepare(_ dirs: String...) {
+    func prepare(_ dirs: String...) throws(FSError) {
         guard let h = healHooks else { return }
-        for d in dirs { h.prepareDirectory(path: d) }
+        for d in dirs { try h.prepareDirectory(path: d) }
     }
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         if changes.size != nil {
             try healHooks?.prepareFile(id: node.id)
             drainWrites(of: node.id)
+            // A truncate through an open handle changes the content like a write: the close
+            // must commit it on the peer too (the peer applies it through its open copy,
+            // which stays dirty until that commit). Seen with smbd's SET_INFO EndOfFile.
+            for rh in handles.with({ $0.values.filter { $0.id == node.id } }) { markTouched(rh) }
         }
         func update(_ atimeNow: Int64, _ mtimeNow: Int64) -> PeerMessage {
             func ns(_ t: AttrChanges.Time?, _ now: Int64) -> Int64? {
@@ -443,7 +447,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public func readlink(_ node: NodeRef) throws(FSError) -> String { try local.readlink(node) }
 
     public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
-        prepare(parent.path)
+        try prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
                              pre: .mkdir(parentPath: parent.path, name: name, mode: UInt32(mode), uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
@@ -454,7 +458,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
-        prepare(parent.path)
+        try prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
                              pre: .symlink(parentPath: parent.path, name: name, target: target, uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
@@ -465,7 +469,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
-        prepare(newParent.path)
+        try prepare(newParent.path)
         let m = PeerMessage.link(path: node.path, newParent: newParent.path, newName: newName)
         return try replicate(keys: [Self.key(newParent.id, newName)], pre: m) { () throws(FSError) -> stat in
             try local.link(node, newParent: newParent, newName: newName)
@@ -473,7 +477,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
-        prepare(parent.path)
+        try prepare(parent.path)
         let m = PeerMessage.unlink(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
             try local.unlink(parent: parent, name: name)
@@ -481,7 +485,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rmdir(parent: NodeRef, name: String) throws(FSError) {
-        prepare(parent.path)
+        try prepare(parent.path)
         let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
             try local.rmdir(parent: parent, name: name)
@@ -489,7 +493,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
-        prepare(parent.path, newParent.path)
+        try prepare(parent.path, newParent.path)
         let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
         let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
         try replicate(keys: keys, pre: m) { () throws(FSError) in
@@ -500,7 +504,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Files
 
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
-        prepare(parent.path)
+        try prepare(parent.path)
         let id = try local.allocateID()
         let path = Brick.join(parent.path, name)
         let (st, h) = try replicate(keys: [Self.key(parent.id, name)],
@@ -513,6 +517,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         // The peer created the file (live) or owes it as a whole (not live).
         rh.with { $0.live = gate.mode == .live }
         handles.with { $0[h] = rh }
+        // New content even if nothing is written: the close commits it on the peer, whose
+        // copy is open (and dirty) until then.
+        markTouched(rh)
         return (st, h)
     }
 
@@ -710,7 +717,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
         awaitPeerNamespace()
-        healHooks?.prepareDirectory(path: node.path)
+        try healHooks?.prepareDirectory(path: node.path)
         return try local.opendir(node)
     }
 

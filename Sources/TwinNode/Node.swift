@@ -164,7 +164,9 @@ public final class Node: @unchecked Sendable {
             log.warning("brick \(cfg.brick) is new and empty (disk replaced?): the old journal is kept as \(aside); rebuilding this brick from \(cfg.peer?.node ?? "the peer")")
         }
         let brick = try Brick(path: cfg.brick)
-        if plan.brick == .initialize {
+        // A brick being rebuilt gets its marker only once the journal says "rebuild pending":
+        // a crash in between leaves an unmarked (empty) brick, which the next start rebuilds.
+        if plan.brick == .initialize && !plan.rebuild {
             log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity)")
             try brick.writeMarker(cfg.identity)
         }
@@ -200,8 +202,14 @@ public final class Node: @unchecked Sendable {
             // lost disk (a counter never reaches today's time in microseconds); the peer's
             // high-water mark is added once it answers.
             do {
-                try journal.submit([.setMeta(key: "rebuild", value: "pending")], wait: .durable)
+                try journal.submit([.setMeta(key: "rebuild", value: "pending"),
+                                    .setMeta(key: "rebuild_strict", value: plan.setAsideJournal ? "1" : "0")], wait: .durable)
+                log.notice("initialising empty brick \(cfg.brick) for \(cfg.identity); it is filled from \(cfg.peer?.node ?? "the peer")")
+                try brick.writeMarker(cfg.identity)
                 try volume.raiseIDs(atLeast: UInt64(Date().timeIntervalSince1970 * 1_000_000))
+            } catch let e as AdminError {
+                journal.close(cleanShutdown: false)
+                throw e
             } catch {
                 journal.close(cleanShutdown: false)
                 throw AdminError(problem: "cannot prepare the rebuild of brick \(cfg.brick): \(error)", fix: "check the journal's and the brick's disks")

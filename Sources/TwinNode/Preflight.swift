@@ -70,7 +70,13 @@ public enum Preflight {
                                      fix: "mount the brick's disk (is it missing?); to start over on purpose, move the old journal away")
                 }
                 // A replaced disk in a pair: the old journal describes a brick that is gone. It
-                // is kept (renamed), and the new brick is rebuilt from the peer.
+                // is kept (renamed), and the new brick is rebuilt from the peer. But if that
+                // journal still holds changes the peer never received, this may just be a data
+                // disk that did not mount: the admin decides.
+                if let j = try? Journal(readOnlyPath: cfg.journal), let b = try? j.peerBacklog(), b.ops + b.files > 0 {
+                    throw AdminError(problem: "brick \(cfg.brick) is empty, but journal \(cfg.journal) holds \(b.ops) changes and \(b.files) files the peer has not received yet (is the data disk not mounted?)",
+                                     fix: "mount the brick's disk; if the disk really was replaced and those changes are lost, move the journal away (mv \(cfg.journal) \(cfg.journal).lost) and start again")
+                }
                 setAside = true
                 journalAction = .create
             } else {

@@ -305,6 +305,15 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         }
         var st = stat()
         _ = try sys { fstat(fd, &st) }
+        // Unlinked while open (its journal row went with its last name): nothing to record,
+        // and hashing it would only cost time (smbtorture leaves sparse files of hundreds of
+        // GB open after deleting them).
+        if st.st_nlink == 0 {
+            streamed?.journalDirty = false
+            streamed?.unsynced = false
+            streamed?.sequential = false
+            return
+        }
         let digest: XXH128Digest
         if let s = streamed, s.sequential, s.nextOffset == Int64(st.st_size) {
             digest = s.hasher.digest()
@@ -469,6 +478,12 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         do throws(FSError) {
             let gid = try owningGroup(d, ctx)
             _ = try sys { fchownat(tmpFD, tmpName, ctx.uid, gid, AT_SYMLINK_NOFOLLOW) }
+            // Made outside its parent, a directory did not inherit the parent's setgid bit.
+            var parent = stat(), made = stat()
+            if fstat(d, &parent) == 0, parent.st_mode & S_ISGID != 0,
+               fstatat(tmpFD, tmpName, &made, AT_SYMLINK_NOFOLLOW) == 0, made.st_mode & S_IFMT == S_IFDIR {
+                _ = try sys { fchmodat(tmpFD, tmpName, (made.st_mode & 0o7777) | S_ISGID, 0) }
+            }
             try brick.writeID(rel: tmpRel + "/" + tmpName, id: id)
             _ = try sys { twin_renameat2(tmpFD, tmpName, d, n, twin_RENAME_NOREPLACE()) }
         } catch {

@@ -259,6 +259,9 @@ struct HealCommand: ParsableCommand {
                     exitWith(AdminError(.refused, problem: "no quarantined copy number \(qid)", fix: "see `twinfs heal quarantine list`"))
                 }
                 let rel = to.map { $0.hasPrefix("/") ? String($0.dropFirst()) : $0 } ?? "\(r.path).quarantined-\(r.qid)"
+                guard !rel.isEmpty, !rel.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else {
+                    exitWith(AdminError(.refused, problem: "--to \(rel) is not a path inside the volume", fix: "give a path relative to the volume's root, without '..'"))
+                }
                 let dest = cfg.mountpoint + "/" + rel
                 let src = open(r.stored, O_RDONLY | O_CLOEXEC)
                 guard src >= 0 else {

@@ -1,0 +1,185 @@
+import CTwinShims
+import Fixity
+import Foundation
+import Glibc
+import TwinCore
+import TestSupport
+import XCTest
+
+/// A real smbd (Debian `samba`) serving shares on loopback from a private directory: its own
+/// port, passdb, lock and state directories, so nothing of the machine's Samba is touched.
+final class SambaServer: @unchecked Sendable {
+    let dir: String
+    let port: Int
+    let password = "twinfs-test"
+    private var process: Child?
+    var conf: String { dir + "/smb.conf" }
+
+    /// `shares`: name -> path. Every share gets the settings of ctdb-like/smb.conf.example.
+    init(shares: [(String, String)]) throws {
+        for tool in ["smbd", "smbclient", "smbpasswd"] where runCommand(["which", tool]).status != 0 {
+            throw XCTSkip("\(tool) is not installed (apt-get install samba smbclient)")
+        }
+        dir = TestEnv.prefix + "/samba-" + UUID().uuidString.prefix(8).lowercased()
+        port = freeLoopbackPort()
+        for d in ["private", "lock", "state", "cache", "pid", "ncalrpc", "log"] {
+            try FileManager.default.createDirectory(atPath: dir + "/" + d, withIntermediateDirectories: true)
+        }
+        // The shipped example's share settings, verbatim, for each share.
+        let example = try String(contentsOfFile: TestEnv.repoRoot + "/ctdb-like/smb.conf.example", encoding: .utf8)
+        let shareSettings = example.components(separatedBy: "[pacs]")[1].split(separator: "\n")
+            .map { String($0).trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") && !$0.hasPrefix("path") }
+        var text = """
+        [global]
+           server role = standalone server
+           unix charset = UTF-8
+           smb ports = \(port)
+           interfaces = lo
+           bind interfaces only = yes
+           private dir = \(dir)/private
+           lock directory = \(dir)/lock
+           state directory = \(dir)/state
+           cache directory = \(dir)/cache
+           pid directory = \(dir)/pid
+           ncalrpc dir = \(dir)/ncalrpc
+           passdb backend = tdbsam:\(dir)/private/passdb.tdb
+           log file = \(dir)/log/log.%m
+           load printers = no
+           disable spoolss = yes
+
+        """
+        for (name, path) in shares {
+            text += "[\(name)]\n   path = \(path)\n" + shareSettings.map { "   " + $0 + "\n" }.joined() + "\n"
+        }
+        try text.write(toFile: conf, atomically: true, encoding: .utf8)
+        let pw = sh("printf '%s\\n%s\\n' '\(password)' '\(password)' | smbpasswd -c '\(conf)' -a -s root")
+        guard pw.status == 0 else { throw SpawnError(description: "smbpasswd failed: \(pw.stderr)") }
+        // In a session of its own: smbd signals its whole process group when it stops.
+        process = try Child(["setsid", "smbd", "--foreground", "--no-process-group", "-s", conf, "--debug-stdout", "-d", "1"],
+                            stdout: dir + "/smbd.out", stderr: dir + "/smbd.out")
+        let deadline = Date().addingTimeInterval(20)
+        while !smbclient(share: shares[0].0, "ls").ok {
+            guard Date() < deadline, process?.isRunning == true else {
+                throw SpawnError(description: "smbd did not answer on port \(port): \((try? String(contentsOfFile: dir + "/smbd.out", encoding: .utf8)) ?? "")")
+            }
+            usleep(200_000)
+        }
+    }
+
+    func smbclient(share: String, _ commands: String, timeout: Int = 300) -> CommandResult {
+        runCommand(["smbclient", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "root%\(password)", "-c", commands], timeout: timeout)
+    }
+
+    /// Runs smbtorture `tests` against `share`; returns the names of the tests that failed or erred.
+    func torture(share: String, _ tests: [String]) -> (failed: Set<String>, passed: Set<String>, output: String) {
+        let r = runCommand(["smbtorture", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "root%\(password)"] + tests, timeout: 900)
+        var failed = Set<String>(), passed = Set<String>()
+        for line in r.stdout.split(separator: "\n") {
+            if line.hasPrefix("success: ") { passed.insert(String(line.dropFirst(9))) }
+            if line.hasPrefix("failure: ") || line.hasPrefix("error: ") {
+                failed.insert(String(line.split(separator: " ", maxSplits: 1)[1]).replacingOccurrences(of: " [", with: ""))
+            }
+        }
+        return (failed, passed, r.stdout + r.stderr)
+    }
+
+    func stop() {
+        _ = runCommand(["pkill", "-TERM", "-f", "smbd --foreground --no-process-group -s \(conf)"])
+        if let p = process { _ = p.wait(timeout: 10) }
+        _ = runCommand(["pkill", "-KILL", "-f", "smbd --foreground --no-process-group -s \(conf)"])
+        process = nil
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// smbd on top of the TwinFS mount (real smbd, smbclient and smbtorture), as the hospital's
+/// modalities and PACS servers reach it: every byte checked, on both bricks.
+final class SambaTests: XCTestCase {
+    func samba(_ shares: [(String, String)]) throws -> SambaServer {
+        let s = try SambaServer(shares: shares)
+        addTeardownBlock { s.stop() }
+        return s
+    }
+
+    func testFilesFromEmptyTo64MiBUnicodeNamesAndDirectoriesOverSMBLandOnBothBricks() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let smb = try samba([("pacs", c.a.mnt)])
+        let local = smb.dir + "/files"
+        try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+        let sizes = [0, 1, 4095, 65_536, 1_000_003, 20 << 20, 64 << 20]
+        var cmds: [String] = ["mkdir Studies", "mkdir \"Studies/Müller^Jürgen 🩻\""]
+        for (i, size) in sizes.enumerated() {
+            try putFile(local + "/in\(i)", pseudoRandomBytes(size, seed: UInt64(100 + i)))
+            cmds.append("put \(local)/in\(i) \"Studies/Müller^Jürgen 🩻/IM\(i) Ä.dcm\"")
+        }
+        for i in sizes.indices { cmds.append("get \"Studies/Müller^Jürgen 🩻/IM\(i) Ä.dcm\" \(local)/out\(i)") }
+        var r = smb.smbclient(share: "pacs", cmds.joined(separator: "; "))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for (i, size) in sizes.enumerated() {
+            let want = pseudoRandomBytes(size, seed: UInt64(100 + i))
+            XCTAssertEqual(try readFile(local + "/out\(i)"), want, "SMB read-back of \(size) bytes")
+            for n in [c.a, c.b] {
+                XCTAssertEqual(try xxh128(path: n.brick + "/Studies/Müller^Jürgen 🩻/IM\(i) Ä.dcm"), XXH128Hasher.hash(want),
+                               "\(size) bytes on \(n.name)'s brick")
+            }
+        }
+        // Directories: create, rename, delete; a file renamed across directories.
+        r = smb.smbclient(share: "pacs", "mkdir tmp; mkdir tmp/sub; rename tmp/sub tmp/series; put \(local)/in2 tmp/series/x.dcm; "
+                          + "rename tmp/series/x.dcm Studies/x-moved.dcm; rmdir tmp/series; rmdir tmp")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for n in [c.a, c.b] {
+            var st = stat()
+            XCTAssertEqual(stat(n.mnt + "/tmp", &st), -1, "tmp still on \(n.name)")
+            XCTAssertEqual(try readFile(n.mnt + "/Studies/x-moved.dcm"), pseudoRandomBytes(4095, seed: 102))
+        }
+        // A file written on the mount (as storescp or Orthanc would) read over SMB.
+        try putFile(c.b.mnt + "/Studies/from-mount.dcm", pseudoRandomBytes(300_000, seed: 7))
+        r = smb.smbclient(share: "pacs", "get Studies/from-mount.dcm \(local)/from-mount")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertEqual(try readFile(local + "/from-mount"), pseudoRandomBytes(300_000, seed: 7))
+        // DOS attributes (user.DOSATTRIB) reached the peer's brick with the file.
+        var buf = [UInt8](repeating: 0, count: 256)
+        XCTAssertGreaterThan(twin_getxattr(c.b.brick + "/Studies/x-moved.dcm", "user.DOSATTRIB", &buf, buf.count), 0)
+        // The same stable inode number on both nodes: with fileid:algorithm = fsname, the SMB
+        // file id is the same whichever node serves the share.
+        var sa = stat(), sb = stat()
+        XCTAssertEqual(stat(c.a.mnt + "/Studies/x-moved.dcm", &sa), 0)
+        XCTAssertEqual(stat(c.b.mnt + "/Studies/x-moved.dcm", &sb), 0)
+        XCTAssertEqual(sa.st_ino, sb.st_ino)
+        smb.stop()
+        waitUntil("smbd's files closed on a") { status(c.a)["open_handles"] as? Int == 0 }
+        try assertReplicasIdentical(c)
+    }
+
+    /// smbtorture's SMB2 tests against a plain directory and against TwinFS, side by side:
+    /// none may fail on TwinFS that passes on the plain directory.
+    func testSmbtortureFindsNothingOnTwinFSThatAPlainDirectoryPasses() throws {
+        guard runCommand(["which", "smbtorture"]).status == 0 else { throw XCTSkip("smbtorture not installed (apt-get install samba-testsuite)") }
+        let c = try cluster()
+        waitHealthy(c)
+        let plain = TestEnv.prefix + "/plain-" + UUID().uuidString.prefix(8).lowercased()
+        try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: plain) }
+        let smb = try samba([("plain", plain), ("pacs", c.a.mnt)])
+        let tests = ["smb2.rw", "smb2.dir", "smb2.rename.simple", "smb2.rename.no_sharing", "smb2.rename.share_delete_and_delete_access",
+                     "smb2.rename.rename_dir_openfile", "smb2.getinfo", "smb2.setinfo", "smb2.read", "smb2.fileid",
+                     "smb2.delete-on-close-perms", "smb2.create.open", "smb2.create.brlocks", "smb2.create.multi",
+                     "smb2.lock.rw-shared", "smb2.lock.rw-exclusive", "smb2.lock.lock", "smb2.lock.unlock",
+                     "smb2.lock.zerobytelength", "smb2.lock.range", "smb2.lock.overlap"]
+        let started = Date()
+        let p = smb.torture(share: "plain", tests)
+        let t = smb.torture(share: "pacs", tests)
+        XCTAssertGreaterThan(t.passed.count, 30, "too few smbtorture tests ran:\n" + t.output.suffix(3000))
+        let regressions = t.failed.subtracting(p.failed)
+        XCTAssertEqual(regressions, [], "fail on TwinFS but pass on a plain directory:\n" + t.output.suffix(6000))
+        print("smbtorture (\(Int(Date().timeIntervalSince(started))) s): \(t.passed.count) passed on TwinFS (\(p.passed.count) on the plain directory); failing on both: \(p.failed.sorted())")
+        // smbd keeps durable handles of the torture's files open for a while: stop it first,
+        // and let the kernel's releases of its files reach the node.
+        smb.stop()
+        waitUntil("smbd's files closed on a") { status(c.a)["open_handles"] as? Int == 0 }
+        waitHealthy(c)
+        try assertReplicasIdentical(c)
+    }
+}
