@@ -104,7 +104,8 @@ let package = Package(
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
                                                            "PeerLink", "PeerProtocol",
-                                                           .product(name: "NIOCore", package: "swift-nio")]),
+                                                           .product(name: "NIOCore", package: "swift-nio")],
+                    exclude: ["pacs"]),
     ],
     swiftLanguageModes: [.v6]
 )
