@@ -404,6 +404,14 @@ public final class Healer: HealHooks, @unchecked Sendable {
                 continue
             }
             guard let want = awaited[id], inflight[id] == nil else { cond.unlock(); continue }
+            // A copy interrupted by a crash is taken from the peer only once the peer has told
+            // this node everything it owes it (a delete there must not look like "the peer
+            // lacks it, send ours").
+            if want.size < 0 && v.peerOwesUsOrUnknown {
+                retryAt[id] = .now + .seconds(1)
+                cond.unlock()
+                continue
+            }
             inflight[id] = (try? journal.path(of: id)) ?? "<id \(id)>"
             cond.unlock()
             throttle.acquire(max(want.size, 4096))
@@ -435,11 +443,21 @@ public final class Healer: HealHooks, @unchecked Sendable {
         case .ok:
             received(id: id)
         case .gone:
-            // The peer no longer has it (deleted meanwhile, e.g. a client's unlink racing the
-            // walk): nothing left to receive, and an empty placeholder made by the walk goes
-            // too (it never held data).
-            removePlaceholder(id)
-            clearAwaited(id)
+            cond.lock()
+            let interrupted = (awaited[id]?.size ?? 0) < 0
+            cond.unlock()
+            if interrupted {
+                // The peer never got this file (this node stopped before its create reached
+                // the peer): this node's copy is the only one, so it is sent.
+                clearAwaited(id)
+                if (try? journal.path(of: id)) != nil { try? v.oweFile(id) }
+            } else {
+                // The peer no longer has it (deleted meanwhile, e.g. a client's unlink racing
+                // the walk): nothing left to receive, and an empty placeholder made by the
+                // walk goes too (it never held data).
+                removePlaceholder(id)
+                clearAwaited(id)
+            }
         case .split:
             // The peer holds this file in split brain: nothing comes until an admin resolves
             // it. The placeholder stays awaited (never served as an empty file) and the split
@@ -527,7 +545,9 @@ public final class Healer: HealHooks, @unchecked Sendable {
     public func awaitedSize(id: UInt64) -> Int64? {
         cond.lock()
         defer { cond.unlock() }
-        return awaited.isEmpty ? nil : awaited[id]?.size
+        // -1: a copy interrupted by a crash, which keeps showing its own size meanwhile.
+        guard !awaited.isEmpty, let size = awaited[id]?.size, size >= 0 else { return nil }
+        return size
     }
 
     public func prepareFile(id: UInt64) throws(FSError) {
@@ -535,6 +555,12 @@ public final class Healer: HealHooks, @unchecked Sendable {
         while true {
             cond.lock()
             guard let want = awaited[id] else { cond.unlock(); return }
+            if want.size < 0 && v.peerOwesUsOrUnknown {
+                cond.unlock()
+                if ContinuousClock.now > deadline { return }   // serve this node's copy
+                usleep(50_000)
+                continue
+            }
             if inflight[id] != nil {
                 _ = cond.wait(until: Date(timeIntervalSinceNow: 0.05))
                 cond.unlock()

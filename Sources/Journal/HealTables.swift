@@ -112,7 +112,7 @@ extension Journal {
     /// Count and bytes of the files this node still has to receive.
     public func healPendingTotals() throws(JournalError) -> (files: Int64, bytes: Int64) {
         try read { c throws(JournalError) in
-            let s = try c.statement("SELECT count(*), coalesce(sum(size), 0) FROM heal_pending")
+            let s = try c.statement("SELECT count(*), coalesce(sum(max(size, 0)), 0) FROM heal_pending")
             _ = try s.step()
             return (s.int(0), s.int(1))
         }

@@ -72,19 +72,30 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         var s = SharedState()
         do {
             s.split = try journal.splitBrainIDs()
-            for f in try journal.peerFiles(limit: Int.max, includeStreaming: true) { s.owed.insert(f.id) }
+            // Owed whole (changed while the peer could not be told): this node's copy is newer.
+            // Streaming (written live when this node stopped): the peer got every byte that was
+            // acknowledged, and may have a newer copy since (a client that retried there).
+            var streaming: Set<UInt64> = []
+            for f in try journal.peerFiles(limit: Int.max, includeStreaming: true) {
+                if f.owed { s.owed.insert(f.id) } else { streaming.insert(f.id) }
+            }
             s.changedApart = s.owed
+            state = Locked(s)
+            try Self.settleCrashLeftovers(local: local, interrupted: streaming, log: logger)
+        } catch let e as FSError {
+            throw e
         } catch {
             throw FSError.io
         }
-        state = Locked(s)
-        try Self.settleCrashLeftovers(local: local, owedStreaming: s.owed, log: logger)
     }
 
     /// Rows a crash left: a tentative namespace change is kept only if the brick shows it was
-    /// applied; a file whose live copy was streaming is owed in full.
+    /// applied. A file that was being written live is taken from the peer (which holds every
+    /// acknowledged byte of it, and perhaps a newer copy a client wrote there after this node
+    /// stopped); this node's interrupted copy is kept in quarantine, never just overwritten.
+    /// If the peer turns out not to have it, the healer sends this node's copy instead.
     @discardableResult
-    static func settleCrashLeftovers(local: LocalVolume, owedStreaming: Set<UInt64>, log: Logger) throws(FSError) -> Int {
+    static func settleCrashLeftovers(local: LocalVolume, interrupted: Set<UInt64>, log: Logger) throws(FSError) -> Int {
         var ops: [JournalOp] = []
         var checked = 0
         do {
@@ -103,7 +114,19 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                     }
                 }
             }
-            for id in owedStreaming { ops.append(.peerFile(id: id, owed: true)) }
+            for id in interrupted {
+                ops.append(.dropPeerFile(id: id, generation: .max))
+                guard let path = try local.journal.path(of: id), !path.isEmpty,
+                      let st = try? local.brick.lstat(path), st.kind == .file else { continue }
+                if st.st_size > 0, let q = try? local.brick.quarantineCopy(rel: path, id: id, tag: "interrupted") {
+                    ops.append(.quarantined(QuarantineRow(id: id, path: path, stored: q.stored, size: q.size, hash: q.hash,
+                                                          reason: "was being written when this node stopped; the peer's copy replaces it",
+                                                          created: ISO8601DateFormatter().string(from: Date()))))
+                }
+                // Size -1: the file keeps showing its own size until the peer's copy arrives.
+                ops.append(.healPending(id: id, size: -1, hash: []))
+                log.notice("\(path.debugDescription) was being written when this node stopped: taking the peer's copy (this one is kept in quarantine)")
+            }
             if !ops.isEmpty { try local.journal.submit(ops, wait: .durable) }
         } catch {
             throw FSError.io
@@ -248,6 +271,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     /// The peer told us it still owes this node changes or files.
     public var peerOwesUs: Bool { state.with { $0.peerOps + $0.peerFiles > 0 } }
+
+    /// As `peerOwesUs`, and true too while the peer has not said yet (or the link is down).
+    public var peerOwesUsOrUnknown: Bool { !channel.isUp || state.with { !$0.peerStateKnown || $0.peerOps + $0.peerFiles > 0 } }
 
     /// Takes the cluster name lock of (parentID, name) like a namespace change does; returns the release.
     public func withNameLock(parentID: UInt64, name: String) -> () -> Void {

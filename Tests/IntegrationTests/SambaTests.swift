@@ -22,36 +22,7 @@ final class SambaServer: @unchecked Sendable {
         }
         dir = TestEnv.prefix + "/samba-" + UUID().uuidString.prefix(8).lowercased()
         port = freeLoopbackPort()
-        for d in ["private", "lock", "state", "cache", "pid", "ncalrpc", "log"] {
-            try FileManager.default.createDirectory(atPath: dir + "/" + d, withIntermediateDirectories: true)
-        }
-        // The shipped example's share settings, verbatim, for each share.
-        let example = try String(contentsOfFile: TestEnv.repoRoot + "/ctdb-like/smb.conf.example", encoding: .utf8)
-        let shareSettings = example.components(separatedBy: "[pacs]")[1].split(separator: "\n")
-            .map { String($0).trimmingCharacters(in: .whitespaces) }
-            .filter { !$0.isEmpty && !$0.hasPrefix("#") && !$0.hasPrefix("path") }
-        var text = """
-        [global]
-           server role = standalone server
-           unix charset = UTF-8
-           smb ports = \(port)
-           interfaces = lo
-           bind interfaces only = yes
-           private dir = \(dir)/private
-           lock directory = \(dir)/lock
-           state directory = \(dir)/state
-           cache directory = \(dir)/cache
-           pid directory = \(dir)/pid
-           ncalrpc dir = \(dir)/ncalrpc
-           passdb backend = tdbsam:\(dir)/private/passdb.tdb
-           log file = \(dir)/log/log.%m
-           load printers = no
-           disable spoolss = yes
-
-        """
-        for (name, path) in shares {
-            text += "[\(name)]\n   path = \(path)\n" + shareSettings.map { "   " + $0 + "\n" }.joined() + "\n"
-        }
+        let text = try SambaConfig.render(dir: dir, port: port, shares: shares, repoRoot: TestEnv.repoRoot)
         try text.write(toFile: conf, atomically: true, encoding: .utf8)
         let pw = sh("printf '%s\\n%s\\n' '\(password)' '\(password)' | smbpasswd -c '\(conf)' -a -s root")
         guard pw.status == 0 else { throw SpawnError(description: "smbpasswd failed: \(pw.stderr)") }
