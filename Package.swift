@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // System libraries the user fixed: libfuse3, libsqlite3, libxxhash.
@@ -63,9 +64,16 @@ let package = Package(
         .target(name: "Healer", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "Replication",
                                                .product(name: "Logging", package: "swift-log"),
                                                .product(name: "NIOCore", package: "swift-nio")]),
+        // Prometheus: the io-stats translator (counts and times every operation) and the endpoint.
+        .target(name: "NodeMetrics", dependencies: ["TwinCore", "Volume",
+                                                    .product(name: "Prometheus", package: "swift-prometheus"),
+                                                    .product(name: "NIOCore", package: "swift-nio"),
+                                                    .product(name: "NIOPosix", package: "swift-nio"),
+                                                    .product(name: "NIOHTTP1", package: "swift-nio")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
-                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol", "Healer",
+                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol", "Healer", "NodeMetrics",
+                                                 .product(name: "Prometheus", package: "swift-prometheus"),
                                                  .product(name: "Logging", package: "swift-log")]),
         // Raw-packet helpers of the HA daemon: gratuitous ARP, ARP probe, tickle ACK.
         .target(name: "CHAShims"),

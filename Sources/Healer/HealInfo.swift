@@ -68,9 +68,18 @@ public struct NodeHealInfo: Codable, Sendable {
     /// Omitted with --summary; at most 1000 (see `entriesNotListed`).
     public var entries: [Entry]?
     public var entriesNotListed: Int64
+    /// The node's brick and volume, for a one-screen view of the pair (`twinfs status`).
+    public var brickFreeBytes: Int64?
+    public var brickTotalBytes: Int64?
+    public var files: Int64?
+    public var bytes: Int64?
+    public var lastScrub: String?
 
     enum CodingKeys: String, CodingKey {
-        case node, reachable, state, paused, crawl, entries
+        case node, reachable, state, paused, crawl, entries, files, bytes
+        case brickFreeBytes = "brick_free_bytes"
+        case brickTotalBytes = "brick_total_bytes"
+        case lastScrub = "last_scrub"
         case pendingEntries = "pending_entries"
         case changesToPeer = "changes_to_peer"
         case filesToPeer = "files_to_peer"

@@ -676,6 +676,12 @@ public final class Healer: HealHooks, @unchecked Sendable {
             i.rateFilesPerSecond += sent.filesPerSecond
         }
         if v.mode == .degraded { i.state = "DEGRADED" }
+        if let fs = try? brick.statfs() {
+            i.brickFreeBytes = Int64(fs.f_bavail) * Int64(fs.f_frsize)
+            i.brickTotalBytes = Int64(fs.f_blocks) * Int64(fs.f_frsize)
+        }
+        if let st = try? journal.stats() { i.files = st.files; i.bytes = st.bytes }
+        i.lastScrub = scrubber.lastFinished
         if i.rateBytesPerSecond > 0 && i.bytesLeft > 0 { i.etaSeconds = Int64(Double(i.bytesLeft) / i.rateBytesPerSecond) }
         return i
     }

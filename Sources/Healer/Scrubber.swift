@@ -127,6 +127,12 @@ public final class Scrubber: @unchecked Sendable {
         cond.unlock()
     }
 
+    public var lastFinished: String? {
+        cond.lock()
+        defer { cond.unlock() }
+        return status.finished
+    }
+
     public func current() -> Status {
         cond.lock()
         var s = status

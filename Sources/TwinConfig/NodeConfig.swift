@@ -39,6 +39,8 @@ public struct NodeConfig: Sendable, Equatable {
     /// [scrub]: bytes per second the scrubber reads, and seconds between scheduled scrubs (nil: off).
     public var scrubRate: Int64 = 50_000_000
     public var scrubInterval: Double? = 30 * 86400
+    /// `metrics_listen`: where the Prometheus endpoint listens (nil: no endpoint).
+    public var metricsListen: String?
     /// Where this config was read from (absolute).
     public var path: String = "<string>"
 
@@ -51,7 +53,8 @@ public struct NodeConfig: Sendable, Equatable {
     }
 
     public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
-                                                "listen", "peer", "attr_timeout", "max_threads", "ha_config", "heal", "scrub"]
+                                                "listen", "peer", "attr_timeout", "max_threads", "ha_config", "heal", "scrub",
+                                                "metrics_listen"]
 
     public static func load(path: String) throws(AdminError) -> NodeConfig {
         let abs = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -89,6 +92,7 @@ public struct NodeConfig: Sendable, Equatable {
         if let d = try r.number("attr_timeout", range: 0...3600) { cfg.attrTimeout = d }
         if let n = try r.number("max_threads", range: 1...256) { cfg.maxThreads = Int(n) }
         if table["ha_config"] != nil { cfg.haConfig = try r.absolutePath("ha_config") }
+        if table["metrics_listen"] != nil { cfg.metricsListen = try r.hostPort("metrics_listen") }
         if let h = table["heal"] {
             let hr = try ConfigReader.section(h, "heal", keys: ["rate_mb", "concurrency"], path: path)
             if let v = try hr.number("rate_mb", range: 0...100_000) { cfg.healRate = Int64(v * 1_000_000) }

@@ -5,6 +5,8 @@ import FuseAdapter
 import Glibc
 import Journal
 import Logging
+import NodeMetrics
+import Prometheus
 import TwinConfig
 import TwinCore
 import Volume
@@ -241,7 +243,10 @@ public final class Node: @unchecked Sendable {
             }
             member?.awaitPeer(timeout: .milliseconds(Int64(peer.timeout * 1000)), log: log)
         }
-        let served: any VolumeOperations = member?.volume ?? volume
+        let base: any VolumeOperations = member?.volume ?? volume
+        // With `metrics_listen`, every operation is counted and timed on its way down.
+        let registry = cfg.metricsListen != nil ? PrometheusCollectorRegistry() : nil
+        let served: any VolumeOperations = registry.map { MeteredVolume(base, registry: $0) } ?? base
         let adapter = FuseAdapter(volume: served, attrTimeout: cfg.attrTimeout, keepCache: member == nil, logger: log)
         let session = try FuseSession(adapter: adapter, mountpoint: cfg.mountpoint,
                                       fsname: "twinfs:\(cfg.volume)", maxThreads: cfg.maxThreads)
@@ -266,6 +271,46 @@ public final class Node: @unchecked Sendable {
             journal.close(cleanShutdown: true)
             throw error
         }
+        var metrics: MetricsServer?
+        if let registry, let listen = cfg.metricsListen, let (host, port) = NodeConfig.parseHostPort(listen) {
+            let gauges = NodeGauges(registry: registry)
+            do {
+                metrics = try MetricsServer(host: host, port: port, registry: registry) { [self] in
+                    guard let st = try? self.makeStatus(journal: journal, volume: volume, adapter: adapter, brick: brick,
+                                                        lastShutdown: lastShutdown, report: report, member: cluster) else { return }
+                    var v = NodeGauges.Values()
+                    v.state = st.state
+                    v.files = st.files
+                    v.bytes = st.bytes
+                    v.brickFreeBytes = st.brickFreeBytes
+                    if let r = st.replication {
+                        v.peerLinkUp = r.link == "up"
+                        v.pendingChanges = r.pendingChanges
+                        v.pendingFiles = r.pendingFiles
+                        v.pendingBytes = r.pendingBytes
+                        v.splitBrain = r.splitBrainCount
+                    }
+                    if let h = st.heal, let m = cluster {
+                        v.filesAwaited = h.filesAwaited
+                        v.bytesAwaited = h.bytesAwaited
+                        v.corruptUnrepaired = h.corruptFound
+                        let sc = m.healer.scrubber.current()
+                        v.scrubRunning = sc.state == "running"
+                        v.scrubFilesChecked = sc.filesChecked
+                        v.scrubCorruptFound = sc.corruptFound
+                        v.healRateBytes = m.healer.info(summary: true).rateBytesPerSecond
+                    }
+                    gauges.set(v)
+                }
+                log.notice("Prometheus metrics at http://\(listen)/metrics")
+            } catch {
+                control.close()
+                session.unmount()
+                member?.stop()
+                journal.close(cleanShutdown: true)
+                throw error
+            }
+        }
         let signals = Thread { [log] in
             var set = sigset_t()
             sigemptyset(&set)
@@ -279,6 +324,7 @@ public final class Node: @unchecked Sendable {
         log.notice("TwinFS \(cfg.identity) mounted at \(cfg.mountpoint) over brick \(cfg.brick)")
         let rc = session.run()
         session.unmount()
+        metrics?.close()
         control.close()
         member?.stop()
         journal.close(cleanShutdown: true)
@@ -302,42 +348,8 @@ public final class Node: @unchecked Sendable {
             }
         case "status":
             do {
-                let s = try journal.stats()
-                let fs = try? brick.statfs()
-                var state = journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED"
-                var replication: ReplicationStatus?
-                var heal: HealStatus?
-                if let m = member, let p = cfg.peer {
-                    let r = try m.volume.report()
-                    replication = ReplicationStatus(
-                        peerNode: p.node, peerAddress: p.address, link: r.link, mode: r.mode.rawValue,
-                        pendingChanges: r.backlog.ops, pendingFiles: r.backlog.files, pendingBytes: r.backlog.bytes,
-                        splitBrainCount: r.backlog.splitBrain,
-                        splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
-                        lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
-                        peerPendingFiles: r.peerCatchingUpFiles)
-                    let hi = m.healer.info(summary: true)
-                    let sc = m.healer.scrubber.current()
-                    heal = HealStatus(filesAwaited: hi.filesAwaited, bytesAwaited: hi.bytesAwaited, rebuilding: m.healer.isRebuilding,
-                                      crawl: hi.crawl.kind == "none" ? "idle" : "\(hi.crawl.kind) \(hi.crawl.state)",
-                                      paused: hi.paused, scrub: sc.state, lastScrub: sc.finished,
-                                      corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count))
-                    if state == "HEALTHY" {
-                        if r.mode == .degraded { state = "DEGRADED" }
-                        else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
-                        else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 || m.healer.busy { state = "HEALING" }
-                    }
-                }
-                let st = NodeStatus(
-                    volume: cfg.volume, node: cfg.node, brick: cfg.brick, mountpoint: cfg.mountpoint,
-                    state: state, pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
-                    files: s.files, directories: s.directories, symlinks: s.symlinks, bytes: s.bytes,
-                    dirtyFiles: s.dirty, journalPath: cfg.journal, journalBytes: journal.sizeOnDisk(),
-                    openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,
-                    brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
-                    brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
-                    lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
-                    recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, heal: heal, version: twinfsVersion)
+                let st = try makeStatus(journal: journal, volume: volume, adapter: adapter, brick: brick,
+                                        lastShutdown: lastShutdown, report: report, member: member)
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
                 return ControlResponse(ok: true, body: String(decoding: try enc.encode(st), as: UTF8.self))
@@ -360,6 +372,48 @@ public final class Node: @unchecked Sendable {
             }
         }
         return aside
+    }
+
+    /// `twinfs status`: the node, its pair, its healer (also what a Prometheus scrape reports).
+    func makeStatus(journal: Journal, volume: LocalVolume, adapter: FuseAdapter, brick: Brick, lastShutdown: String,
+                    report: RecoveryReport, member: ClusterMember?) throws -> NodeStatus {
+        let s = try journal.stats()
+        let fs = try? brick.statfs()
+        var state = journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED"
+        var replication: ReplicationStatus?
+        var heal: HealStatus?
+        if let m = member, let p = cfg.peer {
+            let r = try m.volume.report()
+            replication = ReplicationStatus(
+                peerNode: p.node, peerAddress: p.address, link: r.link, mode: r.mode.rawValue,
+                pendingChanges: r.backlog.ops, pendingFiles: r.backlog.files, pendingBytes: r.backlog.bytes,
+                splitBrainCount: r.backlog.splitBrain,
+                splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
+                lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
+                peerPendingFiles: r.peerCatchingUpFiles)
+            let hi = m.healer.info(summary: true)
+            let sc = m.healer.scrubber.current()
+            heal = HealStatus(filesAwaited: hi.filesAwaited, bytesAwaited: hi.bytesAwaited, rebuilding: m.healer.isRebuilding,
+                              crawl: hi.crawl.kind == "none" ? "idle" : "\(hi.crawl.kind) \(hi.crawl.state)",
+                              paused: hi.paused, scrub: sc.state, lastScrub: sc.finished,
+                              corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count))
+            if state == "HEALTHY" {
+                if r.mode == .degraded { state = "DEGRADED" }
+                else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
+                else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 || m.healer.busy { state = "HEALING" }
+            }
+        }
+        let st = NodeStatus(
+            volume: cfg.volume, node: cfg.node, brick: cfg.brick, mountpoint: cfg.mountpoint,
+            state: state, pid: getpid(), uptimeSeconds: Int(Date().timeIntervalSince(started)),
+            files: s.files, directories: s.directories, symlinks: s.symlinks, bytes: s.bytes,
+            dirtyFiles: s.dirty, journalPath: cfg.journal, journalBytes: journal.sizeOnDisk(),
+            openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,
+            brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
+            brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
+            lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
+            recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, heal: heal, version: twinfsVersion)
+        return st
     }
 
     static func bootID() -> String {

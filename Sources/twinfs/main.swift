@@ -5,6 +5,7 @@ import ControlSocket
 import Foundation
 import Glibc
 import HADaemon
+import Healer
 import Journal
 import Logging
 import TwinConfig
@@ -76,6 +77,8 @@ struct Status: ParsableCommand {
     @OptionGroup var options: ConfigOption
     @Flag(help: "Print the status as JSON (shape documented in README.md).")
     var json = false
+    @Flag(help: "With --json: add the peer's own report as \"peer_view\" (asked over the peer link).")
+    var cluster = false
 
     func run() throws {
         let cfg = loadConfig(options.config)
@@ -85,11 +88,17 @@ struct Status: ParsableCommand {
             exitWith(AdminError(problem: "the node answered with an error: \(resp.error ?? "unknown")", fix: "check the node's log"))
         }
         let ha = cfg.haConfig.flatMap(haStatus)
+        // The peer as it reports itself over the link: the pair on one screen. Not in plain
+        // `--json` (the HA monitor's 2 s probe must not wait on the peer): add `--cluster`.
+        let peerView = cfg.peer == nil || (json && !cluster) ? nil : peerStatus(cfg)
         if json {
-            // The HA daemon's view rides along as "ha" (absent without ha_config).
-            guard let ha, var doc = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any],
-                  let haDoc = try? JSONSerialization.jsonObject(with: Data(ha.utf8)) else { out(body); return }
-            doc["ha"] = haDoc
+            // The HA daemon's view rides along as "ha" (absent without ha_config), the peer's as "peer_view".
+            guard ha != nil || peerView != nil, var doc = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any] else {
+                out(body)
+                return
+            }
+            if let ha, let haDoc = try? JSONSerialization.jsonObject(with: Data(ha.utf8)) { doc["ha"] = haDoc }
+            if let pv = peerView, let pvDoc = try? JSONSerialization.jsonObject(with: Data(NodeHealInfo.encode(pv))) { doc["peer_view"] = pvDoc }
             let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(body.utf8)
             out(String(decoding: data, as: UTF8.self))
             return
@@ -124,6 +133,17 @@ struct Status: ParsableCommand {
             out("  heal        \(line)")
             out("  scrub       \(h.scrub), last finished \(h.lastScrub ?? "never")\(h.corruptFound > 0 ? ", \(h.corruptFound) files corrupt and not repaired (see `twinfs scrub status`)" : "")")
         }
+        if let p = peerView {
+            out("Node \(p.node) (peer)  state \(p.state)")
+            if let free = p.brickFreeBytes, let total = p.brickTotalBytes {
+                out("  brick       \(bytes(free)) free of \(bytes(total))")
+            }
+            if let f = p.files, let b = p.bytes { out("  files       \(f) (\(bytes(b)))") }
+            out("  owed peer   \(p.changesToPeer) changes, \(p.filesToPeer) files (\(bytes(p.bytesToPeer))); awaiting \(p.filesAwaited) files")
+            out("  heal        \(p.crawl.kind == "none" ? "idle" : "\(p.crawl.kind) \(p.crawl.state)"), split brain \(p.splitBrain), last scrub \(p.lastScrub ?? "never")")
+        } else if cfg.peer != nil {
+            out("Node \(cfg.peer!.node) (peer)  not reachable from this node")
+        }
         if let path = cfg.haConfig {
             if let ha, let h = try? JSONDecoder().decode(HADaemon.Status.self, from: Data(ha.utf8)) {
                 out("  address     \(h.holds.isEmpty ? "held by the peer or nobody" : "held here: " + h.holds.joined(separator: ", ")) (twinfs-ha \(h.state), peer \(h.peerAlive ? "heard" : "NOT HEARD")\(h.peerHolds ? ", peer holds it" : ""))")
@@ -131,6 +151,15 @@ struct Status: ParsableCommand {
                 out("  address     twinfs-ha not answering (config \(path))")
             }
         }
+    }
+
+    /// The peer's own report (asked over the peer link by this node), or nil.
+    func peerStatus(_ cfg: NodeConfig) -> NodeHealInfo? {
+        guard let r = try? ControlServer.request(path: cfg.controlSocket, ControlRequest(command: "heal-info", arguments: ["summary": "1"]),
+                                                 timeout: .seconds(5)),
+              r.ok, let body = r.body, let doc = try? JSONDecoder().decode(HealInfoDocument.self, from: Data(body.utf8)),
+              doc.nodes.count > 1, doc.nodes[1].reachable else { return nil }
+        return doc.nodes[1]
     }
 
     /// The HA daemon's status JSON, or nil if it does not answer.
