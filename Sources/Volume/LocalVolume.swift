@@ -101,6 +101,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     private let dirs = Locked<[UInt64: OpenDir]>([:])
     private let handleCounter = Locked<UInt64>(0)
     private let adoptLock = NSLock()
+    /// When the admin was last told the brick is full (once a minute at most).
+    private let fullWarned = Locked<ContinuousClock.Instant?>(nil)
 
     public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
         self.brick = brick
@@ -612,12 +614,32 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         try markDirty(s)
         var done = 0
         while done < data.count {
-            let n = try sys { pwrite(f.fd, data.baseAddress! + done, data.count - done, off_t(offset) + off_t(done)) }
+            let n: Int
+            do throws(FSError) {
+                n = try sys { pwrite(f.fd, data.baseAddress! + done, data.count - done, off_t(offset) + off_t(done)) }
+            } catch {
+                if error.errno == ENOSPC || error.errno == EDQUOT { noteBrickFull("writing file id \(f.id)") }
+                throw error
+            }
             if n == 0 { break }
             done += n
         }
         s.record(offset: offset, UnsafeRawBufferPointer(rebasing: data[0..<done]))
         return done
+    }
+
+    /// One line for the admin (at most once a minute) when the brick's disk is full: the
+    /// client gets ENOSPC, nothing else is affected.
+    public func noteBrickFull(_ what: String) {
+        let now = ContinuousClock.now
+        let tell = fullWarned.with { last -> Bool in
+            if let l = last, now - l < .seconds(60) { return false }
+            last = now
+            return true
+        }
+        if tell {
+            log.error("brick \(brick.path) is full (no space left on device): \(what) failed and the client was told so (ENOSPC); fix: free space on the brick's disk or grow it (`twinfs status` shows the free space)")
+        }
     }
 
     /// A fresh stable id of this node (a replicated create sends it to the peer first).

@@ -107,6 +107,9 @@ struct Status: ParsableCommand {
         out("Volume \(s.volume)  node \(s.node)  state \(s.state)")
         out("  mount       \(s.mountpoint)")
         out("  brick       \(s.brick)  (\(bytes(s.brickFreeBytes)) free of \(bytes(s.brickTotalBytes)))")
+        if s.brickTotalBytes > 0 && s.brickFreeBytes < max(64 << 20, s.brickTotalBytes / 100) {
+            out("  WARNING     the brick is full or nearly (\(bytes(s.brickFreeBytes)) free): writes fail with 'no space left'; fix: free space on the brick's disk or grow it")
+        }
         out("  files       \(s.files) (\(bytes(s.bytes))), directories \(s.directories), symlinks \(s.symlinks), being written \(s.dirtyFiles)")
         out("  journal     \(s.journalPath) (\(bytes(s.journalBytes)))")
         out("  uptime      \(duration(s.uptimeSeconds)), pid \(s.pid), last stop \(s.lastShutdown)")

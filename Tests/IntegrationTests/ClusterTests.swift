@@ -392,6 +392,9 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(state(c.b), "DEGRADED")
         XCTAssertFalse(FileManager.default.fileExists(atPath: c.b.brick + "/f"))
         XCTAssertTrue(c.a.log.contains("refus") || c.a.log.contains("authentication"), c.a.log)
+        // What the admin reads: the cause and the fix, in one line.
+        let why = replication(c.b)["link"] as? String ?? ""
+        XCTAssertTrue(why.contains("wrong cluster secret") && why.contains("copy the same secret_file to both nodes") && !why.contains("\n"), why)
     }
 
     func testFuzzedFramesNeverCrashALiveNodeOrWriteOutsideItsBrick() throws {

@@ -264,4 +264,35 @@ final class NodeAdminTests: XCTestCase {
         XCTAssertEqual(s["files"] as? Int, 1)
         XCTAssertEqual(s["bytes"] as? Int, 1000)
     }
+
+    /// A full brick: the client is told ENOSPC, the admin gets one line with the cause and the
+    /// fix (log and `twinfs status`), nothing breaks, and writes work again once space is freed.
+    func testAFullBrickIsOneClearLineAndNothingBreaks() throws {
+        let n = try TestNode(name: "a")
+        // A 12 MiB brick file system (tmpfs keeps trusted.* xattrs like ext4/XFS).
+        XCTAssertEqual(runCommand(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", n.brick]).status, 0)
+        addTeardownBlock {
+            n.destroy()
+            _ = runCommand(["umount", "-l", n.brick])
+        }
+        try n.start()
+        var failed: Int32 = 0
+        for i in 0..<20 {
+            do { try putFile(n.mnt + "/img\(i).dcm", pseudoRandomBytes(1 << 20, seed: UInt64(i))) } catch let e as FSError {
+                failed = e.errno
+                break
+            }
+        }
+        XCTAssertEqual(failed, ENOSPC, "the client must be told 'no space left on device'")
+        XCTAssertTrue(n.log.contains("brick \(n.brick) is full (no space left on device)") && n.log.contains("fix: free space on the brick's disk"),
+                      n.log.suffix(2000).description)
+        XCTAssertTrue(n.twinfs(["status", "--config", n.configPath]).stdout.contains("WARNING     the brick is full or nearly"))
+        XCTAssertEqual(try n.statusJSON()["state"] as? String, "HEALTHY", "a full brick does not fail the journal")
+        // Space freed: writes work again.
+        for i in 0..<6 { unlink(n.mnt + "/img\(i).dcm") }
+        try putFile(n.mnt + "/after.dcm", pseudoRandomBytes(1 << 20, seed: 99))
+        XCTAssertEqual(try readFile(n.mnt + "/after.dcm"), pseudoRandomBytes(1 << 20, seed: 99))
+        let v = n.twinfs(["verify", "--config", n.configPath])
+        XCTAssertEqual(v.status, 0, v.stdout)
+    }
 }
