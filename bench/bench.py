@@ -796,7 +796,9 @@ def ingest_path(root, i):
                         f"Series{(i // FILES_PER_SERIES) % SERIES_PER_STUDY:02d}", f"IM{i:05d}.dcm")
 
 
-def w_ingest(root, n, writers, size):
+def w_ingest(root, n, writers, size, fsync=True):
+    """n files of `size` bytes in the PACS layout, `writers` at once; each fsync'ed before close
+    unless `fsync` is False (a data set to heal, written like the anchor's)."""
     os.makedirs(root, exist_ok=True)
     parts = [range(k * n // writers, (k + 1) * n // writers) for k in range(writers)]
 
@@ -811,7 +813,8 @@ def w_ingest(root, n, writers, size):
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 write_all(fd, payload(i, size))
-                os.fsync(fd)
+                if fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
 

@@ -73,20 +73,7 @@ def deadline(nbytes=0, nfiles=0):
 def w_write_small(root, n):
     """The anchor's data set: n x 512 KiB in Study%03d/Series%02d (4 series of 100 per study);
     no per-file fsync (one sync at the end, not timed)."""
-    t0 = time.perf_counter()
-    made = set()
-    for i in range(n):
-        p = B.ingest_path(root, i)
-        d = os.path.dirname(p)
-        if d not in made:
-            os.makedirs(d, exist_ok=True)
-            made.add(d)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            B.write_all(fd, B.payload(i, SMALL_SIZE))
-        finally:
-            os.close(fd)
-    return {"seconds": time.perf_counter() - t0, "files": n, "bytes": n * SMALL_SIZE, "dirs": len(made)}
+    return B.w_ingest(root, n, 1, SMALL_SIZE, fsync=False)
 
 
 def w_write_medium(root, n):

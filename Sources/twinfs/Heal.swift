@@ -29,6 +29,21 @@ func decode<T: Decodable>(_ type: T.Type, _ body: String) -> T {
     return v
 }
 
+/// A subcommand that sends one control command and prints one line (heal start/pause/resume,
+/// scrub start/pause).
+protocol ControlAction: ParsableCommand {
+    static var command: String { get }
+    static var done: String { get }
+    var options: ConfigOption { get }
+}
+
+extension ControlAction {
+    func run() throws {
+        _ = control(loadConfig(options.config), Self.command)
+        out(Self.done)
+    }
+}
+
 func humanBytes(_ n: Int64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
     var v = Double(n)
@@ -101,13 +116,11 @@ struct HealCommand: ParsableCommand {
         }
     }
 
-    struct Start: ParsableCommand {
+    struct Start: ControlAction {
         static let configuration = CommandConfiguration(abstract: "Heal pending entries now (retrying any that waited).")
+        static let command = "heal-start"
+        static let done = "heal started: pending entries are being healed; watch with `twinfs heal info`"
         @OptionGroup var options: ConfigOption
-        func run() throws {
-            _ = control(loadConfig(options.config), "heal-start")
-            out("heal started: pending entries are being healed; watch with `twinfs heal info`")
-        }
     }
 
     struct Full: ParsableCommand {
@@ -156,22 +169,18 @@ struct HealCommand: ParsableCommand {
         }
     }
 
-    struct Pause: ParsableCommand {
+    struct Pause: ControlAction {
         static let configuration = CommandConfiguration(abstract: "Pause healing (pending entries stay recorded).")
+        static let command = "heal-pause"
+        static let done = "healing paused; `twinfs heal resume` continues where it stopped"
         @OptionGroup var options: ConfigOption
-        func run() throws {
-            _ = control(loadConfig(options.config), "heal-pause")
-            out("healing paused; `twinfs heal resume` continues where it stopped")
-        }
     }
 
-    struct Resume: ParsableCommand {
+    struct Resume: ControlAction {
         static let configuration = CommandConfiguration(abstract: "Resume healing.")
+        static let command = "heal-resume"
+        static let done = "healing resumed"
         @OptionGroup var options: ConfigOption
-        func run() throws {
-            _ = control(loadConfig(options.config), "heal-resume")
-            out("healing resumed")
-        }
     }
 
     struct SplitBrainCommand: ParsableCommand {
@@ -305,22 +314,18 @@ struct ScrubCommand: ParsableCommand {
         commandName: "scrub", abstract: "Bit-rot scrub: re-read and re-hash every file; repair from the peer's verified copy.",
         subcommands: [Start.self, Pause.self, Status.self])
 
-    struct Start: ParsableCommand {
+    struct Start: ControlAction {
         static let configuration = CommandConfiguration(abstract: "Start (or resume) a scrub of this node's brick.")
+        static let command = "scrub-start"
+        static let done = "scrub started; watch with `twinfs scrub status`"
         @OptionGroup var options: ConfigOption
-        func run() throws {
-            _ = control(loadConfig(options.config), "scrub-start")
-            out("scrub started; watch with `twinfs scrub status`")
-        }
     }
 
-    struct Pause: ParsableCommand {
+    struct Pause: ControlAction {
         static let configuration = CommandConfiguration(abstract: "Pause the scrub (it resumes where it stopped).")
+        static let command = "scrub-pause"
+        static let done = "scrub paused"
         @OptionGroup var options: ConfigOption
-        func run() throws {
-            _ = control(loadConfig(options.config), "scrub-pause")
-            out("scrub paused")
-        }
     }
 
     struct Status: ParsableCommand {

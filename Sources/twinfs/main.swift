@@ -106,19 +106,19 @@ struct Status: ParsableCommand {
         guard let s = try? JSONDecoder().decode(NodeStatus.self, from: Data(body.utf8)) else { out(body); return }
         out("Volume \(s.volume)  node \(s.node)  state \(s.state)")
         out("  mount       \(s.mountpoint)")
-        out("  brick       \(s.brick)  (\(bytes(s.brickFreeBytes)) free of \(bytes(s.brickTotalBytes)))")
+        out("  brick       \(s.brick)  (\(humanBytes(s.brickFreeBytes)) free of \(humanBytes(s.brickTotalBytes)))")
         if s.brickTotalBytes > 0 && s.brickFreeBytes < max(64 << 20, s.brickTotalBytes / 100) {
-            out("  WARNING     the brick is full or nearly (\(bytes(s.brickFreeBytes)) free): writes fail with 'no space left'; fix: free space on the brick's disk or grow it")
+            out("  WARNING     the brick is full or nearly (\(humanBytes(s.brickFreeBytes)) free): writes fail with 'no space left'; fix: free space on the brick's disk or grow it")
         }
-        out("  files       \(s.files) (\(bytes(s.bytes))), directories \(s.directories), symlinks \(s.symlinks), being written \(s.dirtyFiles)")
-        out("  journal     \(s.journalPath) (\(bytes(s.journalBytes)))")
+        out("  files       \(s.files) (\(humanBytes(s.bytes))), directories \(s.directories), symlinks \(s.symlinks), being written \(s.dirtyFiles)")
+        out("  journal     \(s.journalPath) (\(humanBytes(s.journalBytes)))")
         out("  uptime      \(duration(s.uptimeSeconds)), pid \(s.pid), last stop \(s.lastShutdown)")
         if s.recoveredIntents + s.recoveredFiles > 0 {
             out("  recovery    \(s.recoveredIntents) unfinished changes re-read, \(s.recoveredFiles) files re-hashed at start")
         }
         if let r = s.replication {
             out("  peer        \(r.peerNode) at \(r.peerAddress): link \(r.link), replication \(r.mode)")
-            out("  owed peer   \(r.pendingChanges) changes, \(r.pendingFiles) files (\(bytes(r.pendingBytes)))")
+            out("  owed peer   \(r.pendingChanges) changes, \(r.pendingFiles) files (\(humanBytes(r.pendingBytes)))")
             if r.peerPendingChanges + r.peerPendingFiles > 0 {
                 out("  peer owes   \(r.peerPendingChanges) changes, \(r.peerPendingFiles) files to this node")
             }
@@ -132,17 +132,17 @@ struct Status: ParsableCommand {
         }
         if let h = s.heal {
             var line = h.rebuilding ? "REBUILDING this brick from the peer; " : ""
-            line += "\(h.filesAwaited) files (\(bytes(h.bytesAwaited))) to receive, walk \(h.crawl)\(h.paused ? " (PAUSED)" : "")"
+            line += "\(h.filesAwaited) files (\(humanBytes(h.bytesAwaited))) to receive, walk \(h.crawl)\(h.paused ? " (PAUSED)" : "")"
             out("  heal        \(line)")
             out("  scrub       \(h.scrub), last finished \(h.lastScrub ?? "never")\(h.corruptFound > 0 ? ", \(h.corruptFound) files corrupt and not repaired (see `twinfs scrub status`)" : "")")
         }
         if let p = peerView {
             out("Node \(p.node) (peer)  state \(p.state)")
             if let free = p.brickFreeBytes, let total = p.brickTotalBytes {
-                out("  brick       \(bytes(free)) free of \(bytes(total))")
+                out("  brick       \(humanBytes(free)) free of \(humanBytes(total))")
             }
-            if let f = p.files, let b = p.bytes { out("  files       \(f) (\(bytes(b)))") }
-            out("  owed peer   \(p.changesToPeer) changes, \(p.filesToPeer) files (\(bytes(p.bytesToPeer))); awaiting \(p.filesAwaited) files")
+            if let f = p.files, let b = p.bytes { out("  files       \(f) (\(humanBytes(b)))") }
+            out("  owed peer   \(p.changesToPeer) changes, \(p.filesToPeer) files (\(humanBytes(p.bytesToPeer))); awaiting \(p.filesAwaited) files")
             out("  heal        \(p.crawl.kind == "none" ? "idle" : "\(p.crawl.kind) \(p.crawl.state)"), split brain \(p.splitBrain), last scrub \(p.lastScrub ?? "never")")
         } else if cfg.peer != nil {
             out("Node \(cfg.peer!.node) (peer)  not reachable from this node")
@@ -171,14 +171,6 @@ struct Status: ParsableCommand {
               let r = try? ControlServer.request(path: c.controlSocket, ControlRequest(command: "status"), timeout: .seconds(2)),
               r.ok else { return nil }
         return r.body
-    }
-
-    func bytes(_ n: Int64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var v = Double(n)
-        var i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
     }
 
     func duration(_ s: Int) -> String {

@@ -77,6 +77,16 @@ final class PACSFailoverTests: HATestCase {
         return (nodes, startNode)
     }
 
+    /// Kills everything in node a's namespace `delay` µs from now, in the background, and
+    /// records when (after the kill: nothing node a sends can arrive from then on).
+    func killOwner(_ topo: NetnsTopology, after delay: useconds_t, at killedAt: Locked<Date?>) {
+        Thread {
+            usleep(delay)
+            for pid in topo.pids(.a) { kill(pid, SIGKILL) }
+            killedAt.with { $0 = Date() }
+        }.start()
+    }
+
     func testOwnerKilledDuringIngestLosesNoAcknowledgedInstance() throws {
         for tool in ["/usr/bin/storescu", "/usr/bin/storescp", "/usr/bin/nsenter"] where !FileManager.default.isExecutableFile(atPath: tool) {
             throw XCTSkip("\(tool) is not installed (apt-get install dcmtk util-linux)")
@@ -116,13 +126,7 @@ final class PACSFailoverTests: HATestCase {
             if acked.count == 40 {
                 // The owner dies while the next instances are on their way (a random moment,
                 // usually in the middle of one): daemon, node, archive, all of its namespace.
-                let delay = useconds_t.random(in: 60_000...120_000)
-                Thread {
-                    usleep(delay)
-                    for pid in topo.pids(.a) { kill(pid, SIGKILL) }
-                    // After the kill: nothing node a sends can arrive from here on.
-                    killedAt.with { $0 = Date() }
-                }.start()
+                killOwner(topo, after: useconds_t.random(in: 60_000...120_000), at: killedAt)
             }
         }
         let killTime = try XCTUnwrap(killedAt.with { $0 })
@@ -195,13 +199,7 @@ final class PACSFailoverTests: HATestCase {
                 usleep(100_000)
             }
             if i == 20 {
-                let delay = useconds_t.random(in: 10_000...150_000)
-                Thread {
-                    usleep(delay)
-                    for pid in topo.pids(.a) { kill(pid, SIGKILL) }
-                    // After the kill: nothing node a sends can arrive from here on.
-                    killedAt.with { $0 = Date() }
-                }.start()
+                killOwner(topo, after: useconds_t.random(in: 10_000...150_000), at: killedAt)
             }
         }
         let killTime = try XCTUnwrap(killedAt.with { $0 })
