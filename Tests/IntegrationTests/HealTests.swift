@@ -128,6 +128,25 @@ final class HealTests: XCTestCase {
         XCTAssertEqual(try readFile(c.a.brick + "/study-3/after-restart.dcm"), pseudoRandomBytes(123_456, seed: 77))
     }
 
+    /// An empty brick whose journal still owes the peer changes is more likely a data disk that
+    /// did not mount than a replaced one: the start is refused and nothing is touched.
+    func testAnEmptyBrickWithAnUnsentJournalIsRefusedNotRebuilt() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        c.cut(.reset)
+        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
+        try put(c.b.mnt + "/written-apart.dcm", pseudoRandomBytes(20_000, seed: 5))
+        XCTAssertEqual(c.b.stop(), 0)
+        XCTAssertEqual(sh("rm -rf '\(c.b.brick)' && mkdir -p '\(c.b.brick)'").status, 0)
+        let before = try FileManager.default.contentsOfDirectory(atPath: c.b.state).sorted()
+        let r = c.b.twinfs(["node", "--config", c.b.configPath], timeout: 60)
+        XCTAssertEqual(r.status, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("the peer has not received yet") && r.stderr.contains("fix:"), r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: c.b.state).sorted(), before, "the journal was touched")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: c.b.brick), [], "the brick was touched")
+    }
+
     // MARK: - (iii) bit rot
 
     /// Changes one byte of a brick file behind TwinFS's back (size and times as they were).

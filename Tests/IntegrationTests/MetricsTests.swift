@@ -60,5 +60,6 @@ final class MetricsTests: XCTestCase {
         try c.b.start()
         waitHealthy(c)
         XCTAssertEqual(scrape(port)["twinfs_pending_files"], 0)
+        try assertReplicasIdentical(c)
     }
 }

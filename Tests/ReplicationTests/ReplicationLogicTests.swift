@@ -136,4 +136,26 @@ final class ReplicationLogicTests: XCTestCase {
         XCTAssertEqual([b.ops, b.files, b.bytes, b.splitBrain], [1, 0, 0, 1])
         XCTAssertEqual(try j.splitBrainIDs(), [id])
     }
+
+    /// Every queued job gets a thread even when jobs arrive faster than idle threads wake: with
+    /// k idle threads, k+1 jobs where each waits for the next must all run at once (a lock
+    /// request and the unlock that frees it, arriving together, must not starve each other).
+    func testBlockingPoolRunsEveryQueuedJobAtOnce() {
+        let pool = BlockingPool(name: "test-pool", limit: 64)
+        for n in 1...6 {
+            // After round n-1 the pool has n-1 threads, all idle now.
+            usleep(50_000)
+            let signals = (0..<n).map { _ in DispatchSemaphore(value: 0) }
+            let finished = DispatchGroup()
+            for k in 0..<n {
+                finished.enter()
+                pool.run {
+                    if k < n - 1 { signals[k + 1].wait() }
+                    signals[k].signal()
+                    finished.leave()
+                }
+            }
+            XCTAssertEqual(finished.wait(timeout: .now() + 10), .success, "\(n) chained jobs with \(n - 1) idle threads: one starved")
+        }
+    }
 }
