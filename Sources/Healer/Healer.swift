@@ -645,6 +645,39 @@ public final class Healer: HealHooks, @unchecked Sendable {
         if !ok && strict { throw FSError.io }
     }
 
+    /// Bytes and files per second over the last 20 s: received here plus sent whole from here.
+    func rate() -> (bytes: Double, files: Double) {
+        cond.lock()
+        let now = ContinuousClock.now
+        samples.removeAll { now - $0.at > .seconds(20) }
+        var r = (bytes: 0.0, files: 0.0)
+        if let first = samples.first {
+            let span = max(1.0, Double((now - first.at).components.seconds))
+            r = (Double(samples.reduce(0) { $0 + $1.bytes }) / span, Double(samples.reduce(0) { $0 + $1.files }) / span)
+        }
+        cond.unlock()
+        let sent = v.healSendStats
+        return sent.files > 0 ? (r.bytes + sent.bytesPerSecond, r.files + sent.filesPerSecond) : r
+    }
+
+    public struct Summary: Sendable {
+        public var filesAwaited: Int64
+        public var bytesAwaited: Int64
+        public var crawl: NodeHealInfo.Crawl
+        public var paused: Bool
+        public var rateBytesPerSecond: Double
+    }
+
+    /// What `twinfs status` shows of the healer: without `info`'s backlog queries, which the
+    /// status already makes for its `replication` part.
+    public func summary() -> Summary {
+        let totals = (try? journal.healPendingTotals()) ?? (files: 0, bytes: 0)
+        cond.lock()
+        let (c, p) = (crawl, paused)
+        cond.unlock()
+        return Summary(filesAwaited: totals.files, bytesAwaited: totals.bytes, crawl: c, paused: p, rateBytesPerSecond: rate().bytes)
+    }
+
     public func infoJSON(summary: Bool) -> [UInt8] {
         NodeHealInfo.encode(info(summary: summary))
     }
@@ -657,30 +690,20 @@ public final class Healer: HealHooks, @unchecked Sendable {
         i.paused = paused
         i.crawl = crawl
         i.healingNow = Array(inflight.values.sorted().prefix(32))
-        let now = ContinuousClock.now
-        samples.removeAll { now - $0.at > .seconds(20) }
-        if let first = samples.first {
-            let span = max(1.0, Double((now - first.at).components.seconds))
-            i.rateBytesPerSecond = Double(samples.reduce(0) { $0 + $1.bytes }) / span
-            i.rateFilesPerSecond = Double(samples.reduce(0) { $0 + $1.files }) / span
-        }
-        if rebuilding {
-            i.state = "HEALING"
-            let localBytes = (try? journal.stats().bytes) ?? 0
-            i.bytesLeft = max(i.bytesLeft, peerBytes - localBytes)
-        }
+        let (isRebuilding, peerTotal) = (rebuilding, peerBytes)
         cond.unlock()
-        let sent = v.healSendStats
-        if sent.files > 0 {
-            i.rateBytesPerSecond += sent.bytesPerSecond
-            i.rateFilesPerSecond += sent.filesPerSecond
+        (i.rateBytesPerSecond, i.rateFilesPerSecond) = rate()
+        let stats = try? journal.stats()
+        if isRebuilding {
+            i.state = "HEALING"
+            i.bytesLeft = max(i.bytesLeft, peerTotal - (stats?.bytes ?? 0))
         }
         if v.mode == .degraded { i.state = "DEGRADED" }
         if let fs = try? brick.statfs() {
             i.brickFreeBytes = Int64(fs.f_bavail) * Int64(fs.f_frsize)
             i.brickTotalBytes = Int64(fs.f_blocks) * Int64(fs.f_frsize)
         }
-        if let st = try? journal.stats() { i.files = st.files; i.bytes = st.bytes }
+        if let st = stats { i.files = st.files; i.bytes = st.bytes }
         i.lastScrub = scrubber.lastFinished
         if i.rateBytesPerSecond > 0 && i.bytesLeft > 0 { i.etaSeconds = Int64(Double(i.bytesLeft) / i.rateBytesPerSecond) }
         return i

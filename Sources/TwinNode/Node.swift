@@ -115,9 +115,12 @@ public struct HealStatus: Codable, Sendable {
     public var scrub: String
     public var lastScrub: String?
     public var corruptFound: Int64
+    /// Bytes healed per second over the last 20 s (received plus sent whole).
+    public var rateBytesPerSecond: Double
 
     enum CodingKeys: String, CodingKey {
         case rebuilding, crawl, paused, scrub
+        case rateBytesPerSecond = "rate_bytes_per_second"
         case filesAwaited = "files_awaited"
         case bytesAwaited = "bytes_awaited"
         case lastScrub = "last_scrub"
@@ -298,7 +301,7 @@ public final class Node: @unchecked Sendable {
                         v.scrubRunning = sc.state == "running"
                         v.scrubFilesChecked = sc.filesChecked
                         v.scrubCorruptFound = sc.corruptFound
-                        v.healRateBytes = m.healer.info(summary: true).rateBytesPerSecond
+                        v.healRateBytes = h.rateBytesPerSecond
                     }
                     gauges.set(v)
                 }
@@ -391,12 +394,13 @@ public final class Node: @unchecked Sendable {
                 splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
                 lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
                 peerPendingFiles: r.peerCatchingUpFiles)
-            let hi = m.healer.info(summary: true)
+            let hi = m.healer.summary()
             let sc = m.healer.scrubber.current()
             heal = HealStatus(filesAwaited: hi.filesAwaited, bytesAwaited: hi.bytesAwaited, rebuilding: m.healer.isRebuilding,
                               crawl: hi.crawl.kind == "none" ? "idle" : "\(hi.crawl.kind) \(hi.crawl.state)",
                               paused: hi.paused, scrub: sc.state, lastScrub: sc.finished,
-                              corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count))
+                              corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count),
+                              rateBytesPerSecond: hi.rateBytesPerSecond)
             if state == "HEALTHY" {
                 if r.mode == .degraded { state = "DEGRADED" }
                 else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
