@@ -149,18 +149,21 @@ public final class Scrubber: @unchecked Sendable {
     private func run() {
         while true {
             cond.lock()
+            var due = false
             while !stopped && status.state != "running" {
                 _ = cond.wait(until: Date(timeIntervalSinceNow: 5))
-                if scheduleDue() { break }
+                due = scheduleDue()
+                if due { break }
             }
             if stopped { cond.unlock(); return }
             cond.unlock()
-            if scheduleDue() { begin() }
+            // Decided under the lock (`status` is shared with the control socket's threads).
+            if due { begin() }
             pass()
         }
     }
 
-    /// The config's schedule: a scrub is due `interval` after the last one finished.
+    /// The config's schedule: a scrub is due `interval` after the last one finished. Caller holds `cond`.
     private func scheduleDue() -> Bool {
         guard let i = interval, status.state == "idle" else { return false }
         guard let f = status.finished, let last = Self.date(from: f) else {
