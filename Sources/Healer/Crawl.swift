@@ -117,6 +117,10 @@ extension Healer {
             cond.unlock()
             if let l = ours[p.name] {
                 guard l.id == p.id else {
+                    if v.yieldName(parent: path, name: p.name, id: l.id) {
+                        if let dir = createLocally(p, parent: path, rel: rel, full: full) { subdirs.append(dir) }
+                        continue
+                    }
                     v.recordSplitBrain(id: 0, path: rel, reason: "the two nodes hold different entries under this name (ids \(l.id) and \(p.id))")
                     continue
                 }

@@ -117,6 +117,9 @@ public final class CatchUp: @unchecked Sendable {
                     return false
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
+                    // A create this node made just before it stopped, never answered: the
+                    // client stored its file through the peer instead, which keeps the name.
+                    if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = m, v.yieldName(parent: p, name: n, id: id) { continue }
                     if e == ENOENT, case .unlink = m { continue }
                     // Sent before, answer lost: the peer already renamed it.
                     if e == ENOENT, r.uncertain, case .rename = m { continue }

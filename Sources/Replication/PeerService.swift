@@ -74,6 +74,11 @@ public final class PeerService: Sendable {
                 return reply(requestID, error.errno)
             }
         }
+        // The peer creates a name where this node holds a file it made just before it stopped
+        // and no client was told of: that file gives the name up (see `yieldName`).
+        if case let .create(p, n, _, _, _, id) = m, let mine = volume.local.brick.readID(rel: Brick.join(p, n)), mine != id {
+            _ = volume.yieldName(parent: p, name: n, id: mine)
+        }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(id: id, path: ReplicatedVolume.describe(m),

@@ -47,6 +47,19 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         get { hooksBox.with { $0 } }
         set { hooksBox.with { $0 = newValue } }
     }
+    /// Applies a change to this node alone, with the kernel-cache invalidations a change from
+    /// the peer gets (the peer service's `applyHealed`; set once at start).
+    let localApplyBox = Locked<(@Sendable (PeerMessage) -> PeerMessage)?>(nil)
+    public var localApply: (@Sendable (PeerMessage) -> PeerMessage)? {
+        get { localApplyBox.with { $0 } }
+        set { localApplyBox.with { $0 = newValue } }
+    }
+
+    struct YieldCandidate: Sendable {
+        var rel: String
+        var size: Int64
+        var mtimeNs: Int64
+    }
 
     struct SharedState {
         var owed: Set<UInt64> = []
@@ -54,6 +67,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         /// connected): the peer's copy of one of these must never overwrite this node's.
         var changedApart: Set<UInt64> = []
         var split: Set<UInt64> = []
+        /// Files this node made just before it stopped whose creation or content no client was
+        /// ever told of (see `yieldName`), with their size and mtime then.
+        var yielding: [UInt64: YieldCandidate] = [:]
+        var yielded: Set<UInt64> = []
         /// What the peer reported of its own catch-up towards this node.
         var peerOps: UInt64 = 0
         var peerFiles: UInt64 = 0
@@ -80,8 +97,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 if f.owed { s.owed.insert(f.id) } else { streaming.insert(f.id) }
             }
             s.changedApart = s.owed
-            state = Locked(s)
             try Self.settleCrashLeftovers(local: local, interrupted: streaming, log: logger)
+            s.yielding = try Self.yieldCandidates(local: local, interrupted: streaming)
+            state = Locked(s)
         } catch let e as FSError {
             throw e
         } catch {
@@ -150,6 +168,55 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         default:
             return true
         }
+    }
+
+    /// The entries a crash left that no client was ever told of: files being written live
+    /// (their bytes were never acknowledged: no close or fsync returned; a copy with bytes is
+    /// in quarantine), and files whose create was still on its way to the peer (the create
+    /// never returned, so they are empty).
+    static func yieldCandidates(local: LocalVolume, interrupted: Set<UInt64>) throws -> [UInt64: YieldCandidate] {
+        var out: [UInt64: YieldCandidate] = [:]
+        func add(_ id: UInt64, _ rel: String, emptyOnly: Bool) {
+            guard let st = try? local.brick.lstat(rel), st.kind == .file, local.brick.readID(rel: rel) == id,
+                  !emptyOnly || st.st_size == 0 else { return }
+            out[id] = YieldCandidate(rel: rel, size: Int64(st.st_size), mtimeNs: st.mtimeNs)
+        }
+        for id in interrupted {
+            if let path = try local.journal.path(of: id), !path.isEmpty { add(id, path, emptyOnly: false) }
+        }
+        var after: Int64 = 0
+        while true {
+            let rows = try local.journal.peerOps(after: after, limit: 1024)
+            guard let last = rows.last else { break }
+            after = last.seq
+            for r in rows where r.uncertain {
+                if case let .create(p, n, _, _, _, id)? = try? decodeOp(r.message) { add(id, Brick.join(p, n), emptyOnly: true) }
+            }
+        }
+        return out
+    }
+
+    /// The peer holds another entry under the name of `id`, a file this node made just before
+    /// it stopped that no client was ever told of. The client went on through the peer, so
+    /// the peer's entry is the one it knows: this node's gives up the name (it holds no
+    /// acknowledged byte; any bytes are in quarantine since the start). False, and a split
+    /// brain as before, if the file changed since this node started or is not that file.
+    public func yieldName(parent: String, name: String, id: UInt64) -> Bool {
+        let rel = Brick.join(parent, name)
+        // Already given up (the peer's create of the name came first): the replay of this
+        // node's create, or its send, has nothing left to do.
+        if state.with({ $0.yielded.contains(id) }) { return true }
+        guard let y = state.with({ $0.yielding[id] }), y.rel == rel else { return false }
+        guard let st = try? local.brick.lstat(rel), st.kind == .file, local.brick.readID(rel: rel) == id,
+              Int64(st.st_size) == y.size, st.mtimeNs == y.mtimeNs, let apply = localApply else {
+            state.with { $0.yielding[id] = nil }
+            return false
+        }
+        guard case .reply(_, 0, _) = apply(.unlink(parentPath: parent, name: name)) else { return false }
+        state.with { $0.yielding[id] = nil; $0.yielded.insert(id) }
+        try? journal.submit([.dropPeerFile(id: id, generation: .max)], wait: .written)
+        log.notice("\(rel.debugDescription) was made here just before this node stopped and no client was told of it; the peer stored another file under this name meanwhile, which takes its place\(y.size > 0 ? " (this node's bytes are in quarantine)" : "")")
+        return true
     }
 
     // MARK: - Mode
@@ -853,6 +920,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 recordSplitBrain(id: id, path: path, reason: "changed on both nodes while they could not talk")
                 return .splitBrain
             case .refused(let e) where e == EEXIST && what == "create":
+                if yieldName(parent: parent, name: name, id: id) { return .gone }
                 recordSplitBrain(id: id, path: path, reason: "the peer has another entry under this name")
                 return .splitBrain
             case .refused(let e): return .failed("peer refused \(what): errno \(e)")

@@ -83,6 +83,7 @@ final class ClusterMember: @unchecked Sendable {
             throw AdminError(problem: "cannot listen for the peer on \(cfg.listen): \(e)",
                              fix: "check `listen` in the config and that no other process uses that port")
         }
+        volume.localApply = { [service] m in service.applyHealed(m) }
         catchUp = CatchUp(volume: volume, logger: log)
         do {
             healer = try Healer(volume: volume, service: service, node: cfg.node, peer: peer.node,

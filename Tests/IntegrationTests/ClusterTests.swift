@@ -303,6 +303,55 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
+    /// A node dies while a client's create is on its way to the peer: made on its own brick,
+    /// never answered. The client stores the file through the other node instead. When the
+    /// dead node returns, its empty, never-acknowledged file gives the name up to the stored
+    /// one: no split brain, and both bricks hold the stored bytes.
+    func testAnUnansweredCreateOnADeadNodeYieldsToTheFileStoredOnThePeer() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
+        try put(c.a.mnt + "/scans/before.dcm", pseudoRandomBytes(50_000, seed: 10))
+        c.cut(.blackhole)
+        let path = c.a.mnt + "/scans/x.dcm"
+        Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
+        waitUntil("a made the file on its brick", timeout: 5) { access(c.a.brick + "/scans/x.dcm", F_OK) == 0 }
+        c.a.kill9()
+        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
+        let bytes = pseudoRandomBytes(200_000, seed: 11)
+        try put(c.b.mnt + "/scans/x.dcm", bytes)
+        c.restore()
+        try c.a.start()
+        waitHealthy(c, timeout: 60)
+        XCTAssertTrue(c.a.log.contains("\"scans/x.dcm\" was made here just before this node stopped"), c.a.log.suffix(3000).description)
+        XCTAssertTrue(try readFile(c.a.brick + "/scans/x.dcm") == bytes, "a's brick does not hold the stored bytes")
+        XCTAssertTrue(try readFile(c.a.mnt + "/scans/x.dcm") == bytes, "a's mount does not serve the stored bytes")
+        try assertReplicasIdentical(c)
+    }
+
+    /// As above, but a client writes that file on the returned node before the nodes meet
+    /// again: now both copies were acknowledged, so it is a split brain, both kept.
+    func testAnUnansweredCreateWrittenAfterTheRestartIsASplitBrainNotYielded() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
+        c.cut(.blackhole)
+        let path = c.a.mnt + "/scans/x.dcm"
+        Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
+        waitUntil("a made the file on its brick", timeout: 5) { access(c.a.brick + "/scans/x.dcm", F_OK) == 0 }
+        c.a.kill9()
+        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
+        let vb = pseudoRandomBytes(200_000, seed: 11), va = pseudoRandomBytes(100_000, seed: 12)
+        try put(c.b.mnt + "/scans/x.dcm", vb)
+        try c.a.start()
+        try put(c.a.mnt + "/scans/x.dcm", va)
+        c.restore()
+        waitUntil("both report the split brain", timeout: 60) { state(c.a) == "SPLIT-BRAIN" && state(c.b) == "SPLIT-BRAIN" }
+        XCTAssertTrue(try readFile(c.a.brick + "/scans/x.dcm") == va, "a's acknowledged copy was not kept")
+        XCTAssertTrue(try readFile(c.b.brick + "/scans/x.dcm") == vb, "b's acknowledged copy was not kept")
+        XCTAssertFalse(c.a.log.contains("was made here just before this node stopped"))
+    }
+
     // MARK: - Scenario v + guarantee 4: split brain
 
     func testSplitBrainOnOneFileIsDetectedAndBothCopiesAreKept() throws {
