@@ -104,7 +104,7 @@ let package = Package(
                                                              .product(name: "NIOPosix", package: "swift-nio")]),
         // Real mounts and real node processes: needs root and /dev/fuse (skipped otherwise).
         // twinfs-ha in network namespaces (root): failover, partitions, witness, tickle ACK.
-        .testTarget(name: "HATests", dependencies: ["TestSupport", "TwinCore"], exclude: ["probe.py"]),
+        .testTarget(name: "HATests", dependencies: ["TestSupport", "TwinCore"], exclude: ["probe.py", "smb_session.py"]),
         // Child processes shared by the integration and HA tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // The healer's decisions: which copy a heal trusts, split-brain policies, the throttle.

@@ -52,8 +52,12 @@ class HATestCase: XCTestCase {
     /// `heartbeatLink`: 0 = heartbeats on the public LAN (eth0); 1 = on a private heartbeat
     /// network of their own (eth1), as hospitals cable it.
     /// `defaults`: the daemon's default timings (the benchmark); else quicker monitor settings.
+    /// `beforeDaemons`: runs once the namespaces exist, before the daemons start (services the
+    /// event scripts start need their files); it returns `[events.env]` entries per node.
     func startPair(witness: Bool = false, failback: Double = 2, heartbeatLink: Int = 0, extraScripts: [String: String] = [:],
-                   defaults: Bool = false, file: StaticString = #filePath, line: UInt = #line) throws -> Pair {
+                   defaults: Bool = false, eventTimeout: Double = 1.0,
+                   beforeDaemons: ((Pair) throws -> [NetnsTopology.Node: [String: String]])? = nil,
+                   file: StaticString = #filePath, line: UInt = #line) throws -> Pair {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else { throw XCTSkip("twinfs-ha not built at \(Self.binary)") }
         let topo = try makeTopology(secondLink: heartbeatLink == 1, witness: witness)
         let p = Pair(topo: topo)
@@ -65,6 +69,7 @@ class HATestCase: XCTestCase {
             _ = try topo.spawn(.witness, [Self.binary, "witness", "--listen", "\(topo.address(.witness)):7796",
                                           "--secret-file", secret, "--lease", defaults ? "0.35" : "0.5"], log: "witness.log")
         }
+        let eventEnv = try beforeDaemons?(p) ?? [:]
         for n in [NetnsTopology.Node.a, .b] {
             let events = p.dir(n) + "/events"
             try FileManager.default.createDirectory(atPath: events, withIntermediateDirectories: true)
@@ -93,7 +98,9 @@ class HATestCase: XCTestCase {
             \(witness ? "[witness]\naddress = \"\(topo.address(.witness)):7796\"\n\(defaults ? "" : "lease = 0.5\n")" : "")
             [events]
             dir = "\(events)"
-            \(defaults ? "" : "timeout = 1.0\nmonitor_interval = 0.2\nmonitor_failures = 2")
+            \(defaults ? "" : "timeout = \(eventTimeout)\nmonitor_interval = 0.2\nmonitor_failures = 2")
+            [events.env]
+            \((eventEnv[n] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) = \"\($0.value)\"" }.joined(separator: "\n"))
             """
             try cfg.write(toFile: p.config(n), atomically: true, encoding: .utf8)
             p.servers[n] = try topo.startProbeServer(on: n)

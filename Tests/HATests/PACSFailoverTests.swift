@@ -152,69 +152,143 @@ final class PACSFailoverTests: HATestCase {
         XCTAssertEqual(diff.status, 0, "the bricks differ: " + diff.stdout.prefix(2000))
     }
 
-    /// smbd on both nodes (each in its namespace, over its own mount, with the shipped share
-    /// settings); a client stores files over SMB to the floating address; the owner is killed
-    /// mid-stream; the client reconnects to the other node (the address moved, tickle ACKs reset
-    /// the old connection) and continues. Every stored file ends on both bricks.
-    func testSMBClientReconnectsToTheOtherNodeAndContinues() throws {
+    /// The SMB path as deployed: on both nodes twinfs-ha runs the shipped `60.samba`, which
+    /// starts smbd (the shipped share settings, over the node's mount), monitors it and stops
+    /// it. One client keeps one SMB session to the floating address and stores scans. The
+    /// owner hangs and then loses power (its link goes down, then everything in it is killed:
+    /// no FIN or RST reaches the client); the new owner takes the address and tickles the old
+    /// owner's clients, so the session is reset at once rather than left waiting (until its
+    /// 20 s timeout) for an answer that never comes; the client reconnects to the same address (the other node) and continues.
+    /// Every scan ends on both bricks. Then the monitor: the returned node fails back, its smbd
+    /// is killed, the monitor moves the address away; a clean daemon stop stops its smbd.
+    func testSMBSessionReconnectsToTheOtherNodeAndContinuesThroughTheEventScript() throws {
         for tool in ["/usr/sbin/smbd", "/usr/bin/smbclient", "/usr/bin/smbpasswd", "/usr/bin/nsenter"]
         where !FileManager.default.isExecutableFile(atPath: tool) {
             throw XCTSkip("\(tool) is not installed (apt-get install samba smbclient)")
         }
-        guard FileManager.default.isExecutableFile(atPath: Self.twinfs) else { throw XCTSkip("twinfs not built at \(Self.twinfs)") }
-        let p = try startPair()
-        let topo = p.topo
-        let (nodes, startNode) = try twinfsPair(p)
-        XCTAssertEqual(mkdir(nodes[0].mnt + "/scans", 0o755), 0)
-        let password = "twinfs-test"
-        for (i, n) in nodes.enumerated() {
-            let dir = n.dir + "/samba"
-            let conf = dir + "/smb.conf"
-            try SambaConfig.render(dir: dir, port: 445, shares: [("pacs", n.mnt)], repoRoot: Self.repoRoot, interfaces: "eth0")
-                .write(toFile: conf, atomically: true, encoding: .utf8)
-            XCTAssertEqual(runCommand(["sh", "-c", "printf '%s\\n%s\\n' \(password) \(password) | smbpasswd -c \(conf) -a -s root"]).status, 0)
-            _ = try topo.spawn(i == 0 ? .a : .b, ["setsid", "smbd", "--foreground", "--no-process-group", "-s", conf], log: "smbd-\(n.name).log")
+        guard runCommand(["/usr/bin/python3", "-c", "import samba.samba3.libsmb_samba_internal"]).ok else {
+            throw XCTSkip("python3-samba is not installed")
         }
-        addTeardownBlock { _ = runCommand(["pkill", "-KILL", "-f", "smbd --foreground --no-process-group -s \(topo.workDir)/"]) }
-        XCTAssertTrue(waitUntil(20) { topo.exec(.client, ["smbclient", "//\(p.vip)/pacs", "-U", "root%\(password)", "-c", "ls"], timeout: 10).ok },
-                      "smbd on the address never answered: " + topo.readLog("smbd-a.log"))
-        let local = topo.workDir + "/scans"
-        try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+        guard FileManager.default.isExecutableFile(atPath: Self.twinfs) else { throw XCTSkip("twinfs not built at \(Self.twinfs)") }
+        let password = "twinfs-test"
+        var nodes: [FSNode] = []
+        var startNode: (Int) throws -> Void = { _ in }
+        let samba = try String(contentsOfFile: Self.repoRoot + "/ctdb-like/events/60.samba", encoding: .utf8)
+        // smbd's startup takes a moment on this VM: the script waits up to 3 s for it.
+        let p = try startPair(extraScripts: ["60.samba": samba], eventTimeout: 6) { p in
+            (nodes, startNode) = try self.twinfsPair(p)
+            XCTAssertEqual(mkdir(nodes[0].mnt + "/scans", 0o755), 0)
+            var env: [NetnsTopology.Node: [String: String]] = [:]
+            for (i, n) in nodes.enumerated() {
+                let conf = n.dir + "/samba/smb.conf"
+                try SambaConfig.render(dir: n.dir + "/samba", port: 445, shares: [("pacs", n.mnt)], repoRoot: Self.repoRoot, interfaces: "eth0 lo")
+                    .write(toFile: conf, atomically: true, encoding: .utf8)
+                XCTAssertEqual(runCommand(["sh", "-c", "printf '%s\\n%s\\n' \(password) \(password) | smbpasswd -c \(conf) -a -s root"]).status, 0)
+                let me: NetnsTopology.Node = i == 0 ? .a : .b
+                env[me] = ["SMBD_CONF": conf, "SMBD_HOST": p.topo.address(me)]
+            }
+            return env
+        }
+        let topo = p.topo
+        addTeardownBlock { _ = runCommand(["pkill", "-KILL", "-f", "smbd -D -s \(topo.workDir)/"]) }
+        // The event script started smbd on both nodes (its pid file is in the daemon's state dir).
+        func smbdPid(_ n: NetnsTopology.Node) -> pid_t? {
+            let dir = p.dir(n) + "/state/smbd"
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where f.hasPrefix("smbd") && f.hasSuffix(".pid") {
+                if let s = try? String(contentsOfFile: dir + "/" + f, encoding: .utf8), let pid = pid_t(s.trimmingCharacters(in: .whitespacesAndNewlines)),
+                   NetnsTopology.isAlive(pid) { return pid }
+            }
+            return nil
+        }
+        XCTAssertTrue(waitUntil(20) { smbdPid(.a) != nil && smbdPid(.b) != nil },
+                      "60.samba did not start smbd on both nodes\n" + topo.readLog("a/state/events.log") + topo.readLog("b/state/events.log"))
+        func share(_ cmd: String) -> CommandResult {
+            topo.exec(.client, ["smbclient", "//\(p.vip)/pacs", "-U", "root%\(password)", "-t", "5", "-c", cmd], timeout: 20)
+        }
+        XCTAssertTrue(waitUntil(20) { share("ls").ok }, "smbd on the address never answered\n" + topo.readLog("a/state/events.log"))
+
+        let src = topo.workDir + "/scans"
+        try FileManager.default.createDirectory(atPath: src, withIntermediateDirectories: true)
         var want: [String: [UInt8]] = [:]
-        for i in 0..<60 {
+        for i in 0..<80 {
             var bytes = [UInt8](repeating: 0, count: 300_000 + i * 1000)
             for j in bytes.indices { bytes[j] = UInt8(truncatingIfNeeded: (j &* 31) ^ (i &* 7)) }
-            FileManager.default.createFile(atPath: local + "/scan\(i).dcm", contents: Data(bytes))
-            want["scan\(i).dcm"] = bytes
+            let name = String(format: "scan%03d.dcm", i)
+            FileManager.default.createFile(atPath: src + "/" + name, contents: Data(bytes))
+            want[name] = bytes
         }
-        var stored: [Date] = []
-        let killedAt = Locked<Date?>(nil)
-        let deadline = Date().addingTimeInterval(240)
-        for i in 0..<60 {
-            while true {
-                let r = topo.exec(.client, ["smbclient", "//\(p.vip)/pacs", "-U", "root%\(password)", "-t", "5",
-                                            "-c", "put \(local)/scan\(i).dcm scans/scan\(i).dcm"], timeout: 20)
-                if r.ok && !r.stdout.contains("NT_STATUS") && !r.stderr.contains("NT_STATUS") { stored.append(Date()); break }
-                if Date() > deadline { XCTFail("scan\(i) never stored"); return }
-                usleep(100_000)
-            }
-            if i == 20 {
-                killOwner(topo, after: useconds_t.random(in: 10_000...150_000), at: killedAt)
-            }
+        let out = topo.workDir + "/session.json", progress = topo.workDir + "/session.progress"
+        let client = try topo.spawn(.client, ["/usr/bin/python3", Self.repoRoot + "/Tests/HATests/smb_session.py", "--server", p.vip,
+                                              "--share", "pacs", "--user", "root", "--password", password, "--src", src,
+                                              "--dest", "scans", "--out", out, "--progress", progress, "--timeout-ms", "20000"],
+                                    log: "session.log")
+        func storedCount() -> Int { ((try? String(contentsOfFile: progress, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        XCTAssertTrue(waitUntil(60) { storedCount() >= 25 }, "the session stored \(storedCount()) files\n" + topo.readLog("session.log"))
+        // The owner hangs, then loses power. Hung first: its kernel still acknowledges the
+        // client's next request, which then waits for an answer with nothing left to resend
+        // (only a reset can end that wait early). Then off the network, so nothing a's kernel
+        // sends reaches the client, and everything in it is killed.
+        for pid in topo.pids(.a) { kill(pid, SIGSTOP) }
+        usleep(400_000)
+        let cutAt = Date()
+        try topo.cutLink(node: .a, mode: .carrier)
+        for pid in topo.pids(.a) { kill(pid, SIGKILL) }
+        XCTAssertNotNil(client.wait(timeout: 240), "the SMB session did not finish")
+        let report = try XCTUnwrap(try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out))) as? [String: Any],
+                                   "no session report\n" + topo.readLog("session.log"))
+        XCTAssertTrue(report["error"] is NSNull, "session: \(report["error"] ?? "")")
+        let stored = report["stored"] as? [[Any]] ?? []
+        let losses = report["losses"] as? [[String: Any]] ?? []
+        let reconnects = report["reconnects"] as? [Double] ?? []
+        XCTAssertEqual(stored.count, want.count)
+        XCTAssertEqual(report["mismatches"] as? [String], [], "files read back wrong after the reconnect")
+        XCTAssertGreaterThanOrEqual(reconnects.count, 1, "the session never lost its connection: \(losses)")
+        // Reset by the new owner (tickle ACK), not given up after the client's 20 s timeout.
+        for l in losses {
+            XCTAssertFalse("\(l["error"] ?? "")".lowercased().contains("timeout") || "\(l["error"] ?? "")".contains("0xc00000b5"),
+                           "the old connection timed out instead of being reset: \(l)")
         }
-        let killTime = try XCTUnwrap(killedAt.with { $0 })
-        let first = try XCTUnwrap(stored.first { $0 > killTime })
-        print("SMB failover: first file stored through node b \(Int(first.timeIntervalSince(killTime) * 1000)) ms after node a was killed")
+        let takeip = topo.readLog("ha-b.log") + ((try? String(contentsOfFile: p.dir(.b) + "/state/events.log", encoding: .utf8)) ?? "")
+        let statusB = p.status(.b)
+        let transitions = (statusB["transitions"] as? [[String: Any]] ?? []).map { "\($0["event"] ?? "") \($0["reason"] ?? "")" }
+        XCTAssertTrue(transitions.contains { $0.hasPrefix("takeip") && $0.contains("client connections tickled") },
+                      "b tickled no client connections: \(transitions)\n" + takeip.suffix(2000))
+        if let lost = losses.first?["time"] as? Double, let back = reconnects.first {
+            print("SMB session failover: connection lost \(Int((lost - cutAt.timeIntervalSince1970) * 1000)) ms after the power cut "
+                  + "(\(losses.first?["error"] ?? "")), new session \(Int((back - cutAt.timeIntervalSince1970) * 1000)) ms after it; "
+                  + "\(stored.filter { ($0[1] as? Double ?? 0) > cutAt.timeIntervalSince1970 }.count) files stored after the cut")
+        }
         XCTAssertTrue(waitUntil(10) { p.holders() == [.b] }, "holders \(p.holders())")
-        _ = runCommand(["pkill", "-KILL", "-f", "smbd --foreground --no-process-group -s \(nodes[1].dir)"])
+
+        // Node a returns: its link, its TwinFS node (the dead mount is detached), catch-up.
+        try topo.heal(node: .a)
         try startNode(0)
         XCTAssertTrue(waitUntil(180) { nodes.allSatisfy { self.state($0) == "HEALTHY" } }, "not HEALTHY: \(nodes.map { state($0) })")
         for n in nodes {
-            for (name, bytes) in want {
-                XCTAssertEqual(FileManager.default.contents(atPath: n.brick + "/scans/" + name).map { [UInt8]($0) }, bytes, "\(name) on \(n.name)'s brick")
+            for (name, bytes) in want.sorted(by: { $0.key < $1.key }) {
+                let got = FileManager.default.contents(atPath: n.brick + "/scans/" + name)
+                XCTAssertTrue(got.map { [UInt8]($0) == bytes } ?? false,
+                              "\(name) on \(n.name)'s brick: \(got.map { "\($0.count) bytes, not the \(bytes.count) sent" } ?? "missing")")
             }
         }
         let diff = runCommand(["diff", "-r", nodes[0].brick + "/scans", nodes[1].brick + "/scans"], timeout: 120)
         XCTAssertEqual(diff.status, 0, "the bricks differ: " + diff.stdout.prefix(2000))
+
+        // a's daemon returns: 60.samba starts a's smbd, a (preferred) takes the address back
+        // after the failback delay and serves the share.
+        try p.startDaemon(.a)
+        XCTAssertTrue(waitUntil(20) { smbdPid(.a) != nil }, "60.samba did not start smbd on a again")
+        XCTAssertTrue(waitUntil(20) { p.holders() == [.a] }, "no failback to a; holders \(p.holders())")
+        XCTAssertTrue(waitUntil(20) { share("ls scans/scan079.dcm").ok }, "the share on a does not answer")
+        // The monitor: a's smbd dies, 60.samba's monitor fails, the address goes to b.
+        kill(try XCTUnwrap(smbdPid(.a)), SIGKILL)
+        XCTAssertTrue(waitUntil(20) { p.holders() == [.b] }, "the address stayed on a without smbd; holders \(p.holders())")
+        XCTAssertTrue("\(p.status(.a)["last_monitor_error"] ?? "")".contains("60.samba"), "a: \(p.status(.a))")
+        XCTAssertTrue(waitUntil(20) { share("get scans/scan000.dcm /dev/null").ok }, "the share on b does not answer")
+        // A clean stop of b's daemon stops the smbd its script started.
+        let bSmbd = try XCTUnwrap(smbdPid(.b))
+        p.daemons[.b]?.signal(SIGTERM)
+        XCTAssertNotNil(p.daemons[.b]?.wait(timeout: 30), "b's daemon did not stop")
+        XCTAssertTrue(waitUntil(10) { !NetnsTopology.isAlive(bSmbd) }, "shutdown left b's smbd running")
     }
 }
