@@ -69,14 +69,20 @@ public struct NodeHealInfo: Codable, Sendable {
     public var entries: [Entry]?
     public var entriesNotListed: Int64
     /// The node's brick and volume, for a one-screen view of the pair (`twinfs status`).
+    public var brickPath: String?
     public var brickFreeBytes: Int64?
     public var brickTotalBytes: Int64?
+    public var journalPath: String?
+    public var journalBytes: Int64?
     public var files: Int64?
     public var bytes: Int64?
     public var lastScrub: String?
 
     enum CodingKeys: String, CodingKey {
         case node, reachable, state, paused, crawl, entries, files, bytes
+        case brickPath = "brick_path"
+        case journalPath = "journal_path"
+        case journalBytes = "journal_bytes"
         case brickFreeBytes = "brick_free_bytes"
         case brickTotalBytes = "brick_total_bytes"
         case lastScrub = "last_scrub"

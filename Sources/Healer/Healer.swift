@@ -704,6 +704,9 @@ public final class Healer: HealHooks, @unchecked Sendable {
             i.brickTotalBytes = Int64(fs.f_blocks) * Int64(fs.f_frsize)
         }
         if let st = stats { i.files = st.files; i.bytes = st.bytes }
+        i.brickPath = brick.path
+        i.journalPath = journal.path
+        i.journalBytes = journal.sizeOnDisk()
         i.lastScrub = scrubber.lastFinished
         if i.rateBytesPerSecond > 0 && i.bytesLeft > 0 { i.etaSeconds = Int64(Double(i.bytesLeft) / i.rateBytesPerSecond) }
         return i

@@ -139,9 +139,10 @@ struct Status: ParsableCommand {
         if let p = peerView {
             out("Node \(p.node) (peer)  state \(p.state)")
             if let free = p.brickFreeBytes, let total = p.brickTotalBytes {
-                out("  brick       \(humanBytes(free)) free of \(humanBytes(total))")
+                out("  brick       \(p.brickPath.map { $0 + "  " } ?? "")(\(humanBytes(free)) free of \(humanBytes(total)))")
             }
             if let f = p.files, let b = p.bytes { out("  files       \(f) (\(humanBytes(b)))") }
+            if let j = p.journalPath { out("  journal     \(j)\(p.journalBytes.map { " (\(humanBytes($0)))" } ?? "")") }
             out("  owed peer   \(p.changesToPeer) changes, \(p.filesToPeer) files (\(humanBytes(p.bytesToPeer))); awaiting \(p.filesAwaited) files")
             out("  heal        \(p.crawl.kind == "none" ? "idle" : "\(p.crawl.kind) \(p.crawl.state)"), split brain \(p.splitBrain), last scrub \(p.lastScrub ?? "never")")
         } else if cfg.peer != nil {

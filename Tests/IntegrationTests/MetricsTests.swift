@@ -42,6 +42,12 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual((doc?["peer_view"] as? [String: Any])?["state"] as? String, "HEALTHY")
         XCTAssertEqual((doc?["peer_view"] as? [String: Any])?["files"] as? Int, 10)
         XCTAssertGreaterThan((doc?["peer_view"] as? [String: Any])?["brick_free_bytes"] as? Int ?? 0, 0)
+        // The peer's brick and journal, where an admin finds them on that machine.
+        let peerBlock = text.components(separatedBy: "Node b (peer)").last ?? ""
+        XCTAssertTrue(peerBlock.contains("brick       \(c.b.brick)  ("), text)
+        XCTAssertTrue(peerBlock.contains("journal     \(c.b.journalPath) ("), text)
+        XCTAssertEqual((doc?["peer_view"] as? [String: Any])?["journal_path"] as? String, c.b.journalPath)
+        XCTAssertGreaterThan((doc?["peer_view"] as? [String: Any])?["journal_bytes"] as? Int ?? 0, 0)
 
         // The peer goes away: DEGRADED, the link down, and what a owes it grows.
         XCTAssertEqual(c.b.stop(), 0)
