@@ -117,7 +117,10 @@ extension Healer {
             cond.unlock()
             if let l = ours[p.name] {
                 guard l.id == p.id else {
-                    if v.yieldName(parent: path, name: p.name, id: l.id) {
+                    if p.kind == .file, v.yieldName(parent: path, name: p.name, id: l.id) {
+                        // Awaited durably before its placeholder, as every file this walk creates
+                        // (a crash before that leaves the name free for the next walk).
+                        try? journal.submit([.healPending(id: p.id, size: p.size, hash: p.hash.isEmpty ? emptyHash : p.hash)], wait: .durable)
                         if let dir = createLocally(p, parent: path, rel: rel, full: full) { subdirs.append(dir) }
                         continue
                     }

@@ -105,9 +105,10 @@ public final class PeerService: Sendable {
     /// the same kernel-cache invalidations as a change the peer sent: a name this node's
     /// kernel remembers as missing appears at once.
     public func applyHealed(_ m: PeerMessage) -> PeerMessage {
+        let before = changeBefore(m)
         let r = applier.apply(m)
         if case let .reply(_, errno, _) = r, errno == 0 {
-            for c in changeAfter(m) { notify(c) }
+            for c in before + changeAfter(m) { notify(c) }
         }
         return r
     }

@@ -59,6 +59,18 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         var rel: String
         var size: Int64
         var mtimeNs: Int64
+        var ctimeNs: Int64
+    }
+    /// Serialises giving up names with each other and with local opens for writing.
+    let yieldLock = NSLock()
+
+    /// What a crash left, as `settleCrashLeftovers` found it.
+    struct CrashLeftovers {
+        var checked = 0
+        /// Creates that were under way (the client never got an answer): id -> name.
+        var unansweredCreates: [UInt64: String] = [:]
+        /// Interrupted files whose bytes are safe in quarantine.
+        var quarantined: Set<UInt64> = []
     }
 
     struct SharedState {
@@ -70,7 +82,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         /// Files this node made just before it stopped whose creation or content no client was
         /// ever told of (see `yieldName`), with their size and mtime then.
         var yielding: [UInt64: YieldCandidate] = [:]
-        var yielded: Set<UInt64> = []
+        /// Ids that gave up their name (id -> the name), so a second caller does not unlink again.
+        var yielded: [UInt64: String] = [:]
         /// What the peer reported of its own catch-up towards this node.
         var peerOps: UInt64 = 0
         var peerFiles: UInt64 = 0
@@ -97,8 +110,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 if f.owed { s.owed.insert(f.id) } else { streaming.insert(f.id) }
             }
             s.changedApart = s.owed
-            try Self.settleCrashLeftovers(local: local, interrupted: streaming, log: logger)
-            s.yielding = try Self.yieldCandidates(local: local, interrupted: streaming)
+            let left = try Self.settleCrashLeftovers(local: local, interrupted: streaming, log: logger)
+            s.yielding = Self.yieldCandidates(local: local, interrupted: streaming, left: left, excluded: s.owed.union(s.split))
             state = Locked(s)
         } catch let e as FSError {
             throw e
@@ -112,10 +125,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// acknowledged byte of it, and perhaps a newer copy a client wrote there after this node
     /// stopped); this node's interrupted copy is kept in quarantine, never just overwritten.
     /// If the peer turns out not to have it, the healer sends this node's copy instead.
-    @discardableResult
-    static func settleCrashLeftovers(local: LocalVolume, interrupted: Set<UInt64>, log: Logger) throws(FSError) -> Int {
+    static func settleCrashLeftovers(local: LocalVolume, interrupted: Set<UInt64>, log: Logger) throws(FSError) -> CrashLeftovers {
         var ops: [JournalOp] = []
-        var checked = 0
+        var left = CrashLeftovers()
         do {
             var after: Int64 = 0
             while true {
@@ -123,10 +135,12 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 guard let last = rows.last else { break }
                 after = last.seq
                 for r in rows where !r.applied {
-                    checked += 1
+                    left.checked += 1
                     if let m = try? decodeOp(r.message), locallyApplied(m, brick: local.brick) {
                         // Applied here just before the crash; whether the peer got it is unknown.
                         ops.append(.peerOpUncertain(seq: r.seq))
+                        // Not marked applied: the create had not returned to the client.
+                        if case let .create(p, n, _, _, _, id) = m { left.unansweredCreates[id] = Brick.join(p, n) }
                     } else {
                         ops.append(.dropPeerOp(seq: r.seq))
                     }
@@ -137,6 +151,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 guard let path = try local.journal.path(of: id), !path.isEmpty,
                       let st = try? local.brick.lstat(path), st.kind == .file else { continue }
                 if st.st_size > 0, let q = try? local.brick.quarantineCopy(rel: path, id: id, tag: "interrupted") {
+                    left.quarantined.insert(id)
                     ops.append(.quarantined(QuarantineRow(id: id, path: path, stored: q.stored, size: q.size, hash: q.hash,
                                                           reason: "was being written when this node stopped; the peer's copy replaces it",
                                                           created: ISO8601DateFormatter().string(from: Date()))))
@@ -149,8 +164,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         } catch {
             throw FSError.io
         }
-        if checked > 0 { log.notice("\(checked) changes interrupted by a crash were checked against the brick for the peer") }
-        return checked
+        if left.checked > 0 { log.notice("\(left.checked) changes interrupted by a crash were checked against the brick for the peer") }
+        return left
     }
 
     static func locallyApplied(_ m: PeerMessage, brick: Brick) -> Bool {
@@ -170,30 +185,31 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
     }
 
-    /// The entries a crash left that no client was ever told of: files being written live
-    /// (their bytes were never acknowledged: no close or fsync returned; a copy with bytes is
-    /// in quarantine), and files whose create was still on its way to the peer (the create
-    /// never returned, so they are empty).
-    static func yieldCandidates(local: LocalVolume, interrupted: Set<UInt64>) throws -> [UInt64: YieldCandidate] {
+    /// The entries a crash left that no client was ever told of: files whose create was under
+    /// way (it never returned, so they are empty), and files being written live whose create
+    /// the peer may never have got (no close or fsync of theirs returned; bytes they hold are
+    /// in quarantine). Only what this start found: after a second restart they are ordinary.
+    static func yieldCandidates(local: LocalVolume, interrupted: Set<UInt64>, left: CrashLeftovers,
+                                excluded: Set<UInt64>) -> [UInt64: YieldCandidate] {
         var out: [UInt64: YieldCandidate] = [:]
         func add(_ id: UInt64, _ rel: String, emptyOnly: Bool) {
-            guard let st = try? local.brick.lstat(rel), st.kind == .file, local.brick.readID(rel: rel) == id,
-                  !emptyOnly || st.st_size == 0 else { return }
-            out[id] = YieldCandidate(rel: rel, size: Int64(st.st_size), mtimeNs: st.mtimeNs)
+            guard !excluded.contains(id), let st = try? local.brick.lstat(rel), st.kind == .file, st.st_nlink == 1,
+                  local.brick.readID(rel: rel) == id, !emptyOnly || st.st_size == 0 else { return }
+            out[id] = YieldCandidate(rel: rel, size: Int64(st.st_size), mtimeNs: st.mtimeNs,
+                                     ctimeNs: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
         }
         for id in interrupted {
-            if let path = try local.journal.path(of: id), !path.isEmpty { add(id, path, emptyOnly: false) }
+            if let path = try? local.journal.path(of: id), !path.isEmpty { add(id, path, emptyOnly: !left.quarantined.contains(id)) }
         }
-        var after: Int64 = 0
-        while true {
-            let rows = try local.journal.peerOps(after: after, limit: 1024)
-            guard let last = rows.last else { break }
-            after = last.seq
-            for r in rows where r.uncertain {
-                if case let .create(p, n, _, _, _, id)? = try? decodeOp(r.message) { add(id, Brick.join(p, n), emptyOnly: true) }
-            }
-        }
+        for (id, rel) in left.unansweredCreates { add(id, rel, emptyOnly: true) }
         return out
+    }
+
+    /// A client opens `id` for writing (or changes it) here: it is no longer a file no client
+    /// was told of, and must never give up its name.
+    func keepName(_ id: UInt64) {
+        guard state.with({ !$0.yielding.isEmpty }) else { return }
+        yieldLock.withLock { state.with { $0.yielding[id] = nil } }
     }
 
     /// The peer holds another entry under the name of `id`, a file this node made just before
@@ -203,18 +219,23 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// brain as before, if the file changed since this node started or is not that file.
     public func yieldName(parent: String, name: String, id: UInt64) -> Bool {
         let rel = Brick.join(parent, name)
+        yieldLock.lock()
+        defer { yieldLock.unlock() }
         // Already given up (the peer's create of the name came first): the replay of this
         // node's create, or its send, has nothing left to do.
-        if state.with({ $0.yielded.contains(id) }) { return true }
+        if state.with({ $0.yielded[id] }) == rel && local.brick.readID(rel: rel) != id { return true }
         guard let y = state.with({ $0.yielding[id] }), y.rel == rel else { return false }
-        guard let st = try? local.brick.lstat(rel), st.kind == .file, local.brick.readID(rel: rel) == id,
-              Int64(st.st_size) == y.size, st.mtimeNs == y.mtimeNs, let apply = localApply else {
+        // Unchanged since this node started, open nowhere, one name: else a client used it.
+        guard let st = try? local.brick.lstat(rel), st.kind == .file, st.st_nlink == 1, local.brick.readID(rel: rel) == id,
+              Int64(st.st_size) == y.size, st.mtimeNs == y.mtimeNs,
+              Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec) == y.ctimeNs,
+              local.openHandle(for: id) == nil, !changedWhileApart(id), !isSplit(id), let apply = localApply else {
             state.with { $0.yielding[id] = nil }
             return false
         }
         guard case .reply(_, 0, _) = apply(.unlink(parentPath: parent, name: name)) else { return false }
-        state.with { $0.yielding[id] = nil; $0.yielded.insert(id) }
-        try? journal.submit([.dropPeerFile(id: id, generation: .max)], wait: .written)
+        state.with { $0.yielding[id] = nil; $0.yielded[id] = rel }
+        try? journal.submit([.dropPeerFile(id: id, generation: .max), .healReceived(id: id)], wait: .written)
         log.notice("\(rel.debugDescription) was made here just before this node stopped and no client was told of it; the peer stored another file under this name meanwhile, which takes its place\(y.size > 0 ? " (this node's bytes are in quarantine)" : "")")
         return true
     }
@@ -621,8 +642,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         try healHooks?.prepareFile(id: node.id)
         pullIfNeeded(node.id)
         try checkNotSplit(node.id)
-        let h = try local.open(node, flags: flags)
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if writable { keepName(node.id) }
+        let h = try local.open(node, flags: flags)
         if writable {
             let rh = RepHandle(id: node.id, path: node.path)
             let live = gate.mode == .live

@@ -61,6 +61,8 @@ final class ClusterMember: @unchecked Sendable {
                 }
             }
         }
+        // Before the listener: a create from the peer may need a local entry to give up its name.
+        volume.localApply = { [service] m in service.applyHealed(m) }
         let (host, port) = try Self.split(cfg.listen, "listen")
         let lc = PeerListener.Configuration(identity: identity, host: host, port: port)
         let result = Locked<Result<PeerListener, PeerLinkError>?>(nil)
@@ -83,7 +85,6 @@ final class ClusterMember: @unchecked Sendable {
             throw AdminError(problem: "cannot listen for the peer on \(cfg.listen): \(e)",
                              fix: "check `listen` in the config and that no other process uses that port")
         }
-        volume.localApply = { [service] m in service.applyHealed(m) }
         catchUp = CatchUp(volume: volume, logger: log)
         do {
             healer = try Healer(volume: volume, service: service, node: cfg.node, peer: peer.node,

@@ -303,12 +303,10 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
-    /// A node dies while a client's create is on its way to the peer: made on its own brick,
-    /// never answered. The client stores the file through the other node instead. When the
-    /// dead node returns, its empty, never-acknowledged file gives the name up to the stored
-    /// one: no split brain, and both bricks hold the stored bytes.
-    func testAnUnansweredCreateOnADeadNodeYieldsToTheFileStoredOnThePeer() throws {
-        let c = try cluster(timeout: 1.5)
+    /// A node (a) dies while a client's create is on its way to the peer: made on its own
+    /// brick, never answered. The client stores the file through the other node (b) instead.
+    /// Returns what b stored; the link stays cut and a stopped.
+    func storeThroughThePeerAfterAnUnansweredCreate(_ c: TestCluster) throws -> [UInt8] {
         waitHealthy(c)
         XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
         try put(c.a.mnt + "/scans/before.dcm", pseudoRandomBytes(50_000, seed: 10))
@@ -320,6 +318,14 @@ final class ClusterTests: XCTestCase {
         waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
         let bytes = pseudoRandomBytes(200_000, seed: 11)
         try put(c.b.mnt + "/scans/x.dcm", bytes)
+        return bytes
+    }
+
+    /// When a returns, its empty, never-acknowledged file gives the name up to the stored
+    /// one: no split brain, and both bricks hold the stored bytes.
+    func testAnUnansweredCreateOnADeadNodeYieldsToTheFileStoredOnThePeer() throws {
+        let c = try cluster(timeout: 1.5)
+        let bytes = try storeThroughThePeerAfterAnUnansweredCreate(c)
         c.restore()
         try c.a.start()
         waitHealthy(c, timeout: 60)
@@ -329,26 +335,36 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
-    /// As above, but a client writes that file on the returned node before the nodes meet
-    /// again: now both copies were acknowledged, so it is a split brain, both kept.
+    /// But a client that wrote that file on the returned node before the nodes met again was
+    /// told its bytes are stored: both copies were acknowledged, a split brain, both kept.
     func testAnUnansweredCreateWrittenAfterTheRestartIsASplitBrainNotYielded() throws {
         let c = try cluster(timeout: 1.5)
-        waitHealthy(c)
-        XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
-        c.cut(.blackhole)
-        let path = c.a.mnt + "/scans/x.dcm"
-        Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
-        waitUntil("a made the file on its brick", timeout: 5) { access(c.a.brick + "/scans/x.dcm", F_OK) == 0 }
-        c.a.kill9()
-        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
-        let vb = pseudoRandomBytes(200_000, seed: 11), va = pseudoRandomBytes(100_000, seed: 12)
-        try put(c.b.mnt + "/scans/x.dcm", vb)
+        let vb = try storeThroughThePeerAfterAnUnansweredCreate(c)
+        let va = pseudoRandomBytes(100_000, seed: 12)
         try c.a.start()
         try put(c.a.mnt + "/scans/x.dcm", va)
         c.restore()
         waitUntil("both report the split brain", timeout: 60) { state(c.a) == "SPLIT-BRAIN" && state(c.b) == "SPLIT-BRAIN" }
         XCTAssertTrue(try readFile(c.a.brick + "/scans/x.dcm") == va, "a's acknowledged copy was not kept")
         XCTAssertTrue(try readFile(c.b.brick + "/scans/x.dcm") == vb, "b's acknowledged copy was not kept")
+        XCTAssertFalse(c.a.log.contains("was made here just before this node stopped"))
+    }
+
+    /// Likewise a client that holds the file open for writing on the returned node (nothing
+    /// written yet): the name is not given up under it, and its bytes, written and closed
+    /// after the nodes met, are kept.
+    func testAnUnansweredCreateHeldOpenAfterTheRestartIsNotYielded() throws {
+        let c = try cluster(timeout: 1.5)
+        _ = try storeThroughThePeerAfterAnUnansweredCreate(c)
+        try c.a.start()
+        let fd = open(c.a.mnt + "/scans/x.dcm", O_WRONLY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        c.restore()
+        waitUntil("both report the split brain", timeout: 60) { state(c.a) == "SPLIT-BRAIN" && state(c.b) == "SPLIT-BRAIN" }
+        let va = pseudoRandomBytes(100_000, seed: 13)
+        XCTAssertEqual(va.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, va.count)
+        XCTAssertEqual(close(fd), 0)
+        XCTAssertTrue(try readFile(c.a.brick + "/scans/x.dcm") == va, "a's acknowledged copy was not kept")
         XCTAssertFalse(c.a.log.contains("was made here just before this node stopped"))
     }
 
