@@ -184,6 +184,17 @@ public final class Brick: Sendable {
         } ?? nil
     }
 
+    /// An entry of an open directory (`dirFD`, from readdir: `name` is one component): its
+    /// stat and id in two syscalls, without walking the directory's path again. nil if it
+    /// vanished meanwhile.
+    public func entryStatAndID(dirFD: Int32, name: String) -> (stat, UInt64?)? {
+        var st = stat()
+        guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+        var v: UInt64 = 0
+        let n = twin_lgetxattr("/proc/self/fd/\(dirFD)/\(name)", Brick.idXattr, &v, 8)
+        return (st, n == 8 ? UInt64(littleEndian: v) : nil)
+    }
+
     public func readID(fd: Int32) -> UInt64? {
         var v: UInt64 = 0
         let n = twin_fgetxattr(fd, Brick.idXattr, &v, 8)

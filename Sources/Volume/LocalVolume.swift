@@ -748,7 +748,17 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             var entry = DirEntry(name: name, id: UInt64(ent.pointee.d_ino), type: type, nextOffset: next, attributes: nil)
             if name == "." || name == ".." {
                 // No lookup for these: the kernel knows them.
+            } else if case let (st, id?)? = brick.entryStatAndID(dirFD: dirfd(d.dir), name: name) {
+                // The usual case, from the open directory (a scan per create, as smbd does for
+                // case-insensitive names, stays cheap).
+                if plus {
+                    var a = st
+                    a.st_ino = UInt(id)
+                    entry.attributes = a
+                }
+                entry.id = id
             } else if plus {
+                // No id yet (put into the brick behind TwinFS): the lookup adopts it.
                 guard let st = try? lookup(parent: d.node, name: name) else {
                     d.position = next
                     continue // vanished meanwhile

@@ -48,6 +48,41 @@ final class LocalVolumeTests: XCTestCase {
         XCTAssertFalse(rec.dirty)
     }
 
+    /// readdir and readdirplus give every entry its stable id (the brick xattr), the same as a
+    /// lookup: from the open directory for entries with an id, through a lookup (which adopts
+    /// it) for one put into the brick behind TwinFS.
+    func testReaddirGivesEveryEntryItsStableID() throws {
+        let d = try tempDir(self)
+        let (v, j) = try makeVolume(d)
+        defer { j.close(cleanShutdown: true) }
+        let (fst, h) = try v.create(parent: .root, name: "file", mode: 0o644, flags: O_WRONLY, ctx: .root)
+        try v.release(handle: h)
+        let dst = try v.mkdir(parent: .root, name: "dir", mode: 0o755, ctx: .root)
+        let lst = try v.symlink(parent: .root, name: "link", target: "file", ctx: .root)
+        XCTAssertTrue(FileManager.default.createFile(atPath: d + "/brick/adopted", contents: Data([1, 2])))
+        let want = ["file": UInt64(fst.st_ino), "dir": UInt64(dst.st_ino), "link": UInt64(lst.st_ino)]
+        // readdirplus first: its lookup adopts the file put into the brick (gives it an id).
+        for plus in [true, false] {
+            let dh = try v.opendir(.root)
+            var got: [String: (UInt64, stat?)] = [:]
+            try v.readdir(handle: dh, offset: 0, plus: plus) { e in
+                if e.name != "." && e.name != ".." { got[e.name] = (e.id, e.attributes) }
+                return true
+            }
+            v.releasedir(handle: dh)
+            XCTAssertEqual(Set(got.keys), ["file", "dir", "link", "adopted"], "plus \(plus)")
+            for (name, id) in want {
+                XCTAssertEqual(got[name]?.0, id, "\(name), plus \(plus)")
+                if plus { XCTAssertEqual(got[name]?.1.map { UInt64($0.st_ino) }, id, "\(name)'s attributes, plus \(plus)") }
+            }
+            if plus { XCTAssertEqual((got["link"]?.1?.st_mode ?? 0) & S_IFMT, S_IFLNK, "a symlink's own stat, not its target's") }
+            // The adopted file: the id a lookup gives, now held in the brick.
+            let adopted = UInt64(try v.lookup(parent: .root, name: "adopted").st_ino)
+            XCTAssertEqual(got["adopted"]?.0, adopted, "adopted, plus \(plus)")
+            XCTAssertEqual(v.brick.readID(rel: "adopted"), adopted)
+        }
+    }
+
     /// A crash between the intent and the journal's result: recovery reads the brick.
     func testRecoveryReplaysIntentsOfCreateRenameAndUnlink() throws {
         let d = try tempDir(self)
