@@ -701,15 +701,50 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         let n = try local.write(handle: handle, offset: offset, data: data)
         guard n > 0 else { return n }
         let liveNow = gate.mode == .live
-        let stream = rh.with { h -> Bool in
-            if h.live && !h.broken && liveNow { h.inFlight += 1; return true }
-            h.broken = true
-            if !liveNow { h.apart = true }
-            return false
+        let bytes = UnsafeRawBufferPointer(rebasing: data[0..<n])
+        // Small writes (Orthanc writes 4 KiB at a time) are gathered into one message per
+        // `coalesceLimit` bytes: one peer request instead of 32. Big ones go as they are.
+        enum Plan { case none, direct, chunks([(Int64, [UInt8])]) }
+        let plan = rh.with { h -> Plan in
+            guard h.live && !h.broken && liveNow else {
+                h.broken = true
+                if !liveNow { h.apart = true }
+                h.pending = []
+                return .none
+            }
+            var out: [(Int64, [UInt8])] = []
+            if !h.pending.isEmpty && h.pendingOffset + Int64(h.pending.count) != offset {
+                out.append((h.pendingOffset, h.pending))
+                h.pending = []
+            }
+            if h.pending.isEmpty && n >= Self.coalesceLimit {
+                h.inFlight += out.count + 1
+                return out.isEmpty ? .direct : .chunks(out + [(offset, Array(bytes))])
+            }
+            if h.pending.isEmpty { h.pendingOffset = offset }
+            h.pending.append(contentsOf: bytes)
+            if h.pending.count >= Self.coalesceLimit {
+                out.append((h.pendingOffset, h.pending))
+                h.pending = []
+            }
+            h.inFlight += out.count
+            return .chunks(out)
         }
-        guard stream else { return n }
+        switch plan {
+        case .none: break
+        case .direct: send(rh, offset: offset, ByteBuffer(bytes: bytes))
+        case .chunks(let cs): for (o, b) in cs { send(rh, offset: o, ByteBuffer(bytes: b)) }
+        }
+        return n
+    }
+
+    /// Gathered small writes go out at most this big.
+    static let coalesceLimit = 128 << 10
+
+    /// Streams one write to the peer (counted in `inFlight` by the caller).
+    private func send(_ rh: RepHandle, offset: Int64, _ buf: ByteBuffer) {
+        let n = buf.readableBytes
         budget.acquire(n)
-        let buf = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: data[0..<n]))
         channel.start(.write(path: rh.path, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
             self?.budget.release(n)
             rh.with { h in
@@ -719,11 +754,28 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             rh.cond.broadcast()
             if case .unreachable(let why) = outcome { self?.markDegraded(why) }
         }
-        return n
+    }
+
+    /// Sends the handle's gathered writes, then waits until the peer answered every write.
+    func drain(_ rh: RepHandle) {
+        let liveNow = gate.mode == .live
+        let chunk = rh.with { h -> (Int64, [UInt8])? in
+            guard !h.pending.isEmpty else { return nil }
+            defer { h.pending = [] }
+            guard h.live && !h.broken && liveNow else {
+                h.broken = true
+                if !liveNow { h.apart = true }
+                return nil
+            }
+            h.inFlight += 1
+            return (h.pendingOffset, h.pending)
+        }
+        if let (o, b) = chunk { send(rh, offset: o, ByteBuffer(bytes: b)) }
+        rh.drain()
     }
 
     func drainWrites(of id: UInt64) {
-        for rh in handles.with({ $0.values.filter { $0.id == id } }) { rh.drain() }
+        for rh in handles.with({ $0.values.filter { $0.id == id } }) { drain(rh) }
     }
 
     /// Drops the file's streaming or owed row up to `generation` (queued unless it was owed:
@@ -740,7 +792,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// known up front. Returns once both disks have the bytes, or the peer is owed the file.
     private func commit(handle: UInt64, _ localCommit: () throws(FSError) -> Void) throws(FSError) {
         guard let rh = handles.with({ $0[handle] }), rh.with({ $0.touched }) else { return try localCommit() }
-        rh.drain()
+        drain(rh)
         let (streamed, apart) = rh.with { h -> (Bool, Bool) in
             h.touched = false
             return (h.live && !h.broken, h.apart)
@@ -999,6 +1051,11 @@ final class RepHandle: @unchecked Sendable {
     /// Written while the peer could not be told.
     var apart = false
     var inFlight = 0
+    /// Small adjacent writes not sent yet, at `pendingOffset`: sent as one message once they
+    /// reach `ReplicatedVolume.coalesceLimit`, at a write elsewhere in the file, and before
+    /// any commit (close, fsync) or truncate.
+    var pending: [UInt8] = []
+    var pendingOffset: Int64 = 0
 
     init(id: UInt64, path: String) {
         self.id = id

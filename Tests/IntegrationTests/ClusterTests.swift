@@ -81,6 +81,41 @@ final class ClusterTests: XCTestCase {
 
     // MARK: - Guarantee 2 + 3: peer killed mid-stream, catch-up (scenario i)
 
+    /// Small writes are gathered into bigger messages to the peer (Orthanc writes 4 KiB at a
+    /// time): whatever is gathered reaches the peer's disk by each fsync, and before a
+    /// truncate, so the peer holds exactly this node's bytes every time fsync returns.
+    func testGatheredSmallWritesAreOnThePeerAtEachFsyncAndBeforeATruncate() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let fd = open(c.a.mnt + "/small.dcm", O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        func write(_ bytes: [UInt8], at off: Int) {
+            XCTAssertEqual(bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(off)) }, bytes.count)
+        }
+        func peerHoldsOurs(_ what: String) throws {
+            XCTAssertEqual(fsync(fd), 0)
+            let ours = try readFile(c.a.brick + "/small.dcm"), theirs = try readFile(c.b.brick + "/small.dcm")
+            XCTAssertTrue(ours == theirs, "\(what): b's brick holds \(theirs.count) bytes that differ from a's \(ours.count)")
+        }
+        // 100 sequential 4 KiB writes (gathered), then fsync.
+        for i in 0..<100 { write(pseudoRandomBytes(4096, seed: UInt64(i)), at: i * 4096) }
+        try peerHoldsOurs("after 100 sequential 4 KiB writes")
+        // Scattered: a write back at the start, one past the end (a hole), small ones after it.
+        write(pseudoRandomBytes(100, seed: 200), at: 10)
+        write(pseudoRandomBytes(4096, seed: 201), at: 600_000)
+        for i in 0..<5 { write(pseudoRandomBytes(512, seed: UInt64(300 + i)), at: 604_096 + i * 512) }
+        try peerHoldsOurs("after scattered writes")
+        // Gathered writes, then a truncate below them, then more small writes.
+        for i in 0..<10 { write(pseudoRandomBytes(1000, seed: UInt64(400 + i)), at: 700_000 + i * 1000) }
+        XCTAssertEqual(ftruncate(fd, 650_000), 0)
+        for i in 0..<3 { write(pseudoRandomBytes(700, seed: UInt64(500 + i)), at: 640_000 + i * 700) }
+        try peerHoldsOurs("after a truncate between gathered writes")
+        XCTAssertEqual(try readFile(c.a.brick + "/small.dcm").count, 650_000)
+        // Each time by the streamed writes themselves, not by the fallback that resends the file.
+        XCTAssertFalse(c.a.log.contains("peer refused the commit"), c.a.log.suffix(2000).description)
+    }
+
     func testPeerKilledAndRestartedWhile2000DicomFilesAreWritten() throws {
         let c = try cluster()
         waitHealthy(c)
