@@ -1103,6 +1103,38 @@ def render_spread(res, rows):
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- run setup (smb.py, heal.py)
+
+def require_root_and_binary(script, why, binary):
+    if os.geteuid() != 0:
+        sys.exit(f"{script} must run as root ({why})")
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"{binary} not found: set TWINFS_BIN or --twinfs-bin")
+
+
+def prepare_workdir(workdir, clear):
+    """The workdir on a real disk, without mounts or the `clear` subdirectories of an earlier
+    run; returns its file system (fs_of)."""
+    os.makedirs(workdir, exist_ok=True)
+    fs = fs_of(workdir)
+    if fs and fs["fstype"] in ("tmpfs", "ramfs"):
+        sys.exit(f"{workdir} is on {fs['fstype']}: use the real disk")
+    left = sweep_mounts(workdir, [os.path.join(workdir, "gluster", "mnt")])
+    if left:
+        sys.exit(f"cannot clear leftover mounts under {workdir}: {left}")
+    for name in clear:
+        sh(["rm", "-rf", "--one-file-system", os.path.join(workdir, name)], 600)
+    return fs
+
+
+def raise_on_sigterm():
+    """SIGTERM and Ctrl-C both raise KeyboardInterrupt, so every finally block tears down."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # --------------------------------------------------------------------------- machine info
 
 def read_first(path, default=""):

@@ -660,29 +660,14 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("heal.py must run as root (TwinFS nodes, GlusterFS, drop_caches)")
-    if not os.access(args.twinfs_bin, os.X_OK):
-        sys.exit(f"{args.twinfs_bin} not found: set TWINFS_BIN or --twinfs-bin")
+    B.require_root_and_binary("heal.py", "TwinFS nodes, GlusterFS, drop_caches", args.twinfs_bin)
     started = time.time()
-    os.makedirs(args.workdir, exist_ok=True)
-    fs = B.fs_of(args.workdir)
-    if fs and fs["fstype"] in ("tmpfs", "ramfs"):
-        sys.exit(f"{args.workdir} is on {fs['fstype']}: use the real disk")
-    left = B.sweep_mounts(args.workdir, [os.path.join(args.workdir, "gluster", "mnt")])
-    if left:
-        sys.exit(f"cannot clear leftover mounts under {args.workdir}: {left}")
-    for name in ("small", "medium", "logs"):
-        sh(["rm", "-rf", "--one-file-system", os.path.join(args.workdir, name)], 600)
+    B.prepare_workdir(args.workdir, ("small", "medium", "logs"))
     os.makedirs(os.path.join(args.workdir, "logs"))
     free = __import__("shutil").disk_usage(args.workdir).free
     if free < 12 * GB:
         sys.exit(f"only {free / GB:.1f} GB free in {args.workdir}: needs about 12 GB")
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    B.raise_on_sigterm()
 
     ver = sh([args.twinfs_bin, "--version"], 20)[1]
     R = {"command": shlex.join([sys.executable, os.path.abspath(__file__)] + list(argv)),

@@ -514,23 +514,6 @@ def render_medmed(res):
     return "\n".join(lines)
 
 
-def render_spread(res):
-    lines = ["| workload | unit | target | samples (in rep order) | min | max | CV |", "|---|---|---|---|---|---|---|"]
-    for wl, unit in ROWS:
-        per = res.samples.get(f"{wl}|{unit}")
-        if per is None or unit == "MB/s":
-            continue
-        for t in res.targets:
-            xs = per.get(t)
-            if xs is None:
-                continue
-            ok = [x for x in xs if x is not None]
-            cv = f"{100 * statistics.stdev(ok) / statistics.mean(ok):.0f} %" if len(ok) > 1 and statistics.mean(ok) else "-"
-            lines.append(f"| {wl} | {unit} | {t} | {', '.join('FAILED' if x is None else B.fmt(x) for x in xs)} | "
-                         f"{B.fmt(min(ok)) if ok else '-'} | {B.fmt(max(ok)) if ok else '-'} | {cv} |")
-    return "\n".join(lines)
-
-
 def render_goals(res):
     """The issue's targets: twinfs >= 3x gluster and >= 0.6x plain (paired medians)."""
     lines = ["| workload | twinfs/gluster (goal >= 3) | twinfs/plain (goal >= 0.6) |", "|---|---|---|"]
@@ -590,7 +573,7 @@ def write_report(args, R, res, started, interrupted):
     md.append("")
     md.append("## Samples")
     md.append("")
-    md.append(render_spread(res))
+    md.append(B.render_spread(res, [r for r in ROWS if r[1] != "MB/s"]))
     md.append("")
     md.append("## What the rows mean")
     md.append("")
@@ -1017,32 +1000,17 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        sys.exit("smb.py must run as root (smbd, FUSE mounts, GlusterFS)")
-    if not os.access(args.twinfs_bin, os.X_OK):
-        sys.exit(f"{args.twinfs_bin} not found: set TWINFS_BIN or --twinfs-bin")
+    B.require_root_and_binary("smb.py", "smbd, FUSE mounts, GlusterFS", args.twinfs_bin)
     ensure_tools(args)
     if not port_free(args.port):
         sys.exit(f"port {args.port} on 127.0.0.1 is in use: pick another with --port")
     started = time.time()
-    os.makedirs(args.workdir, exist_ok=True)
-    fs = B.fs_of(args.workdir)
-    if fs and fs["fstype"] in ("tmpfs", "ramfs"):
-        sys.exit(f"{args.workdir} is on {fs['fstype']}: use the real disk")
-    left = B.sweep_mounts(args.workdir, [os.path.join(args.workdir, "gluster", "mnt")])
-    if left:
-        sys.exit(f"cannot clear leftover mounts under {args.workdir}: {left}")
-    for name in ("plain", "twinfs2", "smbd", "smbnetfs", "orthanc", "src", "logs"):
-        sh(["rm", "-rf", "--one-file-system", os.path.join(args.workdir, name)], 600)
+    fs = B.prepare_workdir(args.workdir, ("plain", "twinfs2", "smbd", "smbnetfs", "orthanc", "src", "logs"))
     free = shutil.disk_usage(args.workdir).free
     need = 3 * (args.files * SMALL_SIZE + (args.ct * 0.53 + args.mr * 0.14 + args.cr * 10.3) * 1e6) + 2e9
     if free < need:
         sys.exit(f"only {free / 1e9:.1f} GB free in {args.workdir}: needs about {need / 1e9:.1f} GB")
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    B.raise_on_sigterm()
 
     R = {"command": shlex.join([sys.executable, os.path.abspath(__file__)] + list(argv)),
          "machine": {"nproc": os.cpu_count(), "kernel": os.uname().release, "load_start": list(os.getloadavg()),
