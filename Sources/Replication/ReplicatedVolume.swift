@@ -608,6 +608,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
         try prepare(parent.path, newParent.path)
+        // Writes carry the path their file had: those under the old name are sent and
+        // answered before the name changes (messages are not ordered with each other).
+        let from = Brick.join(parent.path, name)
+        for rh in handles.with({ $0.values.filter { $0.path == from || $0.path.hasPrefix(from + "/") } }) { drain(rh) }
         let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
         let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
         try replicate(keys: keys, pre: m) { () throws(FSError) in
@@ -652,6 +656,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             handles.with { $0[h] = rh }
             if flags & O_TRUNC != 0 {
                 markTouched(rh)
+                // Writes gathered on other handles must not reach the peer after its truncate.
+                drainWrites(of: node.id)
                 if live {
                     switch channel.call(.setattr(path: node.path, changes: AttrUpdate(size: 0))) {
                     case .ok: break
@@ -713,7 +719,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 return .none
             }
             var out: [(Int64, [UInt8])] = []
-            if !h.pending.isEmpty && h.pendingOffset + Int64(h.pending.count) != offset {
+            if !h.pending.isEmpty && (h.pendingOffset + Int64(h.pending.count) != offset || h.pending.count + n > Self.coalesceLimit) {
                 out.append((h.pendingOffset, h.pending))
                 h.pending = []
             }
@@ -721,7 +727,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 h.inFlight += out.count + 1
                 return out.isEmpty ? .direct : .chunks(out + [(offset, Array(bytes))])
             }
-            if h.pending.isEmpty { h.pendingOffset = offset }
+            if h.pending.isEmpty {
+                h.pendingOffset = offset
+                h.pending.reserveCapacity(Self.coalesceLimit)
+            }
             h.pending.append(contentsOf: bytes)
             if h.pending.count >= Self.coalesceLimit {
                 out.append((h.pendingOffset, h.pending))
@@ -758,6 +767,12 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     /// Sends the handle's gathered writes, then waits until the peer answered every write.
     func drain(_ rh: RepHandle) {
+        sendPending(rh)
+        rh.drain()
+    }
+
+    /// Sends the handle's gathered writes (without waiting for the answers).
+    private func sendPending(_ rh: RepHandle) {
         let liveNow = gate.mode == .live
         let chunk = rh.with { h -> (Int64, [UInt8])? in
             guard !h.pending.isEmpty else { return nil }
@@ -771,7 +786,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             return (h.pendingOffset, h.pending)
         }
         if let (o, b) = chunk { send(rh, offset: o, ByteBuffer(bytes: b)) }
-        rh.drain()
     }
 
     func drainWrites(of id: UInt64) {
@@ -792,7 +806,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// known up front. Returns once both disks have the bytes, or the peer is owed the file.
     private func commit(handle: UInt64, _ localCommit: () throws(FSError) -> Void) throws(FSError) {
         guard let rh = handles.with({ $0[handle] }), rh.with({ $0.touched }) else { return try localCommit() }
-        drain(rh)
+        // Every handle's gathered writes, not only this one's: the commit covers the whole file.
+        drainWrites(of: rh.id)
         let (streamed, apart) = rh.with { h -> (Bool, Bool) in
             h.touched = false
             return (h.live && !h.broken, h.apart)

@@ -82,9 +82,10 @@ final class ClusterTests: XCTestCase {
     // MARK: - Guarantee 2 + 3: peer killed mid-stream, catch-up (scenario i)
 
     /// Small writes are gathered into bigger messages to the peer (Orthanc writes 4 KiB at a
-    /// time): whatever is gathered reaches the peer's disk by each fsync, and before a
-    /// truncate, so the peer holds exactly this node's bytes every time fsync returns.
-    func testGatheredSmallWritesAreOnThePeerAtEachFsyncAndBeforeATruncate() throws {
+    /// time): whatever is gathered, on any handle of the file, reaches the peer's disk by each
+    /// fsync, and before a truncate or a rename, so the peer holds exactly this node's bytes
+    /// every time fsync returns.
+    func testGatheredSmallWritesAreOnThePeerAtEachFsyncBeforeATruncateAndARename() throws {
         let c = try cluster()
         waitHealthy(c)
         let fd = open(c.a.mnt + "/small.dcm", O_RDWR | O_CREAT | O_TRUNC, 0o644)
@@ -112,6 +113,32 @@ final class ClusterTests: XCTestCase {
         for i in 0..<3 { write(pseudoRandomBytes(700, seed: UInt64(500 + i)), at: 640_000 + i * 700) }
         try peerHoldsOurs("after a truncate between gathered writes")
         XCTAssertEqual(try readFile(c.a.brick + "/small.dcm").count, 650_000)
+        // Two handles: what one gathered goes with the other's fsync (a commit covers the file).
+        let fd2 = open(c.a.mnt + "/small.dcm", O_RDWR)
+        XCTAssertGreaterThanOrEqual(fd2, 0)
+        write(pseudoRandomBytes(2000, seed: 600), at: 1000)
+        let other = pseudoRandomBytes(4096, seed: 601)
+        XCTAssertEqual(other.withUnsafeBytes { pwrite(fd2, $0.baseAddress, $0.count, 100_000) }, other.count)
+        XCTAssertEqual(fsync(fd2), 0)
+        XCTAssertTrue(try readFile(c.a.brick + "/small.dcm") == readFile(c.b.brick + "/small.dcm"),
+                      "after an fsync through a second handle, b lacks what the first one gathered")
+        XCTAssertEqual(close(fd2), 0)
+        // A rename while writes are gathered: they reach the peer under the file's new name.
+        write(pseudoRandomBytes(3000, seed: 700), at: 5000)
+        XCTAssertEqual(rename(c.a.mnt + "/small.dcm", c.a.mnt + "/renamed.dcm"), 0)
+        XCTAssertEqual(fsync(fd), 0)
+        XCTAssertTrue(try readFile(c.a.brick + "/renamed.dcm") == readFile(c.b.brick + "/renamed.dcm"),
+                      "after a rename with gathered writes, b's copy differs")
+        // A truncating open while another handle holds gathered writes: they go before the
+        // truncate, so they cannot land on the peer after the new content.
+        write(pseudoRandomBytes(1500, seed: 800), at: 0)
+        let fd3 = open(c.a.mnt + "/renamed.dcm", O_WRONLY | O_TRUNC)
+        XCTAssertGreaterThanOrEqual(fd3, 0)
+        let fresh = pseudoRandomBytes(200_000, seed: 801)   // big: sent at once, before the commit
+        XCTAssertEqual(fresh.withUnsafeBytes { pwrite(fd3, $0.baseAddress, $0.count, 0) }, fresh.count)
+        XCTAssertEqual(close(fd3), 0)
+        XCTAssertTrue(try readFile(c.a.brick + "/renamed.dcm") == fresh && readFile(c.b.brick + "/renamed.dcm") == fresh,
+                      "after a truncating open and close, the bricks do not both hold the new content")
         // Each time by the streamed writes themselves, not by the fallback that resends the file.
         XCTAssertFalse(c.a.log.contains("peer refused the commit"), c.a.log.suffix(2000).description)
     }
