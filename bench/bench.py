@@ -1135,6 +1135,17 @@ def raise_on_sigterm():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def keep_logs_and_clean(md_path, out_dir, logs, workdir, keep_data, mounts_left):
+    """Copies `logs` next to the report (<report>-logs/) and removes the workdir unless told
+    to keep it or mounts are left in it; returns the log folder."""
+    keep = os.path.join(out_dir, os.path.basename(md_path)[:-3] + "-logs")
+    os.makedirs(keep, exist_ok=True)
+    for p in logs:
+        sh(["cp", p, keep], 60)
+    if not keep_data and not mounts_left:
+        sh(["rm", "-rf", "--one-file-system", workdir], 900)
+    return keep
+
 # --------------------------------------------------------------------------- machine info
 
 def read_first(path, default=""):

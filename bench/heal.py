@@ -801,12 +801,7 @@ def main(argv):
         extra_logs = [os.path.join(glogs, x) for x in sorted(os.listdir(glogs))] if os.path.isdir(glogs) else []
         R["log_scan"] = scan_logs(logs)
         md_path, js_path, text = report(args, R, started, interrupted)
-        keep = os.path.join(OUT_DIR, os.path.basename(md_path)[:-3] + "-logs")
-        os.makedirs(keep, exist_ok=True)
-        for p in logs + extra_logs:
-            sh(["cp", p, keep], 60)
-        if not args.keep_data and not left:
-            sh(["rm", "-rf", "--one-file-system", args.workdir], 900)
+        keep = B.keep_logs_and_clean(md_path, OUT_DIR, logs + extra_logs, args.workdir, args.keep_data, left)
     print()
     print(text)
     print()

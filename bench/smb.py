@@ -1040,16 +1040,11 @@ def main(argv):
         if run.res is None:
             run.res = Results(run.names or TARGETS, args.reps)
         md_path, js_path, text = write_report(args, R, run.res, started, interrupted)
-        keep = os.path.join(OUT_DIR, os.path.basename(md_path)[:-3] + "-logs")
-        os.makedirs(keep, exist_ok=True)
         logs = []
         for d in (run.logdir, os.path.join(args.workdir, "smbd", "log"), os.path.join(args.workdir, "gluster", "logs")):
             if os.path.isdir(d):
                 logs += [os.path.join(d, x) for x in sorted(os.listdir(d)) if os.path.isfile(os.path.join(d, x))]
-        for p in logs:
-            sh(["cp", p, keep], 60)
-        if not args.keep_data and not left:
-            sh(["rm", "-rf", "--one-file-system", args.workdir], 900)
+        keep = B.keep_logs_and_clean(md_path, OUT_DIR, logs, args.workdir, args.keep_data, left)
     print()
     print(text)
     print()
