@@ -61,8 +61,13 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(runCommand(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/other"]).stdout, "404")
         XCTAssertTrue(c.a.twinfs(["status", "--config", c.a.configPath]).stdout.contains("Node b (peer)  not reachable"))
         // The unreachable peer, as the admin reads it: cause and fix in one line.
-        let link = replication(c.a)["link"] as? String ?? ""
-        XCTAssertTrue(link.contains("peer unreachable at") && link.contains("check that the peer node runs") && !link.contains("\n"), link)
+        // (Between reconnect attempts; during one the link reads "connecting".)
+        var link = ""
+        waitUntil("the link reads as unreachable", timeout: 10) {
+            link = replication(c.a)["link"] as? String ?? ""
+            return link.contains("peer unreachable at")
+        }
+        XCTAssertTrue(link.contains("check that the peer node runs") && !link.contains("\n"), link)
         try c.b.start()
         waitHealthy(c)
         XCTAssertEqual(scrape(port)["twinfs_pending_files"], 0)
