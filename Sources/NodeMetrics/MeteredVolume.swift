@@ -6,10 +6,14 @@ import Volume
 /// GlusterFS's io-stats translator, for Prometheus: counts and times every operation on its way
 /// from the FUSE adapter down to the volume, and counts the bytes read and written.
 public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
-    public enum Op: String, CaseIterable, Sendable {
+    /// Numbered in declaration order: an operation's meter is `meters[op.rawValue]`, no lookup
+    /// on the request path.
+    public enum Op: Int, CaseIterable, Sendable {
         case lookup, getattr, setattr, readlink, mkdir, symlink, link, unlink, rmdir, rename, create, open, read, write
         case flush, fsync, release, fallocate, opendir, readdir, releasedir, statfs, fsyncdir, getxattr, setxattr
         case listxattr, removexattr
+
+        var label: String { String(describing: self) }
     }
 
     struct Meter {
@@ -34,10 +38,10 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
             MetricNameDescriptor(namespace: "twinfs", metricName: name, unitName: unit, helpText: help)
         }
         meters = Op.allCases.map { op in
-            Meter(count: registry.makeCounter(descriptor: d("operations", "total", "File system operations served"), labels: [("op", op.rawValue)]),
-                  errors: registry.makeCounter(descriptor: d("operation_errors", "total", "Operations answered with an error"), labels: [("op", op.rawValue)]),
+            Meter(count: registry.makeCounter(descriptor: d("operations", "total", "File system operations served"), labels: [("op", op.label)]),
+                  errors: registry.makeCounter(descriptor: d("operation_errors", "total", "Operations answered with an error"), labels: [("op", op.label)]),
                   time: registry.makeDurationHistogram(descriptor: d("operation_duration", "seconds", "Time to serve an operation, replication included"),
-                                                       labels: [("op", op.rawValue)], buckets: Self.buckets))
+                                                       labels: [("op", op.label)], buckets: Self.buckets))
         }
         bytesRead = registry.makeCounter(descriptor: d("read_bytes", "total", "Bytes read through the mount"), labels: [])
         bytesWritten = registry.makeCounter(descriptor: d("written_bytes", "total", "Bytes written through the mount (ingest)"), labels: [])
@@ -45,7 +49,7 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
 
     @inline(__always)
     private func timed<R>(_ op: Op, _ body: () throws(FSError) -> R) throws(FSError) -> R {
-        let m = meters[Self.index[op]!]
+        let m = meters[op.rawValue]
         let start = ContinuousClock.now
         do throws(FSError) {
             let r = try body()
@@ -59,8 +63,6 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
             throw error
         }
     }
-
-    private static let index: [Op: Int] = Dictionary(uniqueKeysWithValues: Op.allCases.enumerated().map { ($1, $0) })
 
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat { try timed(.lookup) { () throws(FSError) in try inner.lookup(parent: parent, name: name) } }
     public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat { try timed(.getattr) { () throws(FSError) in try inner.getattr(node, handle: handle) } }
