@@ -767,12 +767,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     /// Sends the handle's gathered writes, then waits until the peer answered every write.
     func drain(_ rh: RepHandle) {
-        sendPending(rh)
-        rh.drain()
-    }
-
-    /// Sends the handle's gathered writes (without waiting for the answers).
-    private func sendPending(_ rh: RepHandle) {
         let liveNow = gate.mode == .live
         let chunk = rh.with { h -> (Int64, [UInt8])? in
             guard !h.pending.isEmpty else { return nil }
@@ -786,6 +780,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             return (h.pendingOffset, h.pending)
         }
         if let (o, b) = chunk { send(rh, offset: o, ByteBuffer(bytes: b)) }
+        rh.drain()
     }
 
     func drainWrites(of id: UInt64) {
