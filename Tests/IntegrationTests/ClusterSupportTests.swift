@@ -123,6 +123,37 @@ final class ClusterSupportTests: XCTestCase {
         XCTAssertEqual(readExactly(fd3, 2, timeout: 5), [5, 6])
     }
 
+    func testRelayAnswersLostDeliversRequestsButReturnsNothing() throws {
+        let echo = try EchoServer()
+        defer { echo.stop() }
+        let relay = try Relay(targetPort: echo.port)
+        defer { relay.stop() }
+        let fd = try connectLoopback(relay.port)
+        defer { close(fd) }
+        try sendAll(fd, [1])
+        XCTAssertEqual(readExactly(fd, 1, timeout: 5), [1])
+
+        relay.set(.answersLost)
+        try sendAll(fd, [2, 3])
+        XCTAssertTrue(pollUntil(5) { echo.receivedBytes == 3 }, "the request reaches the target")
+        XCTAssertEqual(readOutcome(fd, timeout: 0.5), .timeout, "its answer never comes back")
+        // A new connection reaches the target too, and hears nothing either.
+        let fd2 = try connectLoopback(relay.port)
+        defer { close(fd2) }
+        try sendAll(fd2, [4])
+        XCTAssertTrue(pollUntil(5) { echo.receivedBytes == 4 })
+        XCTAssertEqual(readOutcome(fd2, timeout: 0.5), .timeout)
+
+        // Back to pass: connections of the period are closed, new ones work both ways.
+        relay.set(.pass)
+        XCTAssertEqual(readOutcome(fd, timeout: 5), .reset)
+        XCTAssertEqual(readOutcome(fd2, timeout: 5), .reset)
+        let fd3 = try connectLoopback(relay.port)
+        defer { close(fd3) }
+        try sendAll(fd3, [5, 6])
+        XCTAssertEqual(readExactly(fd3, 2, timeout: 5), [5, 6])
+    }
+
     func testRelayCutsUnderLoadEndPromptly() throws {
         let echo = try EchoServer()
         defer { echo.stop() }

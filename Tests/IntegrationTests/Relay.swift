@@ -113,12 +113,17 @@ final class Relay: @unchecked Sendable {
         /// Nothing flows and nothing is closed (a pulled cable); new connections are accepted
         /// and never forwarded. Leaving this mode closes every connection of the period.
         case blackhole
+        /// Bytes reach the target, nothing comes back (a link that lost one direction): the
+        /// target acts on every request and the sender never hears of it. Leaving this mode
+        /// closes every connection of the period.
+        case answersLost
 
         var description: String {
             switch self {
             case .pass: "pass"
             case .reset: "reset"
             case .blackhole: "blackhole"
+            case .answersLost: "answers lost"
             }
         }
     }
@@ -198,6 +203,8 @@ final class Relay: @unchecked Sendable {
                 return conns.map { ($0, .abort) }
             case .blackhole:
                 return conns.map { ($0, .blackhole) }
+            case .answersLost:
+                return conns.map { ($0, .mute) }
             case .pass:
                 // Connections open during a blackhole or reset period are closed so that
                 // both sides start over on fresh ones.
@@ -274,7 +281,7 @@ final class Relay: @unchecked Sendable {
             if s.stopped || s.mode == .reset { return nil }
             s.nextID += 1
             let c = Connection(id: s.nextID, client: fd, targetPort: targetPort,
-                               initial: s.mode == .pass ? .pass : .blackhole)
+                               initial: s.mode == .pass ? .pass : s.mode == .answersLost ? .mute : .blackhole)
             s.connections[c.id] = c
             return c
         }
@@ -302,7 +309,8 @@ final class Relay: @unchecked Sendable {
 }
 
 private enum Command: Sendable {
-    case pass, blackhole, abort
+    /// `mute`: forward towards the target only; what it answers is read and dropped.
+    case pass, blackhole, mute, abort
 }
 
 /// One relayed connection: the accepted client socket and (in pass mode) the upstream one.
@@ -359,6 +367,7 @@ private final class Connection: @unchecked Sendable {
         var upstream: Int32 = -1
         var connecting = false
         var blackholed = false
+        var muted = false
         var seen = -1
         var toUp = Pipe(buffer: .allocate(byteCount: Self.bufferSize, alignment: 16))
         var toClient = Pipe(buffer: .allocate(byteCount: Self.bufferSize, alignment: 16))
@@ -386,6 +395,9 @@ private final class Connection: @unchecked Sendable {
                     // no longer read, so the senders' buffers fill and their writes stall.
                     blackholed = true
                     toUp.start = 0; toUp.end = 0
+                    toClient.start = 0; toClient.end = 0
+                case .mute:
+                    muted = true
                     toClient.start = 0; toClient.end = 0
                 case .pass:
                     break
@@ -454,6 +466,7 @@ private final class Connection: @unchecked Sendable {
             }
             if fds[1].revents != 0 && uev & Int16(POLLIN) != 0 {
                 guard readInto(&toClient, from: upstream) else { abortAll(); return }
+                if muted { toClient.start = 0; toClient.end = 0 }
             }
             // Writes (also right after a read: the socket is usually writable).
             guard flush(&toUp, to: upstream, counter: counter),
