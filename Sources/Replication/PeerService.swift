@@ -134,8 +134,8 @@ public final class PeerService: Sendable {
         switch m {
         case let .write(_, id, _, _), let .commit(_, id, _, _, _):
             return id
-        case let .create(p, n, _, _, _, id):
-            return volume.local.brick.readID(rel: Brick.join(p, n)) == id ? id : nil
+        // Not a create: of a name this node lacks it makes a new file, and of the file this
+        // node already holds under that id (a replay whose answer was lost) it changes nothing.
         case let .setattr(path, c) where c.size != nil:
             return volume.local.brick.readID(rel: path)
         // Removing or replacing a file this node changed while apart would drop its changes.

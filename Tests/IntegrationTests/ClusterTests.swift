@@ -397,6 +397,32 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
+    /// The create reached b, but b's answer was lost and a died before it heard of it: a
+    /// returns with the create still to replay, while the client stored the file through b
+    /// (over the empty file, same id). The replay changes nothing on b: not a split brain,
+    /// and the stored bytes reach a. (Seen with an SMB client whose node lost power.)
+    func testACreateThePeerAppliedButNeverAnsweredReplaysCleanlyOverTheFileStoredThere() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
+        try put(c.a.mnt + "/scans/before.dcm", pseudoRandomBytes(50_000, seed: 10))
+        c.relayToB.set(.answersLost)
+        let path = c.a.mnt + "/scans/x.dcm"
+        Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
+        waitUntil("b made the file a asked for", timeout: 1) { access(c.b.brick + "/scans/x.dcm", F_OK) == 0 }
+        c.a.kill9()
+        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
+        let bytes = pseudoRandomBytes(200_000, seed: 11)
+        try put(c.b.mnt + "/scans/x.dcm", bytes)
+        c.restore()
+        try c.a.start()
+        waitUntil("both settled", timeout: 60) { [state(c.a), state(c.b)].allSatisfy { $0 == "HEALTHY" || $0 == "SPLIT-BRAIN" } }
+        XCTAssertEqual([state(c.a), state(c.b)], ["HEALTHY", "HEALTHY"], c.a.log.suffix(3000).description)
+        XCTAssertTrue(try readFile(c.a.brick + "/scans/x.dcm") == bytes, "a's brick does not hold the stored bytes")
+        XCTAssertTrue(try readFile(c.a.mnt + "/scans/x.dcm") == bytes, "a's mount does not serve the stored bytes")
+        try assertReplicasIdentical(c)
+    }
+
     /// But a client that wrote that file on the returned node before the nodes met again was
     /// told its bytes are stored: both copies were acknowledged, a split brain, both kept.
     func testAnUnansweredCreateWrittenAfterTheRestartIsASplitBrainNotYielded() throws {
