@@ -143,6 +143,72 @@ final class ClusterTests: XCTestCase {
         XCTAssertFalse(c.a.log.contains("peer refused the commit"), c.a.log.suffix(2000).description)
     }
 
+    /// smbd's put: create, write, set the write time, close. At the close both bricks hold the
+    /// same atime and mtime, also when a write follows the times, when they are set through a
+    /// second handle, and when the link is cut in between (the file is then owed and sent
+    /// whole, with its mtime).
+    func testTimesSetOnAFileBeingWrittenAreOnThePeerAtItsClose() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        func times(_ path: String) -> (Int, Int, Int, Int) {
+            var st = stat()
+            XCTAssertEqual(stat(path, &st), 0, path)
+            return (st.st_atim.tv_sec, st.st_atim.tv_nsec, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+        }
+        func setTimes(_ path: String, atime: Int, mtime: Int) {
+            var ts = [timespec(tv_sec: atime, tv_nsec: 11), timespec(tv_sec: mtime, tv_nsec: 22)]
+            XCTAssertEqual(utimensat(AT_FDCWD, path, &ts, 0), 0)
+        }
+        func store(_ name: String, seed: UInt64, thenWrite: Bool = false, cut: Bool = false) throws -> [UInt8] {
+            let path = c.a.mnt + "/" + name
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            var bytes = pseudoRandomBytes(300_000, seed: seed)
+            XCTAssertEqual(bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, bytes.count)
+            if cut { c.cut(.blackhole) }
+            setTimes(path, atime: 1_500_000_000, mtime: 1_600_000_000)
+            if thenWrite {
+                let more = pseudoRandomBytes(1000, seed: seed + 1)
+                XCTAssertEqual(more.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, more.count)
+                bytes += more
+            }
+            XCTAssertEqual(close(fd), 0)
+            return bytes
+        }
+        let plain = try store("plain.dcm", seed: 1)
+        XCTAssertEqual(times(c.a.brick + "/plain.dcm").2, 1_600_000_000)
+        XCTAssertTrue(times(c.a.brick + "/plain.dcm") == times(c.b.brick + "/plain.dcm"),
+                      "a: \(times(c.a.brick + "/plain.dcm")), b: \(times(c.b.brick + "/plain.dcm"))")
+        XCTAssertTrue(try readFile(c.b.brick + "/plain.dcm") == plain)
+        let later = try store("later.dcm", seed: 3, thenWrite: true)
+        XCTAssertNotEqual(times(c.a.brick + "/later.dcm").2, 1_600_000_000, "the write after the times moves mtime")
+        XCTAssertEqual(times(c.a.brick + "/later.dcm").2, times(c.b.brick + "/later.dcm").2)
+        XCTAssertEqual(times(c.a.brick + "/later.dcm").3, times(c.b.brick + "/later.dcm").3)
+        XCTAssertTrue(try readFile(c.b.brick + "/later.dcm") == later)
+        // Through another handle than the writer's (smbd may set times by path).
+        let fd = open(c.a.mnt + "/two.dcm", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let two = pseudoRandomBytes(50_000, seed: 5)
+        XCTAssertEqual(two.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, two.count)
+        let reader = open(c.a.mnt + "/two.dcm", O_RDONLY)
+        var ts = [timespec(tv_sec: 1_400_000_000, tv_nsec: 1), timespec(tv_sec: 1_450_000_000, tv_nsec: 2)]
+        XCTAssertEqual(futimens(reader, &ts), 0)
+        XCTAssertEqual(fsync(fd), 0)
+        XCTAssertTrue(times(c.a.brick + "/two.dcm") == times(c.b.brick + "/two.dcm"),
+                      "a: \(times(c.a.brick + "/two.dcm")), b: \(times(c.b.brick + "/two.dcm"))")
+        close(reader)
+        close(fd)
+        // The link goes between the times and the close: the file is owed, then sent whole.
+        let cutFile = try store("cut.dcm", seed: 7, cut: true)
+        waitUntil("a DEGRADED", timeout: 30) { state(c.a) == "DEGRADED" }
+        c.restore()
+        waitHealthy(c, timeout: 60)
+        XCTAssertTrue(try readFile(c.b.brick + "/cut.dcm") == cutFile)
+        XCTAssertEqual(times(c.b.brick + "/cut.dcm").2, 1_600_000_000)
+        XCTAssertEqual(times(c.b.brick + "/cut.dcm").3, 22)
+        try assertReplicasIdentical(c)
+    }
+
     func testPeerKilledAndRestartedWhile2000DicomFilesAreWritten() throws {
         let c = try cluster()
         waitHealthy(c)
