@@ -610,13 +610,33 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         try prepare(parent.path, newParent.path)
         // Writes carry the path their file had: those under the old name are sent and
         // answered before the name changes (messages are not ordered with each other).
-        let from = Brick.join(parent.path, name)
-        for rh in handles.with({ $0.values.filter { $0.path == from || $0.path.hasPrefix(from + "/") } }) { drain(rh) }
+        let from = Brick.join(parent.path, name), to = Brick.join(newParent.path, newName)
+        let exchange = flags & 2 != 0
+        let moved = handles.with { $0.values.filter { rh in
+            rh.with { Self.renamed($0.path, from: from, to: to, exchange: exchange) != nil }
+        } }
+        for rh in moved { drain(rh) }
         let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
         let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
         try replicate(keys: keys, pre: m) { () throws(FSError) in
             try local.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
         } message: { _ in m }
+        // Open files keep being written under their new names (a later write or commit sent
+        // under the old one would find nothing there on the peer).
+        for rh in moved {
+            rh.with { h in if let p = Self.renamed(h.path, from: from, to: to, exchange: exchange) { h.path = p } }
+        }
+    }
+
+    /// Where `path` is after renaming `from` to `to` (or exchanging them), nil if unaffected.
+    static func renamed(_ path: String, from: String, to: String, exchange: Bool) -> String? {
+        func under(_ p: String, _ dir: String) -> Substring? {
+            if p == dir { return "" }
+            return p.hasPrefix(dir + "/") ? p.dropFirst(dir.count) : nil
+        }
+        if let rest = under(path, from) { return to + rest }
+        if exchange, let rest = under(path, to) { return from + rest }
+        return nil
     }
 
     // MARK: - Files
@@ -754,7 +774,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     private func send(_ rh: RepHandle, offset: Int64, _ buf: ByteBuffer) {
         let n = buf.readableBytes
         budget.acquire(n)
-        channel.start(.write(path: rh.path, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
+        channel.start(.write(path: rh.with { $0.path }, stableID: rh.id, offset: offset, data: buf)) { [weak self] outcome in
             self?.budget.release(n)
             rh.with { h in
                 h.inFlight -= 1
@@ -803,9 +823,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         guard let rh = handles.with({ $0[handle] }), rh.with({ $0.touched }) else { return try localCommit() }
         // Every handle's gathered writes, not only this one's: the commit covers the whole file.
         drainWrites(of: rh.id)
-        let (streamed, apart) = rh.with { h -> (Bool, Bool) in
+        let (live, broken, apart, path) = rh.with { h -> (Bool, Bool, Bool, String) in
             h.touched = false
-            return (h.live && !h.broken, h.apart)
+            defer { h.broken = false }
+            return (h.live, h.broken, h.apart, h.path)
         }
         var writing = true
         defer { if writing { doneWriting(rh.id) } }
@@ -820,14 +841,38 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 generation = ((try? journal.peerFile(rh.id)) ?? nil)?.generation ?? generation
             }
         }
-        guard streamed, gate.mode == .live else {
+        guard live, !apart, gate.mode == .live else {
             try localCommit()
             try owe(rh.id, changedApart: apart)
             return
         }
+        /// The peer's copy cannot be brought up to date by a commit: the whole file goes now,
+        /// so that this close or fsync, too, returns with the bytes on both disks.
+        func sendWhole() throws(FSError) {
+            doneWriting(rh.id)
+            writing = false
+            switch pushFile(rh.id) {
+            case .ok, .gone: settle(rh.id, generation: generation)
+            case .unreachable: try owe(rh.id)
+            case .splitBrain: break
+            case .failed(let why), .badSource(let why):
+                log.error("could not bring the peer's copy of \(path.debugDescription) up to date: \(why); it stays owed")
+                try owe(rh.id)
+            }
+        }
+        // A write or truncate the peer did not apply (a fallocate, which has no message): the
+        // commit cannot settle it.
+        if broken {
+            do throws(FSError) { try localCommit() } catch {
+                rh.with { $0.broken = true }
+                throw error
+            }
+            log.notice("\(path.debugDescription): a change did not stream to the peer; sending the whole file")
+            return try sendWhole()
+        }
         var pending: PendingCall?
         if let p = local.contentPreview(handle: handle) {
-            pending = channel.start(.commit(path: rh.path, stableID: rh.id, size: p.size, xxh128: p.hash, mtimeNs: p.mtimeNs))
+            pending = channel.start(.commit(path: path, stableID: rh.id, size: p.size, xxh128: p.hash, mtimeNs: p.mtimeNs))
         }
         do throws(FSError) { try localCommit() } catch {
             _ = pending?.wait()
@@ -836,7 +881,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         if pending == nil {
             guard let rec = try? journal.inode(rh.id), let hash = rec.hash else { try owe(rh.id); return }
-            pending = channel.start(.commit(path: rh.path, stableID: rh.id, size: rec.size, xxh128: hash, mtimeNs: rec.mtimeNs))
+            pending = channel.start(.commit(path: path, stableID: rh.id, size: rec.size, xxh128: hash, mtimeNs: rec.mtimeNs))
         }
         switch pending!.wait() {
         case .ok:
@@ -846,20 +891,11 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             rh.with { $0.live = false }
             try owe(rh.id)
         case .refused(let e) where e == splitBrainErrno:
-            recordSplitBrain(id: rh.id, path: rh.path, reason: "the peer changed this file too while the nodes were apart")
+            recordSplitBrain(id: rh.id, path: path, reason: "the peer changed this file too while the nodes were apart")
         case .refused(let e):
             // The peer's bytes differ (a lost write, or writers on both nodes): send the whole file.
-            log.warning("peer refused the commit of \(rh.path.debugDescription) (errno \(e)); sending the whole file")
-            doneWriting(rh.id)
-            writing = false
-            switch pushFile(rh.id) {
-            case .ok, .gone: settle(rh.id, generation: generation)
-            case .unreachable: try owe(rh.id)
-            case .splitBrain: break
-            case .failed(let why), .badSource(let why):
-                log.error("could not bring the peer's copy of \(rh.path.debugDescription) up to date: \(why); it stays owed")
-                try owe(rh.id)
-            }
+            log.warning("peer refused the commit of \(path.debugDescription) (errno \(e)); sending the whole file")
+            try sendWhole()
         }
     }
 
@@ -1050,7 +1086,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 /// A writable handle's replication state.
 final class RepHandle: @unchecked Sendable {
     let id: UInt64
-    let path: String
+    /// Where the file is (a rename of it or of a directory above it moves this).
+    var path: String
     let cond = NSCondition()
     /// Opened while live: its writes stream to the peer.
     var live = false
