@@ -143,6 +143,59 @@ final class ClusterTests: XCTestCase {
         XCTAssertFalse(c.a.log.contains("peer refused the commit"), c.a.log.suffix(2000).description)
     }
 
+    /// A file renamed while open for writing (Windows renames open files over SMB), after a
+    /// commit, then written again, in a directory renamed too: the writes after the renames
+    /// reach the peer under the file's new name, streamed, not by resending the whole file.
+    func testWritesAfterRenamingAnOpenFileStreamUnderItsNewName() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        XCTAssertEqual(mkdir(c.a.mnt + "/in", 0o755), 0)
+        let fd = open(c.a.mnt + "/in/upload.tmp", O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        var want = pseudoRandomBytes(300_000, seed: 1)
+        XCTAssertEqual(want.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }, want.count)
+        XCTAssertEqual(fsync(fd), 0)
+        XCTAssertEqual(rename(c.a.mnt + "/in/upload.tmp", c.a.mnt + "/in/IM0001.dcm"), 0)
+        let more = pseudoRandomBytes(200_000, seed: 2)
+        XCTAssertEqual(more.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(want.count)) }, more.count)
+        want += more
+        XCTAssertEqual(fsync(fd), 0)
+        XCTAssertTrue(try readFile(c.b.brick + "/in/IM0001.dcm") == want, "b's copy after the rename: \((try? readFile(c.b.brick + "/in/IM0001.dcm"))?.count ?? -1) bytes\n" + c.a.log.suffix(1500) + c.b.log.suffix(1500))
+        XCTAssertEqual(rename(c.a.mnt + "/in", c.a.mnt + "/study"), 0)
+        let tail = pseudoRandomBytes(5_000, seed: 3)
+        XCTAssertEqual(tail.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 1000) }, tail.count)
+        want.replaceSubrange(1000..<6000, with: tail)
+        XCTAssertEqual(close(fd), 0)
+        XCTAssertTrue(try readFile(c.b.brick + "/study/IM0001.dcm") == want, "b's copy after the directory's rename")
+        XCTAssertTrue(try readFile(c.a.brick + "/study/IM0001.dcm") == want)
+        XCTAssertFalse(c.a.log.contains("peer refused the commit"), c.a.log.suffix(2000).description)
+        XCTAssertFalse(c.a.log.contains("did not stream to the peer"), c.a.log.suffix(2000).description)
+    }
+
+    /// A change that cannot stream (fallocate has no message) makes the close send the whole
+    /// file: when fsync and close return, the peer holds every byte, as for any other file.
+    func testAFileThatCouldNotStreamIsWholeOnThePeerWhenItsFsyncAndCloseReturn() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let fd = open(c.a.mnt + "/prealloc.dcm", O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(twin_fallocate(fd, 0, 0, 1 << 20), 0)
+        var want = pseudoRandomBytes(400_000, seed: 1) + [UInt8](repeating: 0, count: (1 << 20) - 400_000)
+        XCTAssertEqual(want.withUnsafeBytes { pwrite(fd, $0.baseAddress, 400_000, 0) }, 400_000)
+        XCTAssertEqual(fsync(fd), 0)
+        XCTAssertTrue(try readFile(c.b.brick + "/prealloc.dcm") == want, "b's copy when fsync returned")
+        // Afterwards the handle streams again.
+        let more = pseudoRandomBytes(10_000, seed: 2)
+        XCTAssertEqual(more.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 500_000) }, more.count)
+        want.replaceSubrange(500_000..<510_000, with: more)
+        XCTAssertEqual(close(fd), 0)
+        XCTAssertTrue(try readFile(c.b.brick + "/prealloc.dcm") == want, "b's copy when close returned")
+        XCTAssertEqual(c.a.log.components(separatedBy: "did not stream to the peer; sending the whole file").count - 1, 1,
+                       c.a.log.suffix(2000).description)
+        try assertReplicasIdentical(c)
+    }
+
     /// smbd's put: create, write, set the write time, close. At the close both bricks hold the
     /// same atime and mtime, also when a write follows the times, when they are set through a
     /// second handle, and when the link is cut in between (the file is then owed and sent
