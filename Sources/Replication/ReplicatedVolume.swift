@@ -825,7 +825,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         drainWrites(of: rh.id)
         let (live, broken, apart, path) = rh.with { h -> (Bool, Bool, Bool, String) in
             h.touched = false
-            defer { h.broken = false }
             return (h.live, h.broken, h.apart, h.path)
         }
         var writing = true
@@ -852,7 +851,11 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             doneWriting(rh.id)
             writing = false
             switch pushFile(rh.id) {
-            case .ok, .gone: settle(rh.id, generation: generation)
+            case .ok, .gone:
+                settle(rh.id, generation: generation)
+                // The peer holds the file as it is: this handle's next writes stream again
+                // (the next commit's hash check catches any they miss).
+                rh.with { $0.broken = false }
             case .unreachable: try owe(rh.id)
             case .splitBrain: break
             case .failed(let why), .badSource(let why):
