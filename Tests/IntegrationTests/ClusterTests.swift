@@ -486,15 +486,17 @@ final class ClusterTests: XCTestCase {
 
     /// A node (a) dies while a client's create is on its way to the peer: made on its own
     /// brick, never answered. The client stores the file through the other node (b) instead.
-    /// Returns what b stored; the link stays cut and a stopped.
-    func storeThroughThePeerAfterAnUnansweredCreate(_ c: TestCluster) throws -> [UInt8] {
+    /// Returns what b stored; the link stays cut and a stopped. `reachedThePeer`: the create
+    /// reached b and only b's answer was lost.
+    func storeThroughThePeerAfterAnUnansweredCreate(_ c: TestCluster, reachedThePeer: Bool = false) throws -> [UInt8] {
         waitHealthy(c)
         XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
         try put(c.a.mnt + "/scans/before.dcm", pseudoRandomBytes(50_000, seed: 10))
-        c.cut(.blackhole)
+        if reachedThePeer { c.relayToB.set(.answersLost) } else { c.cut(.blackhole) }
         let path = c.a.mnt + "/scans/x.dcm"
         Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
-        waitUntil("a made the file on its brick", timeout: 5) { access(c.a.brick + "/scans/x.dcm", F_OK) == 0 }
+        let made = (reachedThePeer ? c.b : c.a).brick + "/scans/x.dcm"
+        waitUntil("the file made on \(made)", timeout: reachedThePeer ? 2 : 5) { access(made, F_OK) == 0 }
         c.a.kill9()
         waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
         let bytes = pseudoRandomBytes(200_000, seed: 11)
@@ -521,18 +523,9 @@ final class ClusterTests: XCTestCase {
     /// (over the empty file, same id). The replay changes nothing on b: not a split brain,
     /// and the stored bytes reach a. (Seen with an SMB client whose node lost power.)
     func testACreateThePeerAppliedButNeverAnsweredReplaysCleanlyOverTheFileStoredThere() throws {
-        let c = try cluster(timeout: 1.5)
-        waitHealthy(c)
-        XCTAssertEqual(mkdir(c.a.mnt + "/scans", 0o755), 0)
-        try put(c.a.mnt + "/scans/before.dcm", pseudoRandomBytes(50_000, seed: 10))
-        c.relayToB.set(.answersLost)
-        let path = c.a.mnt + "/scans/x.dcm"
-        Thread { let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644); if fd >= 0 { close(fd) } }.start()
-        waitUntil("b made the file a asked for", timeout: 1) { access(c.b.brick + "/scans/x.dcm", F_OK) == 0 }
-        c.a.kill9()
-        waitUntil("b DEGRADED", timeout: 30) { state(c.b) == "DEGRADED" }
-        let bytes = pseudoRandomBytes(200_000, seed: 11)
-        try put(c.b.mnt + "/scans/x.dcm", bytes)
+        // a must be killed before its create times out (then it would answer the client).
+        let c = try cluster(timeout: 3)
+        let bytes = try storeThroughThePeerAfterAnUnansweredCreate(c, reachedThePeer: true)
         c.restore()
         try c.a.start()
         waitUntil("both settled", timeout: 60) { [state(c.a), state(c.b)].allSatisfy { $0 == "HEALTHY" || $0 == "SPLIT-BRAIN" } }
