@@ -87,15 +87,24 @@ final class ClusterSupportTests: XCTestCase {
         XCTAssertEqual(echo.acceptedConnections, 2)
     }
 
-    func testRelayBlackholeHoldsSilentlyAndRestoreClosesItsConnections() throws {
+    /// An echo server behind a relay, and one connection through it that has carried a byte
+    /// both ways; all three are closed when the test ends.
+    fileprivate func echoBehindRelay() throws -> (EchoServer, Relay, Int32) {
         let echo = try EchoServer()
-        defer { echo.stop() }
         let relay = try Relay(targetPort: echo.port)
-        defer { relay.stop() }
         let fd = try connectLoopback(relay.port)
-        defer { close(fd) }
+        addTeardownBlock {
+            close(fd)
+            relay.stop()
+            echo.stop()
+        }
         try sendAll(fd, [1])
         XCTAssertEqual(readExactly(fd, 1, timeout: 5), [1])
+        return (echo, relay, fd)
+    }
+
+    func testRelayBlackholeHoldsSilentlyAndRestoreClosesItsConnections() throws {
+        let (echo, relay, fd) = try echoBehindRelay()
 
         relay.set(.blackhole)
         let forwarded = relay.forwardedBytes
@@ -124,14 +133,7 @@ final class ClusterSupportTests: XCTestCase {
     }
 
     func testRelayAnswersLostDeliversRequestsButReturnsNothing() throws {
-        let echo = try EchoServer()
-        defer { echo.stop() }
-        let relay = try Relay(targetPort: echo.port)
-        defer { relay.stop() }
-        let fd = try connectLoopback(relay.port)
-        defer { close(fd) }
-        try sendAll(fd, [1])
-        XCTAssertEqual(readExactly(fd, 1, timeout: 5), [1])
+        let (echo, relay, fd) = try echoBehindRelay()
 
         relay.set(.answersLost)
         try sendAll(fd, [2, 3])
