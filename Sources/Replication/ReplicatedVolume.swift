@@ -629,10 +629,14 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     /// Where `path` is after renaming `from` to `to` (or exchanging them), nil if unaffected.
+    /// Names are compared as bytes, as the brick does (Swift's `==` would take two Unicode
+    /// spellings of one name for the same).
     static func renamed(_ path: String, from: String, to: String, exchange: Bool) -> String? {
-        func under(_ p: String, _ dir: String) -> Substring? {
-            if p == dir { return "" }
-            return p.hasPrefix(dir + "/") ? p.dropFirst(dir.count) : nil
+        func under(_ p: String, _ dir: String) -> String? {
+            let pb = Array(p.utf8), db = Array(dir.utf8)
+            if pb == db { return "" }
+            guard pb.count > db.count, pb[db.count] == UInt8(ascii: "/"), pb.starts(with: db) else { return nil }
+            return String(decoding: pb[db.count...], as: UTF8.self)
         }
         if let rest = under(path, from) { return to + rest }
         if exchange, let rest = under(path, to) { return from + rest }
@@ -732,6 +736,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         // `coalesceLimit` bytes: one peer request instead of 32. Big ones go as they are.
         enum Plan { case none, direct, chunks([(Int64, [UInt8])]) }
         let plan = rh.with { h -> Plan in
+            h.writes &+= 1
             guard h.live && !h.broken && liveNow else {
                 h.broken = true
                 if !liveNow { h.apart = true }
@@ -823,12 +828,15 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         guard let rh = handles.with({ $0[handle] }), rh.with({ $0.touched }) else { return try localCommit() }
         // Every handle's gathered writes, not only this one's: the commit covers the whole file.
         drainWrites(of: rh.id)
-        let (live, broken, apart, path) = rh.with { h -> (Bool, Bool, Bool, String) in
+        let (live, broken, apart, path, seen) = rh.with { h -> (Bool, Bool, Bool, String, UInt64) in
             h.touched = false
-            return (h.live, h.broken, h.apart, h.path)
+            return (h.live, h.broken, h.apart, h.path, h.writes)
         }
         var writing = true
         defer { if writing { doneWriting(rh.id) } }
+        // A write through this handle on another thread that raced this commit may not be
+        // covered by it: the handle counts as written again, so the next commit settles it.
+        defer { if rh.with({ $0.writes != seen }) { markTouched(rh) } }
         // Marks made after this point (another handle, a later write) are newer and stay. Our
         // own mark may still be queued: a fresh row starts at generation 1; an owed row is
         // read again once the queue is written.
@@ -851,11 +859,14 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             doneWriting(rh.id)
             writing = false
             switch pushFile(rh.id) {
+            case .gone where ((try? journal.path(of: rh.id)) ?? nil).map({ !$0.isEmpty }) ?? false:
+                // Renamed while it was being sent: still here, so still owed.
+                try owe(rh.id)
             case .ok, .gone:
                 settle(rh.id, generation: generation)
-                // The peer holds the file as it is: this handle's next writes stream again
-                // (the next commit's hash check catches any they miss).
-                rh.with { $0.broken = false }
+                // The peer holds the file as it is: this handle's next writes stream again,
+                // unless one ran meanwhile (the push may have missed it).
+                rh.with { if $0.writes == seen { $0.broken = false } }
             case .unreachable: try owe(rh.id)
             case .splitBrain: break
             case .failed(let why), .badSource(let why):
@@ -1101,6 +1112,8 @@ final class RepHandle: @unchecked Sendable {
     /// Written while the peer could not be told.
     var apart = false
     var inFlight = 0
+    /// Writes through this handle so far (a commit tells from it whether one raced it).
+    var writes: UInt64 = 0
     /// Small adjacent writes not sent yet, at `pendingOffset`: sent as one message once they
     /// reach `ReplicatedVolume.coalesceLimit`, at a write elsewhere in the file, and before
     /// any commit (close, fsync) or truncate.

@@ -81,6 +81,25 @@ final class ReplicationLogicTests: XCTestCase {
         XCTAssertThrowsError(try ReplicatedVolume.decodeOp(Array(ReplicatedVolume.encodeOp(messages[0]).dropLast())))
     }
 
+    /// Where an open file's path goes when it or a directory above it is renamed.
+    func testAnOpenFilesPathFollowsARenameOfItOrOfADirectoryAbove() {
+        func r(_ p: String, _ from: String, _ to: String, exchange: Bool = false) -> String? {
+            ReplicatedVolume.renamed(p, from: from, to: to, exchange: exchange)
+        }
+        XCTAssertEqual(r("in/x.tmp", "in/x.tmp", "in/IM1.dcm"), "in/IM1.dcm")
+        XCTAssertEqual(r("in/s1/x.dcm", "in", "study"), "study/s1/x.dcm")
+        XCTAssertNil(r("inbox/x.dcm", "in", "study"), "a sibling whose name starts the same")
+        XCTAssertNil(r("in", "in/x", "y"))
+        XCTAssertNil(r("a/b", "a/b2", "c"))
+        // RENAME_EXCHANGE: both sides move.
+        XCTAssertEqual(r("b/f", "a", "b", exchange: true), "a/f")
+        XCTAssertEqual(r("a/f", "a", "b", exchange: true), "b/f")
+        XCTAssertNil(r("b/f", "a", "b"), "without exchange the target's old entries are gone, not moved")
+        // Bytes, not Unicode equivalence: "é" precomposed and decomposed are two names on Linux.
+        XCTAssertNil(r("caf\u{E9}/x", "cafe\u{301}", "other"))
+        XCTAssertEqual(r("cafe\u{301}/x", "cafe\u{301}", "other"), "other/x")
+    }
+
     func testATentativeChangeCountsAsAppliedOnlyIfTheBrickShowsIt() throws {
         let dir = try tempDir(self)
         let (v, j) = try makeVolume(dir, node: "a", ordinal: 1)
