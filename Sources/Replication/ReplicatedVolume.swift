@@ -737,12 +737,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         enum Plan { case none, direct, chunks([(Int64, [UInt8])]) }
         let plan = rh.with { h -> Plan in
             h.writes &+= 1
-            guard h.live && !h.broken && liveNow else {
-                h.broken = true
-                if !liveNow { h.apart = true }
-                h.pending = []
-                return .none
-            }
+            guard h.canStream(liveNow: liveNow) else { return .none }
             var out: [(Int64, [UInt8])] = []
             if !h.pending.isEmpty && (h.pendingOffset + Int64(h.pending.count) != offset || h.pending.count + n > Self.coalesceLimit) {
                 out.append((h.pendingOffset, h.pending))
@@ -794,13 +789,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     func drain(_ rh: RepHandle) {
         let liveNow = gate.mode == .live
         let chunk = rh.with { h -> (Int64, [UInt8])? in
-            guard !h.pending.isEmpty else { return nil }
+            guard !h.pending.isEmpty, h.canStream(liveNow: liveNow) else { return nil }
             defer { h.pending = [] }
-            guard h.live && !h.broken && liveNow else {
-                h.broken = true
-                if !liveNow { h.apart = true }
-                return nil
-            }
             h.inFlight += 1
             return (h.pendingOffset, h.pending)
         }
@@ -853,13 +843,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             try owe(rh.id, changedApart: apart)
             return
         }
-        /// The peer's copy cannot be brought up to date by a commit: the whole file goes now,
-        /// so that this close or fsync, too, returns with the bytes on both disks.
+        // The peer's copy cannot be brought up to date by a commit: the whole file goes now,
+        // so that this close or fsync, too, returns with the bytes on both disks.
         func sendWhole() throws(FSError) {
             doneWriting(rh.id)
             writing = false
             switch pushFile(rh.id) {
-            case .gone where ((try? journal.path(of: rh.id)) ?? nil).map({ !$0.isEmpty }) ?? false:
+            case .gone where (try? journal.path(of: rh.id))?.isEmpty == false:
                 // Renamed while it was being sent: still here, so still owed.
                 try owe(rh.id)
             case .ok, .gone:
@@ -877,10 +867,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         // A write or truncate the peer did not apply (a fallocate, which has no message): the
         // commit cannot settle it.
         if broken {
-            do throws(FSError) { try localCommit() } catch {
-                rh.with { $0.broken = true }
-                throw error
-            }
+            try localCommit()
             log.notice("\(path.debugDescription): a change did not stream to the peer; sending the whole file")
             return try sendWhole()
         }
@@ -1119,6 +1106,17 @@ final class RepHandle: @unchecked Sendable {
     /// any commit (close, fsync) or truncate.
     var pending: [UInt8] = []
     var pendingOffset: Int64 = 0
+
+    /// Whether a write may stream now (caller holds `cond`). If not, the handle is broken (its
+    /// close sends the whole file, or owes it), apart too if the peer is unreachable, and
+    /// what it gathered is dropped (the whole file carries those bytes).
+    func canStream(liveNow: Bool) -> Bool {
+        if live && !broken && liveNow { return true }
+        broken = true
+        if !liveNow { apart = true }
+        pending = []
+        return false
+    }
 
     init(id: UInt64, path: String) {
         self.id = id
