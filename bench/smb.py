@@ -215,6 +215,36 @@ def w_verify_files(root, expected):
             "extra": len(extra), "mismatched": len(bad), "examples": (missing + extra + bad)[:5]}
 
 
+def w_copies(src, dests):
+    """Each source file written to every directory of dests, each copy fsynced before the next
+    (open, write, fsync, close): no SMB, no FUSE, no network. With two dests on one disk this is
+    the ceiling of any replica-2 store that makes both copies durable before it acknowledges."""
+    names = sorted(os.listdir(src))
+    datas = []
+    for n in names:
+        with open(os.path.join(src, n), "rb") as f:
+            datas.append(f.read())
+    for d in dests:
+        os.makedirs(d, exist_ok=True)
+    os.sync()
+    t0 = time.perf_counter()
+    for n, data in zip(names, datas):
+        for d in dests:
+            fd = os.open(os.path.join(d, n), os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in dests:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return len(names) / (time.perf_counter() - t0)
+
+
 def w_count(root):
     files = nbytes = 0
     for dp, _, fns in os.walk(root):
@@ -529,6 +559,31 @@ def render_goals(res):
     return "\n".join(lines)
 
 
+def render_ceiling(R, res):
+    """The put's files written straight to the disk, one and two fsynced copies, against what
+    the goals ask of twinfs in files/s: no replica-2 store that makes both copies durable before
+    it acknowledges can pass the two-copy rate on this one disk."""
+    c = R.get("ceiling")
+    if not c:
+        return ""
+    lines = ["| | files/s (median) | samples |", "|---|---|---|"]
+    for label, text in (("one", "one fsynced copy (open, write 512 KiB, fsync, close)"),
+                        ("two", "two fsynced copies, each file to two directories: the replica-2 ceiling")):
+        xs = [x for x in c.get(label, []) if x is not None]
+        if xs:
+            lines.append(f"| {text} | {B.fmt(statistics.median(xs))} | {', '.join(B.fmt(x) for x in xs)} |")
+    put = res.samples.get("smbput|files/s", {})
+    two = c.get("two", [])
+    for other, goal, what in (("gluster", 3.0, "3x GlusterFS's put"), ("plain", 0.6, "60 % of the plain share's put")):
+        xs = [g * goal for g in (put.get(other) or []) if g is not None]
+        if xs:
+            lines.append(f"| the goal, {what} | {B.fmt(statistics.median(xs))} | |")
+    r = B.paired(put.get("twinfs", []), two)
+    if r is not None:
+        lines.append(f"| twinfs's put / two fsynced copies (paired) | {r:.2f} | |")
+    return "\n".join(lines)
+
+
 def write_report(args, R, res, started, interrupted):
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -564,6 +619,12 @@ def write_report(args, R, res, started, interrupted):
     md.append("## Goals (the issue: twinfs >= 3x GlusterFS and >= 60 % of the plain directory)")
     md.append("")
     md.append(render_goals(res))
+    ceiling = render_ceiling(R, res)
+    if ceiling:
+        md.append("")
+        md.append("## The disk's ceiling (same run, no SMB, no FUSE, no network)")
+        md.append("")
+        md.append(ceiling)
     mm = render_medmed(res)
     if mm:
         md.append("")
@@ -809,6 +870,24 @@ class Run:
         log(f"smbput {target} rep {rep + 1}: {n / (t1 - t0):.0f} files/s ({t1 - t0:.2f} s), "
             f"+fsync {n / (t2 - t0):.0f} files/s (fsync pass {t2 - t1:.2f} s)")
 
+    def sample_ceiling(self, rep):
+        """The disk's own rates for the put's files, in the same rep: one fsynced copy, and two
+        (the physical ceiling of a replica-2 store on this one disk)."""
+        a = self.a
+        base = os.path.join(a.workdir, "ceiling")
+        out = {}
+        for label, dests in (("one", [base + "/1"]), ("two", [base + "/2a", base + "/2b"])):
+            shutil.rmtree(base, ignore_errors=True)
+            try:
+                out[label] = child(w_copies, (self.put_src, dests), self.deadline(2 * a.files * SMALL_SIZE, 2 * a.files),
+                                   f"disk ceiling ({label})")
+            except (Failed, OSError) as e:
+                log(f"disk ceiling ({label}) failed: {e}")
+        shutil.rmtree(base, ignore_errors=True)
+        for label, v in out.items():
+            self.R.setdefault("ceiling", {}).setdefault(label, [None] * a.reps)[rep] = v
+        log(f"disk ceiling rep {rep + 1}: " + ", ".join(f"{k} copy(ies) {v:.0f} files/s" for k, v in out.items()))
+
     def sample_dicom(self, target, rep, via_smb=True):
         job = "dicom" if via_smb else "direct"
         name = f"orthanc-r{rep + 1}" if via_smb else f"orthanc-direct-r{rep + 1}"
@@ -888,6 +967,8 @@ class Run:
             order = self.order(rep)
             log(f"rep {rep + 1}/{self.a.reps}: order {', '.join(order)}")
             for job in jobs:
+                if job == "smbput":
+                    self.sample_ceiling(rep)
                 for t in order:
                     try:
                         why = self.check(t)
