@@ -561,11 +561,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     /// smbd sets a file's write time just before it closes the file. While this node streams
-    /// that file live, the times need no message (and no round trip) of their own: the commit
-    /// of the handle writing it carries the file's atime and mtime as they are then. (The
-    /// kernel does not say which handle a futimens came through, so the writing handle is
-    /// found by the file.) Applies them locally and returns the result if that commit is sure
-    /// to follow and read them; nil otherwise (the caller replicates the change as usual).
+    /// that file live, the times need no message (and no round trip) of their own: the close's
+    /// commit carries the file's atime and mtime as they are then. Applies them locally and
+    /// returns the result if a commit is sure to follow that reads them; nil otherwise (the
+    /// caller replicates the change as usual).
     private func timesCarriedByCommit(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat? {
         guard changes.mode == nil, changes.uid == nil, changes.gid == nil,
               changes.atime != nil || changes.mtime != nil, gate.mode == .live else { return nil }
@@ -582,10 +581,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         // A commit that began before the times were on the brick may have read the old ones:
         // then they go to the peer as a message after all.
         guard rh.with({ $0.touched && $0.commits == commits }), gate.mode == .live else { return nil }
-        // Another handle's commit may have settled the file's streaming row: marked again (in
-        // the WAL before this returns), a crash before this handle's commit leaves the file
-        // taken from the peer (its times with it), never two copies that differ in their times.
-        do { try journal.submit([.peerFile(id: rh.id, owed: false)], wait: .written) } catch { return nil }
         return st
     }
 
@@ -1105,11 +1100,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             }
         }
         for p in inFlight { if let r = outcome(p.wait(), "write") { return r } }
-        // The times after the reads (which may have moved atime), so both copies end with them.
-        var after = st
-        _ = fstat(fd, &after)
         if let r = outcome(channel.call(.commit(path: path, stableID: id, size: off, xxh128: hasher.digest().bytes,
-                                                mtimeNs: after.mtimeNs, atimeNs: after.atimeNs)), "commit") { return r }
+                                                mtimeNs: st.mtimeNs, atimeNs: st.atimeNs)), "commit") { return r }
         sendSamples.with { $0.append((.now, off)) }
         return .ok
     }

@@ -147,7 +147,7 @@ final class LinkTests: XCTestCase {
             let fake = try await ServerBootstrap(group: h.group)
                 .childChannelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture {
-                        try ch.pipeline.syncOperations.addHandler(VersionThreePeer())
+                        try ch.pipeline.syncOperations.addHandler(VersionTwoPeer())
                     }
                 }
                 .bind(host: "127.0.0.1", port: 0).get()
@@ -407,7 +407,7 @@ final class LinkTests: XCTestCase {
 }
 
 /// Answers anything with a frame header of protocol version 3 (newer than this release).
-final class VersionThreePeer: ChannelInboundHandler, Sendable {
+final class VersionTwoPeer: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     func channelActive(context: ChannelHandlerContext) {
