@@ -450,7 +450,7 @@ extension PeerMessage {
         case let .authFailed(reason): return s(reason)
         case let .mkdir(parent, name, _, _, _, _), let .create(parent, name, _, _, _, _): return s(parent) + s(name)
         case let .write(path, _, _, data): return s(path) + 4 + data.readableBytes
-        case let .commit(path, _, _, digest, _, _): return s(path) + digest.count
+        case let .commit(path, _, _, digest, _): return s(path) + digest.count
         case let .unlink(parent, name), let .rmdir(parent, name): return s(parent) + s(name)
         case let .rename(fromParent, fromName, toParent, toName, _):
             return s(fromParent) + s(fromName) + s(toParent) + s(toName)

@@ -23,10 +23,8 @@ extension PeerMessage {
             w.string(parent); w.string(name); w.integer(mode); w.integer(uid); w.integer(gid); w.integer(id)
         case let .write(path, id, offset, data):
             w.string(path); w.integer(id); w.integer(offset); w.bytes(data)
-        case let .commit(path, id, size, digest, mtime, atime):
+        case let .commit(path, id, size, digest, mtime):
             w.string(path); w.integer(id); w.integer(size); w.fixed(digest); w.integer(mtime)
-            w.integer(UInt8(atime == nil ? 0 : 1))
-            if let atime { w.integer(atime) }
         case let .unlink(parent, name), let .rmdir(parent, name):
             w.string(parent); w.string(name)
         case let .rename(fromParent, fromName, toParent, toName, flags):
@@ -101,15 +99,8 @@ extension PeerMessage {
             guard offset <= Int64.max - Int64(data.readableBytes) else { throw r.malformed("offset", "write would end past the largest file offset") }
             m = .write(path: path, stableID: id, offset: offset, data: data)
         case .commit:
-            let (path, id, size) = (try r.path("path", allowRoot: false), try r.stableID(), try r.nonNegative("size"))
-            let (digest, mtime) = (try r.fixed("xxh128", count: digestSize), try r.integer("mtimeNs", as: Int64.self))
-            let atime: Int64?
-            switch try r.integer("hasAtime", as: UInt8.self) {
-            case 0: atime = nil
-            case 1: atime = try r.integer("atimeNs", as: Int64.self)
-            default: throw r.malformed("hasAtime", "must be 0 or 1")
-            }
-            m = .commit(path: path, stableID: id, size: size, xxh128: digest, mtimeNs: mtime, atimeNs: atime)
+            m = .commit(path: try r.path("path", allowRoot: false), stableID: try r.stableID(), size: try r.nonNegative("size"),
+                        xxh128: try r.fixed("xxh128", count: digestSize), mtimeNs: try r.integer("mtimeNs"))
         case .unlink, .rmdir:
             let (parent, name) = try r.entry("parentPath", "name")
             m = type == .unlink ? .unlink(parentPath: parent, name: name) : .rmdir(parentPath: parent, name: name)

@@ -69,10 +69,8 @@ public enum PeerMessage: Sendable, Equatable {
     case create(parentPath: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32, stableID: UInt64)
     /// At most `PeerMessage.maxWriteChunk` bytes of file data at `offset`.
     case write(path: String, stableID: UInt64, offset: Int64, data: ByteBuffer)
-    /// "fsync the file, check it has `size` bytes hashing to `xxh128` (canonical bytes), set mtime
-    /// (and atime when given)": the sender's times as they are at the commit, so a times-only
-    /// setattr of a file being written travels here instead of in a message of its own.
-    case commit(path: String, stableID: UInt64, size: Int64, xxh128: [UInt8], mtimeNs: Int64, atimeNs: Int64? = nil)
+    /// "fsync the file, check it has `size` bytes hashing to `xxh128` (canonical bytes), set mtime".
+    case commit(path: String, stableID: UInt64, size: Int64, xxh128: [UInt8], mtimeNs: Int64)
     case unlink(parentPath: String, name: String)
     case rmdir(parentPath: String, name: String)
     /// `flags` are renameat2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).

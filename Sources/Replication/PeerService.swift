@@ -96,7 +96,7 @@ public final class PeerService: Sendable {
         let r = applier.apply(m, requestID: requestID)
         if case let .reply(_, errno, _) = r, errno == 0 {
             for c in before + changeAfter(m) { notify(c) }
-            if case let .commit(_, id, _, _, _, _) = m { volume.healHooks?.received(id: id) }
+            if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
         }
         return r
     }
@@ -121,7 +121,7 @@ public final class PeerService: Sendable {
             return [p]
         case let .rename(fp, _, tp, _, _): return [fp, tp]
         case let .link(_, np, _): return [np]
-        case let .write(path, _, _, _), let .commit(path, _, _, _, _, _), let .setattr(path, _):
+        case let .write(path, _, _, _), let .commit(path, _, _, _, _), let .setattr(path, _):
             return [ReplicatedVolume.split(path).0]
         default: return []
         }
@@ -132,7 +132,7 @@ public final class PeerService: Sendable {
         if case .unlink = m, !volume.owesAnything { return nil }
         if case .rename = m, !volume.owesAnything { return nil }
         switch m {
-        case let .write(_, id, _, _), let .commit(_, id, _, _, _, _):
+        case let .write(_, id, _, _), let .commit(_, id, _, _, _):
             return id
         // Not a create: of a name this node lacks it makes a new file, and of the file this
         // node already holds under that id (a replay whose answer was lost) it changes nothing.
@@ -173,7 +173,7 @@ public final class PeerService: Sendable {
             var out: [PeerChange] = id(np).map { [.entry(parent: $0, name: nn)] } ?? []
             if let i = id(path) { out.append(.content(id: i)) }
             return out
-        case let .commit(_, i, _, _, _, _):
+        case let .commit(_, i, _, _, _):
             return [.content(id: i)]
         case let .setattr(p, _), let .setxattr(p, _, _, _), let .removexattr(p, _):
             return id(p).map { [.content(id: $0)] } ?? []

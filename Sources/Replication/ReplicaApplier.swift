@@ -114,8 +114,8 @@ public final class ReplicaApplier: Sendable {
             try create(parentPath, name, mode: mode, uid: uid, gid: gid, id: stableID)
         case let .write(path, stableID, offset, data):
             try write(path, id: stableID, offset: offset, data: data)
-        case let .commit(path, stableID, size, xxh128, mtimeNs, atimeNs):
-            try commit(path, id: stableID, size: size, hash: xxh128, mtimeNs: mtimeNs, atimeNs: atimeNs)
+        case let .commit(path, stableID, size, xxh128, mtimeNs):
+            try commit(path, id: stableID, size: size, hash: xxh128, mtimeNs: mtimeNs)
         case let .unlink(parentPath, name):
             try remove(parentPath, name, directory: false)
         case let .rmdir(parentPath, name):
@@ -472,7 +472,7 @@ public final class ReplicaApplier: Sendable {
         }
     }
 
-    private func commit(_ path: String, id: UInt64, size: Int64, hash: [UInt8], mtimeNs: Int64, atimeNs: Int64?) throws(FSError) {
+    private func commit(_ path: String, id: UInt64, size: Int64, hash: [UInt8], mtimeNs: Int64) throws(FSError) {
         let rel = try checked(.commit, path: path, allowRoot: false)
         try checkedID(.commit, id)
         if size < 0 || hash.count != PeerMessage.digestSize {
@@ -508,11 +508,10 @@ public final class ReplicaApplier: Sendable {
                 """)
             throw FSError.io
         }
-        // The sender's times, so both bricks end up identical (after the bytes, which change mtime).
+        // The sender's mtime, so both bricks end up identical (after the bytes, which change it).
         do throws(FSError) {
             _ = try volume.setattr(NodeRef(id: id, path: rel), handle: e.handle,
-                                   changes: AttrChanges(atime: atimeNs.map { .at(Self.timespec(ns: $0)) },
-                                                        mtime: .at(Self.timespec(ns: mtimeNs))))
+                                   changes: AttrChanges(mtime: .at(Self.timespec(ns: mtimeNs))))
         } catch {
             throw failed(.commit, rel, error)
         }

@@ -481,7 +481,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         case let .rename(fp, fn, tp, tn, _): return "\(Brick.join(fp, fn)) -> \(Brick.join(tp, tn))"
         case let .link(_, np, nn): return Brick.join(np, nn)
         case let .setattr(p, _), let .setxattr(p, _, _, _), let .removexattr(p, _), let .write(p, _, _, _),
-             let .commit(p, _, _, _, _, _):
+             let .commit(p, _, _, _, _):
             return p
         default: return "\(m.type)"
         }
@@ -535,8 +535,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             // must commit it on the peer too (the peer applies it through its open copy,
             // which stays dirty until that commit). Seen with smbd's SET_INFO EndOfFile.
             for rh in handles.with({ $0.values.filter { $0.id == node.id } }) { markTouched(rh) }
-        } else if let st = try timesCarriedByCommit(node, handle: handle, changes: changes) {
-            return st
         }
         func update(_ atimeNow: Int64, _ mtimeNow: Int64) -> PeerMessage {
             func ns(_ t: AttrChanges.Time?, _ now: Int64) -> Int64? {
@@ -558,30 +556,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         } message: { st in
             update(Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec), st.mtimeNs)
         }
-    }
-
-    /// smbd sets a file's write time just before it closes the file. While this node streams
-    /// that file live, the times need no message (and no round trip) of their own: the close's
-    /// commit carries the file's atime and mtime as they are then. Applies them locally and
-    /// returns the result if a commit is sure to follow that reads them; nil otherwise (the
-    /// caller replicates the change as usual).
-    private func timesCarriedByCommit(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat? {
-        guard changes.mode == nil, changes.uid == nil, changes.gid == nil,
-              changes.atime != nil || changes.mtime != nil, gate.mode == .live else { return nil }
-        // A handle written since its last commit, still streaming: its close commits.
-        var target: (RepHandle, UInt64)?
-        for rh in handles.with({ $0.values.filter { $0.id == node.id } }) {
-            if let n = rh.with({ h in h.touched && h.live && !h.broken && !h.apart ? h.commits : nil }) {
-                target = (rh, n)
-                break
-            }
-        }
-        guard let (rh, commits) = target else { return nil }
-        let st = try local.setattr(node, handle: handle, changes: changes)
-        // A commit that began before the times were on the brick may have read the old ones:
-        // then they go to the peer as a message after all.
-        guard rh.with({ $0.touched && $0.commits == commits }), gate.mode == .live else { return nil }
-        return st
     }
 
     public func readlink(_ node: NodeRef) throws(FSError) -> String { try local.readlink(node) }
@@ -846,7 +820,6 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         drainWrites(of: rh.id)
         let (live, broken, apart, path, seen) = rh.with { h -> (Bool, Bool, Bool, String, UInt64) in
             h.touched = false
-            h.commits &+= 1
             return (h.live, h.broken, h.apart, h.path, h.writes)
         }
         var writing = true
@@ -900,8 +873,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         var pending: PendingCall?
         if let p = local.contentPreview(handle: handle) {
-            pending = channel.start(.commit(path: path, stableID: rh.id, size: p.size, xxh128: p.hash, mtimeNs: p.mtimeNs,
-                                            atimeNs: p.atimeNs))
+            pending = channel.start(.commit(path: path, stableID: rh.id, size: p.size, xxh128: p.hash, mtimeNs: p.mtimeNs))
         }
         do throws(FSError) { try localCommit() } catch {
             _ = pending?.wait()
@@ -910,9 +882,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         if pending == nil {
             guard let rec = try? journal.inode(rh.id), let hash = rec.hash else { try owe(rh.id); return }
-            let atime = (try? local.getattr(NodeRef(id: rh.id, path: path), handle: handle))?.atimeNs
-            pending = channel.start(.commit(path: path, stableID: rh.id, size: rec.size, xxh128: hash, mtimeNs: rec.mtimeNs,
-                                            atimeNs: atime))
+            pending = channel.start(.commit(path: path, stableID: rh.id, size: rec.size, xxh128: hash, mtimeNs: rec.mtimeNs))
         }
         switch pending!.wait() {
         case .ok:
@@ -1101,7 +1071,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         for p in inFlight { if let r = outcome(p.wait(), "write") { return r } }
         if let r = outcome(channel.call(.commit(path: path, stableID: id, size: off, xxh128: hasher.digest().bytes,
-                                                mtimeNs: st.mtimeNs, atimeNs: st.atimeNs)), "commit") { return r }
+                                                mtimeNs: st.mtimeNs)), "commit") { return r }
         sendSamples.with { $0.append((.now, off)) }
         return .ok
     }
@@ -1131,8 +1101,6 @@ final class RepHandle: @unchecked Sendable {
     var inFlight = 0
     /// Writes through this handle so far (a commit tells from it whether one raced it).
     var writes: UInt64 = 0
-    /// Commits begun (times left to the next commit tell from it whether one began meanwhile).
-    var commits: UInt64 = 0
     /// Small adjacent writes not sent yet, at `pendingOffset`: sent as one message once they
     /// reach `ReplicatedVolume.coalesceLimit`, at a write elsewhere in the file, and before
     /// any commit (close, fsync) or truncate.

@@ -651,13 +651,13 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// Size, XXH3-128 and mtime the next content commit of `handle` will record, when known
     /// without reading the file back (written front to back): lets a replicated close send
     /// its commit to the peer while the local fsync runs. nil when it must be read from disk.
-    public func contentPreview(handle: UInt64) -> (size: Int64, hash: [UInt8], mtimeNs: Int64, atimeNs: Int64)? {
+    public func contentPreview(handle: UInt64) -> (size: Int64, hash: [UInt8], mtimeNs: Int64)? {
         guard let f = try? file(handle), let s = f.content else { return nil }
         s.lock()
         defer { s.unlock() }
         var st = stat()
         guard s.sequential, fstat(f.fd, &st) == 0, s.nextOffset == Int64(st.st_size) else { return nil }
-        return (Int64(st.st_size), s.hasher.digest().bytes, st.mtimeNs, st.atimeNs)
+        return (Int64(st.st_size), s.hasher.digest().bytes, st.mtimeNs)
     }
 
     /// The stable id behind an open file handle.

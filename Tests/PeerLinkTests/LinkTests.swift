@@ -143,7 +143,7 @@ final class LinkTests: XCTestCase {
     // A peer speaking another protocol version: both directions name the mismatch.
     func testVersionMismatch() async throws {
         try await withHarness { h in
-            // A fake "newer" peer answering with a version-3 frame header.
+            // A fake "newer" peer answering with a version-2 frame header.
             let fake = try await ServerBootstrap(group: h.group)
                 .childChannelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture {
@@ -160,14 +160,14 @@ final class LinkTests: XCTestCase {
             XCTAssertTrue(mismatch, "state is \(client.state)")
 
             let listener = try await h.listener { _, _ in .reply(requestID: 0, errno: 0, payload: nil) }
-            var hello = try frameBytes(.hello(node: "pacs-b", volume: "archive", protocolVersion: 3,
+            var hello = try frameBytes(.hello(node: "pacs-b", volume: "archive", protocolVersion: 2,
                                               nonce: Array(repeating: 7, count: 32)))
-            hello.setInteger(UInt16(3), at: hello.readerIndex + 4)
+            hello.setInteger(UInt16(2), at: hello.readerIndex + 4)
             let closedByServer = try await throwBytes(hello, port: listener.port, group: h.group)
             XCTAssertTrue(closedByServer)
             let counted = await eventually { listener.statistics.refusedConnections == 1 }
             XCTAssertTrue(counted)
-            XCTAssertTrue(listener.statistics.recentRefusals.last?.contains("version 3") ?? false,
+            XCTAssertTrue(listener.statistics.recentRefusals.last?.contains("version 2") ?? false,
                           "\(listener.statistics.recentRefusals)")
         }
     }
@@ -406,14 +406,14 @@ final class LinkTests: XCTestCase {
     }
 }
 
-/// Answers anything with a frame header of protocol version 3 (newer than this release).
+/// Answers anything with a frame header of protocol version 2.
 final class VersionTwoPeer: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     func channelActive(context: ChannelHandlerContext) {
-        var bytes = try! frameBytes(.hello(node: "pacs-a", volume: "archive", protocolVersion: 3,
+        var bytes = try! frameBytes(.hello(node: "pacs-a", volume: "archive", protocolVersion: 2,
                                            nonce: Array(repeating: 9, count: 32)))
-        bytes.setInteger(UInt16(3), at: bytes.readerIndex + 4)
+        bytes.setInteger(UInt16(2), at: bytes.readerIndex + 4)
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}

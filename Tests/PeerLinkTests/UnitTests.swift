@@ -100,7 +100,7 @@ final class UnitTests: XCTestCase {
         XCTAssertEqual(LinkAuthenticator.classify(reason: "authentication failed", detail: "", address: a),
                        .authenticationRefused(address: a))
         guard case .volumeMismatch = LinkAuthenticator.classify(reason: "volume mismatch", detail: "x", address: a),
-              case .versionMismatch = LinkAuthenticator.classify(reason: "protocol version mismatch (this node speaks 2)", detail: "x", address: a),
+              case .versionMismatch = LinkAuthenticator.classify(reason: "protocol version mismatch (this node speaks 1)", detail: "x", address: a),
               case .handshakeRefused = LinkAuthenticator.classify(reason: "node name clash", detail: "x", address: a)
         else { return XCTFail("refusal reasons misclassified") }
 

@@ -36,8 +36,6 @@ enum Fixtures {
         .commit(path: "studies/2024/IMG0001.dcm", stableID: id + 1, size: 3, xxh128: Array(100..<116),
                 mtimeNs: 1_700_000_000_123_456_789),
         .commit(path: "old", stableID: 2, size: 0, xxh128: [UInt8](repeating: 0, count: 16), mtimeNs: -1),
-        .commit(path: "times", stableID: 3, size: 7, xxh128: Array(0..<16), mtimeNs: 1_600_000_000_000_000_022,
-                atimeNs: 1_500_000_000_000_000_011),
         .unlink(parentPath: "studies", name: "old.dcm"),
         .rmdir(parentPath: "", name: "tmp"),
         .rename(fromParent: "a", fromName: "x", toParent: "b/c", toName: "y", flags: 1),
