@@ -264,6 +264,42 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
+    /// Times set through a handle still writing, after a second handle's close committed the
+    /// file; the node then dies before the writer's close. Whatever path the times take to the
+    /// peer, the two copies end with the same bytes and the same mtime once the node is back.
+    func testTimesSetBeforeANodeDiesEndTheSameOnBothBricks() throws {
+        let c = try cluster(timeout: 1.5)
+        waitHealthy(c)
+        func mtime(_ path: String) -> Int {
+            var st = stat()
+            XCTAssertEqual(stat(path, &st), 0, path)
+            return st.st_mtim.tv_sec
+        }
+        let path = c.a.mnt + "/held.dcm"
+        let bytes = pseudoRandomBytes(200_000, seed: 21)
+        let writer = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(writer, 0)
+        XCTAssertEqual(bytes.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) }, bytes.count)
+        // Another handle rewrites the first bytes (the same ones) and closes: its commit covers
+        // the whole file.
+        let second = open(path, O_WRONLY)
+        XCTAssertGreaterThanOrEqual(second, 0)
+        XCTAssertEqual(bytes.withUnsafeBytes { pwrite(second, $0.baseAddress, 1000, 0) }, 1000)
+        XCTAssertEqual(close(second), 0)
+        var ts = [timespec(tv_sec: 1_500_000_000, tv_nsec: 0), timespec(tv_sec: 1_600_000_000, tv_nsec: 0)]
+        XCTAssertEqual(futimens(writer, &ts), 0)
+        XCTAssertEqual(mtime(c.a.brick + "/held.dcm"), 1_600_000_000)
+        c.a.kill9()
+        close(writer)
+        try c.a.start()
+        waitHealthy(c, timeout: 60)
+        waitUntil("both bricks with one mtime (a: \(mtime(c.a.brick + "/held.dcm")), b: \(mtime(c.b.brick + "/held.dcm")))",
+                  timeout: 30) { mtime(c.a.brick + "/held.dcm") == mtime(c.b.brick + "/held.dcm") }
+        XCTAssertTrue(try readFile(c.a.brick + "/held.dcm") == bytes)
+        XCTAssertTrue(try readFile(c.b.brick + "/held.dcm") == bytes)
+        try assertReplicasIdentical(c)
+    }
+
     func testPeerKilledAndRestartedWhile2000DicomFilesAreWritten() throws {
         let c = try cluster()
         waitHealthy(c)
