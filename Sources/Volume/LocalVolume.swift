@@ -800,14 +800,32 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Extended attributes (user.*, security.*, ...; TwinFS's own trusted.twinfs.* are hidden)
 
     func checkXattr(_ name: String) throws(FSError) {
-        if name.hasPrefix(Brick.privateXattrPrefix) { throw FSError(EPERM) }
+        if name.hasPrefix(Brick.privateXattrPrefix) || name.hasPrefix(RealName.xattrPrefix) { throw FSError(EPERM) }
     }
 
     public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
         if name.hasPrefix(Brick.privateXattrPrefix) { throw FSError.noData }
+        if name.hasPrefix(RealName.xattrPrefix) {
+            return try realName(node, String(name.dropFirst(RealName.xattrPrefix.count)), into: buffer)
+        }
         return try brick.withInode(node.path) { (proc, _) throws(FSError) -> Int in
             try sys { twin_getxattr(proc, name, buffer?.baseAddress, buffer?.count ?? 0) }
         }
+    }
+
+    /// The stored spelling of `wanted` in directory `node` (see `RealName`), NUL-terminated as
+    /// Samba reads it; ENODATA when the directory holds no such name in any case.
+    func realName(_ node: NodeRef, _ wanted: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        let fd = try brick.openFile(node.path, flags: O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        let dir = node.path
+        guard let found = try RealName.find(dirFD: fd, wanted: wanted, isHidden: { Brick.isPrivate(parentPath: dir, name: $0) })
+        else { throw FSError.noData }
+        let bytes = Array(found.utf8) + [0]
+        guard let b = buffer else { return bytes.count }
+        guard b.count >= bytes.count else { throw FSError(ERANGE) }
+        b.copyBytes(from: bytes)
+        return bytes.count
     }
 
     public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {

@@ -224,6 +224,26 @@ extension XCTestCase {
     }
 }
 
+/// A node's Prometheus endpoint, sample name (with labels) -> value.
+func scrapeMetrics(_ port: Int) -> [String: Double] {
+    let r = runCommand(["curl", "-sf", "http://127.0.0.1:\(port)/metrics"], timeout: 10)
+    var out: [String: Double] = [:]
+    for line in r.stdout.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let sp = line.lastIndex(of: " "), let v = Double(line[line.index(after: sp)...]) else { continue }
+        out[String(line[..<sp])] = v
+    }
+    return out
+}
+
+/// Makes node a export metrics on a free loopback port (before the cluster starts).
+func exportMetrics(_ c: TestCluster) throws -> Int {
+    let port = freeLoopbackPort()
+    // A top-level key, so before the [peer] section.
+    let cfg = try String(contentsOfFile: c.a.configPath, encoding: .utf8)
+    try ("metrics_listen = \"127.0.0.1:\(port)\"\n" + cfg).write(toFile: c.a.configPath, atomically: true, encoding: .utf8)
+    return port
+}
+
 // MARK: - Comparing bricks
 
 /// One entry of a brick as compareBricks sees it.

@@ -242,6 +242,42 @@ final class FileSemanticsTests: XCTestCase {
         XCTAssertEqual(errno, ENODATA)
     }
 
+    /// smbd's case-insensitive lookup (Samba's glusterfs_fuse module) answered by the node:
+    /// the stored spelling, ENODATA when no name matches, never TwinFS's private directory.
+    func testRealNameOfADirectoryEntryIgnoringCase() throws {
+        let n = try startedNode()
+        XCTAssertEqual(mkdir(n.mnt + "/Study", 0o755), 0)
+        try writeFile(n.mnt + "/Study/IMG0001.dcm", Array("x".utf8))
+        try writeFile(n.mnt + "/Study/Ärztin Übersicht.pdf", Array("y".utf8))
+        try writeFile(n.mnt + "/Study/straße.txt", Array("z".utf8))
+        func real(_ dir: String, _ name: String) -> (Int, String, Int32) {
+            var buf = [UInt8](repeating: 0xff, count: 300)
+            let got = buf.withUnsafeMutableBytes { twin_lgetxattr(n.mnt + dir, "glusterfs.get_real_filename:" + name, $0.baseAddress, 300) }
+            let e = errno
+            guard got > 0 else { return (got, "", e) }
+            XCTAssertEqual(buf[got - 1], 0, "NUL-terminated, as Samba reads it")
+            return (got, String(decoding: buf[0..<(got - 1)], as: UTF8.self), 0)
+        }
+        XCTAssertEqual(real("/Study", "img0001.DCM").1, "IMG0001.dcm")
+        XCTAssertEqual(real("/Study", "IMG0001.dcm").1, "IMG0001.dcm")
+        XCTAssertEqual(real("/Study", "ärztin übersicht.PDF").1, "Ärztin Übersicht.pdf")
+        XCTAssertEqual(real("/Study", "STRASSE.TXT").2, ENODATA, "simple case mapping, as Samba's: ß is not SS")
+        XCTAssertEqual(real("/Study", "STRAßE.TXT").1, "straße.txt")
+        XCTAssertEqual(real("/Study", "img0002.dcm").2, ENODATA)
+        XCTAssertEqual(real("", "study").1, "Study")
+        XCTAssertEqual(real("", ".TWINFS").2, ENODATA, "the brick's private directory is not a name of the volume")
+        XCTAssertEqual(real("", ".twinfs").2, ENODATA)
+        // The size probe, and a buffer too small.
+        XCTAssertEqual(twin_lgetxattr(n.mnt + "/Study", "glusterfs.get_real_filename:img0001.dcm", nil, 0), 12)
+        var small = [UInt8](repeating: 0, count: 4)
+        XCTAssertEqual(twin_lgetxattr(n.mnt + "/Study", "glusterfs.get_real_filename:img0001.dcm", &small, 4), -1)
+        XCTAssertEqual(errno, ERANGE)
+        // Virtual: not listed, not settable, nothing stored in the brick.
+        XCTAssertEqual(twin_lsetxattr(n.mnt + "/Study", "glusterfs.get_real_filename:a", "b", 1, 0), -1)
+        XCTAssertEqual(errno, EPERM)
+        XCTAssertEqual(twin_llistxattr(n.mnt + "/Study", nil, 0), 0)
+    }
+
     func testPosixRecordLocksAndFlockBetweenProcesses() throws {
         let n = try startedNode()
         let p = n.mnt + "/lock.dat"

@@ -6,27 +6,14 @@ import XCTest
 /// The Prometheus endpoint of a real node: every operation counted and timed, the gauges
 /// following the node's state (here: its peer stopped, what it owes growing).
 final class MetricsTests: XCTestCase {
-    func scrape(_ port: Int) -> [String: Double] {
-        let r = runCommand(["curl", "-sf", "http://127.0.0.1:\(port)/metrics"], timeout: 10)
-        var out: [String: Double] = [:]
-        for line in r.stdout.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let sp = line.lastIndex(of: " "), let v = Double(line[line.index(after: sp)...]) else { continue }
-            out[String(line[..<sp])] = v
-        }
-        return out
-    }
-
     func testPrometheusEndpointAndThePairOnOneScreen() throws {
         let c = try TestCluster(peerExtra: "timeout = 1.0\n")
         addTeardownBlock { c.destroy() }
-        let port = freeLoopbackPort()
-        // Only node a exports metrics (a top-level key, so before its [peer] section).
-        let cfg = try String(contentsOfFile: c.a.configPath, encoding: .utf8)
-        try ("metrics_listen = \"127.0.0.1:\(port)\"\n" + cfg).write(toFile: c.a.configPath, atomically: true, encoding: .utf8)
+        let port = try exportMetrics(c) // only node a
         try c.start()
         waitHealthy(c)
         for i in 0..<10 { try put(c.a.mnt + "/img\(i).dcm", pseudoRandomBytes(100_000, seed: UInt64(i))) }
-        var m = scrape(port)
+        var m = scrapeMetrics(port)
         XCTAssertGreaterThanOrEqual(m["twinfs_operations_total{op=\"create\"}"] ?? 0, 10, "\(m.keys.sorted().prefix(40))")
         XCTAssertGreaterThanOrEqual(m["twinfs_written_bytes_total"] ?? 0, 1_000_000)
         XCTAssertGreaterThanOrEqual(m["twinfs_operation_duration_seconds_count{op=\"release\"}"] ?? 0, 10)
@@ -52,7 +39,7 @@ final class MetricsTests: XCTestCase {
         // The peer goes away: DEGRADED, the link down, and what a owes it grows.
         XCTAssertEqual(c.b.stop(), 0)
         for i in 10..<15 { try put(c.a.mnt + "/img\(i).dcm", pseudoRandomBytes(50_000, seed: UInt64(i))) }
-        m = scrape(port)
+        m = scrapeMetrics(port)
         XCTAssertEqual(m["twinfs_state{state=\"DEGRADED\"}"], 1)
         XCTAssertEqual(m["twinfs_state{state=\"HEALTHY\"}"], 0)
         XCTAssertEqual(m["twinfs_peer_link_up"], 0)
@@ -70,7 +57,7 @@ final class MetricsTests: XCTestCase {
         XCTAssertTrue(link.contains("check that the peer node runs") && !link.contains("\n"), link)
         try c.b.start()
         waitHealthy(c)
-        XCTAssertEqual(scrape(port)["twinfs_pending_files"], 0)
+        XCTAssertEqual(scrapeMetrics(port)["twinfs_pending_files"], 0)
         try assertReplicasIdentical(c)
     }
 }

@@ -124,6 +124,47 @@ final class SambaTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
+    /// Names stay case-insensitive over SMB, and smbd learns that from the node instead of
+    /// listing the directory through the mount before every create (glusterfs_fuse in the
+    /// example's `vfs objects`): no readdir reaches the node while files are stored.
+    func testCaseInsensitiveNamesOverSMBWithoutADirectoryListingPerCreate() throws {
+        let c = try TestCluster(peerExtra: "timeout = 2.0\n")
+        addTeardownBlock { c.destroy() }
+        let port = try exportMetrics(c)
+        try c.start()
+        waitHealthy(c)
+        let smb = try samba([("pacs", c.a.mnt)])
+        let local = smb.dir + "/files"
+        try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+        var r = smb.smbclient(share: "pacs", "mkdir Series")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let key = "twinfs_operation_duration_seconds_count{op=\"readdir\"}"
+        let before = scrapeMetrics(port)[key]
+        var cmds: [String] = []
+        for i in 0..<30 {
+            try putFile(local + "/in\(i)", pseudoRandomBytes(2000 + i, seed: UInt64(300 + i)))
+            cmds.append("put \(local)/in\(i) Series/IM\(i).dcm")
+        }
+        r = smb.smbclient(share: "pacs", cmds.joined(separator: "; "))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertNotNil(before)
+        XCTAssertEqual(scrapeMetrics(port)[key], before, "smbd listed the directory through the mount to create files")
+        // Another spelling names the same file: the put replaces IM7.dcm, the get finds it.
+        try putFile(local + "/new7", pseudoRandomBytes(5000, seed: 399))
+        r = smb.smbclient(share: "pacs", "put \(local)/new7 series/im7.DCM; get SERIES/Im7.Dcm \(local)/out7")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertEqual(try readFile(local + "/out7"), pseudoRandomBytes(5000, seed: 399))
+        for n in [c.a, c.b] {
+            let names = try FileManager.default.contentsOfDirectory(atPath: n.brick + "/Series")
+            XCTAssertEqual(names.count, 30, "\(n.name): \(names.sorted())")
+            XCTAssertFalse(names.contains("im7.DCM"), n.name)
+            XCTAssertEqual(try xxh128(path: n.brick + "/Series/IM7.dcm"), XXH128Hasher.hash(pseudoRandomBytes(5000, seed: 399)), n.name)
+        }
+        smb.stop()
+        waitUntil("smbd's files closed on a") { status(c.a)["open_handles"] as? Int == 0 }
+        try assertReplicasIdentical(c)
+    }
+
     /// smbtorture's SMB2 tests against a plain directory and against TwinFS, side by side:
     /// none may fail on TwinFS that passes on the plain directory.
     func testSmbtortureFindsNothingOnTwinFSThatAPlainDirectoryPasses() throws {
