@@ -20,6 +20,7 @@ public enum RealName {
         guard !wanted.isEmpty, wanted != ".", wanted != "..", !wanted.contains("/") else { return nil }
         var st = stat()
         if fstatat(dirFD, wanted, &st, AT_SYMLINK_NOFOLLOW) == 0 { return isHidden(wanted) ? nil : wanted }
+        let asciiKey = wanted.utf8.allSatisfy { $0 < 0x80 }
         let key = folded(wanted)
         // A descriptor of its own: the directory stream takes ownership of it.
         let fd = openat(dirFD, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -40,9 +41,18 @@ public enum RealName {
                 String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
             }
             if name == "." || name == ".." || isHidden(name) { continue }
-            if folded(name) == key { return name }
+            if asciiKey && name.utf8.allSatisfy({ $0 < 0x80 }) {
+                // The usual PACS name: compared byte by byte, nothing allocated per entry.
+                if name.utf8.count == wanted.utf8.count && zip(name.utf8, wanted.utf8).allSatisfy({ upper($0) == upper($1) }) {
+                    return name
+                }
+            } else if folded(name) == key {
+                return name
+            }
         }
     }
+
+    static func upper(_ b: UInt8) -> UInt8 { b >= 0x61 && b <= 0x7a ? b - 0x20 : b }
 
     /// Upper case by simple (one-to-one) mapping, scalar by scalar, as Samba compares names
     /// (`strcasecmp_m`): `ß` stays `ß`, it does not become `SS`.
