@@ -99,6 +99,16 @@ final class InFlightWindow: Sendable {
         }
     }
 
+    /// Admits a request of `cost` bytes at once if it fits and nobody waits (first come, first
+    /// served); false otherwise, and nothing changed.
+    func tryAcquire(_ cost: Int) -> Bool {
+        state.withLock { s in
+            guard s.waiters.isEmpty, s.fits(cost, maxRequests: maxRequests, maxBytes: maxBytes) else { return false }
+            s.admit(cost)
+            return true
+        }
+    }
+
     func release(_ cost: Int) {
         state.withLock { s in
             s.requests -= 1

@@ -153,17 +153,18 @@ final class ListenerConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Runs the handler as a task; the reply is encoded there and written on the loop.
+    /// Hands the request to the handler; the reply is encoded on the handler's thread and
+    /// written on the loop.
     private func dispatch(_ message: PeerMessage, requestID: UInt64, cost: Int, context: ChannelHandlerContext) {
         inFlight += 1
         inFlightBytes += cost
-        let handler = core.handler
         let logger = core.logger
         let allocator = context.channel.allocator
-        let replied = context.eventLoop.makeFutureWithTask {
-            Self.replyFrame(await handler(message, requestID), requestID: requestID, allocator: allocator, logger: logger)
+        let replied = context.eventLoop.makePromise(of: Frame.self)
+        core.handler(message, requestID) { reply in
+            replied.succeed(Self.replyFrame(reply, requestID: requestID, allocator: allocator, logger: logger))
         }
-        replied.assumeIsolated().whenSuccess { frame in
+        replied.futureResult.assumeIsolated().whenSuccess { frame in
             guard case .established = self.phase else {
                 self.finished(cost: cost, context: context)
                 return

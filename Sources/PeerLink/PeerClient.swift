@@ -216,6 +216,46 @@ public final class PeerClient: Sendable {
         }
     }
 
+    /// `send` for a plain (non-concurrency) thread, without its hops through Swift concurrency:
+    /// when the link is up and the window has room now, the request goes to the event loop from
+    /// the calling thread and `completion` runs on the event loop with the answer (keep it short,
+    /// never block). Returns false, having done nothing, when the request would have to wait
+    /// (link connecting or down, window full) or is not a valid request: then use `send`, which
+    /// waits or fails with the reason.
+    public func sendNow(_ message: PeerMessage, timeout: Duration,
+                        completion: @escaping @Sendable (Result<PeerMessage, PeerLinkError>) -> Void) -> Bool {
+        switch message {
+        case .hello, .authChallengeResponse, .authOK, .authFailed, .reply: return false
+        default: break
+        }
+        guard message.variablePayloadSize <= Frame.maxPayload,
+              let connection = core.withLock({ $0.state == .up ? $0.connection : nil }) else { return false }
+        let cost = Frame.headerSize + message.payloadSizeBound
+        guard window.tryAcquire(cost) else { return false }
+        let payload = message.encodePayload()
+        guard payload.readableBytes <= Frame.maxPayload else {
+            window.release(cost)
+            return false
+        }
+        let id = requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
+        let reply = connection.channel.eventLoop.makePromise(of: PeerMessage.self)
+        let address = configuration.address
+        core.withLock { $0.requestsSent += 1 }
+        reply.futureResult.whenComplete { [self] result in
+            window.release(cost)
+            switch result {
+            case .success(let m): completion(.success(m))
+            case .failure(let e as PeerLinkError): completion(.failure(countFailure(e)))
+            case .failure(let e): completion(.failure(countFailure(.peerUnreachable(address: address, .connectionLost("\(e)")))))
+            }
+        }
+        let request = OutboundRequest(id: id, type: message.type, payload: payload, timeout: timeout, reply: reply)
+        connection.channel.writeAndFlush(request).whenFailure { error in
+            reply.fail(PeerLinkError.peerUnreachable(address: address, .connectionLost("\(error)")))
+        }
+        return true
+    }
+
     private func countFailure(_ error: PeerLinkError) -> PeerLinkError {
         core.withLock { $0.requestsFailed += 1 }
         return error

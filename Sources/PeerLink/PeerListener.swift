@@ -13,6 +13,11 @@ public final class PeerListener: Sendable {
     /// Answers one request from the authenticated peer, typically with `.reply(...)`. Its
     /// `requestID` is rewritten to the request's id, so the handler may pass any value.
     public typealias Handler = @Sendable (_ message: PeerMessage, _ requestID: UInt64) async -> PeerMessage
+    /// Answers one request by calling `reply` exactly once, from any thread. Called on the
+    /// connection's event loop, so it must not block: it hands the work to a thread of its
+    /// own. Unlike `Handler` it costs no hops through Swift concurrency.
+    public typealias ReplyingHandler = @Sendable (_ message: PeerMessage, _ requestID: UInt64,
+                                                  _ reply: @escaping @Sendable (PeerMessage) -> Void) -> Void
 
     public struct Configuration: Sendable {
         public var identity: PeerLinkIdentity
@@ -60,11 +65,22 @@ public final class PeerListener: Sendable {
     private let serverChannel: any Channel
     private let core: ListenerCore
 
-    /// Binds and starts accepting. `group` is not owned: shut it down after `close()`.
+    /// Binds and starts accepting; each request runs `handler` as a task. `group` is not owned:
+    /// shut it down after `close()`.
+    public convenience init(configuration: Configuration,
+                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                            logger: Logger = Logger(label: "twinfs.peer.listener"),
+                            handler: @escaping Handler) async throws(PeerLinkError) {
+        try await self.init(configuration: configuration, group: group, logger: logger, replying: { m, id, reply in
+            Task { reply(await handler(m, id)) }
+        })
+    }
+
+    /// Binds and starts accepting; each request goes to `replying` on the event loop.
     public init(configuration: Configuration,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "twinfs.peer.listener"),
-                handler: @escaping Handler) async throws(PeerLinkError) {
+                replying handler: @escaping ReplyingHandler) async throws(PeerLinkError) {
         let core = ListenerCore(configuration: configuration, logger: logger, handler: handler)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
@@ -126,11 +142,11 @@ final class ListenerCore: Sendable {
 
     let configuration: PeerListener.Configuration
     let logger: Logger
-    let handler: PeerListener.Handler
+    let handler: PeerListener.ReplyingHandler
     let stats = Mutex(Stats())
     private let channels = Mutex([ObjectIdentifier: any Channel]())
 
-    init(configuration: PeerListener.Configuration, logger: Logger, handler: @escaping PeerListener.Handler) {
+    init(configuration: PeerListener.Configuration, logger: Logger, handler: @escaping PeerListener.ReplyingHandler) {
         self.configuration = configuration
         self.logger = logger
         self.handler = handler

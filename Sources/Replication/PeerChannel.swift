@@ -54,22 +54,28 @@ public final class PeerChannel: Sendable {
         return p
     }
 
-    /// Sends without waiting and calls `done` with the answer (on a concurrency thread: keep it short).
+    /// Sends without waiting and calls `done` with the answer (on the link's event loop or a
+    /// concurrency thread: keep it short, never block).
     public func start(_ message: PeerMessage, timeout: Duration? = nil, done: @escaping @Sendable (PeerOutcome) -> Void) {
         let client = self.client
         let timeout = timeout ?? self.timeout
+        // The usual case (link up, window not full) goes straight to the event loop: a request
+        // through Swift concurrency costs two more thread hand-offs, each way.
+        if client.sendNow(message, timeout: timeout, completion: { done(Self.outcome($0)) }) { return }
         Task {
-            let outcome: PeerOutcome
-            do {
-                let reply = try await client.send(message, timeout: timeout)
-                switch reply {
-                case let .reply(_, errno, payload): outcome = errno == 0 ? .ok(payload) : .refused(errno)
-                default: outcome = .refused(EPROTO)
-                }
+            do throws(PeerLinkError) {
+                done(Self.outcome(.success(try await client.send(message, timeout: timeout))))
             } catch {
-                outcome = .unreachable("\(error)")
+                done(Self.outcome(.failure(error)))
             }
-            done(outcome)
+        }
+    }
+
+    static func outcome(_ r: Result<PeerMessage, PeerLinkError>) -> PeerOutcome {
+        switch r {
+        case let .success(.reply(_, errno, payload)): return errno == 0 ? .ok(payload) : .refused(errno)
+        case .success: return .refused(EPROTO)
+        case let .failure(error): return .unreachable("\(error)")
         }
     }
 }

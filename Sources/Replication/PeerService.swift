@@ -35,11 +35,9 @@ public final class PeerService: Sendable {
         log = logger
     }
 
-    /// `PeerListener`'s handler: hops off the cooperative pool (applying blocks on fsync).
-    public func handle(_ message: PeerMessage, requestID: UInt64) async -> PeerMessage {
-        await withCheckedContinuation { (c: CheckedContinuation<PeerMessage, Never>) in
-            pool.run { c.resume(returning: self.handleBlocking(message, requestID: requestID)) }
-        }
+    /// `PeerListener`'s handler: applying blocks (fsync, locks), so it runs on the pool's threads.
+    public func handle(_ message: PeerMessage, requestID: UInt64, reply: @escaping @Sendable (PeerMessage) -> Void) {
+        pool.run { reply(self.handleBlocking(message, requestID: requestID)) }
     }
 
     func reply(_ requestID: UInt64, _ errno: Int32) -> PeerMessage { .reply(requestID: requestID, errno: errno, payload: nil) }

@@ -70,7 +70,7 @@ final class ClusterMember: @unchecked Sendable {
         let service = self.service
         Task {
             do throws(PeerLinkError) {
-                let l = try await PeerListener(configuration: lc, logger: log) { m, id in await service.handle(m, requestID: id) }
+                let l = try await PeerListener(configuration: lc, logger: log) { m, id, reply in service.handle(m, requestID: id, reply: reply) }
                 result.with { $0 = .success(l) }
             } catch {
                 result.with { $0 = .failure(error) }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import PeerProtocol
+import TwinCore
 import XCTest
 @testable import PeerLink
 
@@ -70,6 +71,63 @@ final class LinkTests: XCTestCase {
             } catch {
                 XCTAssertEqual(error, .notARequest("reply"))
             }
+        }
+    }
+
+    /// The path the node's blocking threads use: `sendNow` from a plain thread, answered by a
+    /// replying handler on a thread of its own; and the refusals that send the caller to `send`.
+    func testSendNowToAReplyingHandlerAndItsRefusals() async throws {
+        try await withHarness { h in
+            let config = PeerListener.Configuration(identity: Fixture.serverIdentity(), host: "127.0.0.1", port: 0)
+            let listener = try await PeerListener(configuration: config, group: h.group) { message, _, reply in
+                // Answered later, from another thread, as PeerService does from its pool.
+                Thread {
+                    usleep(2000)
+                    if case let .mkdir(_, _, _, _, _, id) = message {
+                        reply(.reply(requestID: 0, errno: 0, payload: ByteBuffer(bytes: [UInt8(id & 0xff)])))
+                    } else {
+                        reply(.reply(requestID: 0, errno: 2, payload: nil))
+                    }
+                }.start()
+            }
+            h.onFinish { await listener.close() }
+            let client = h.client(port: listener.port) { $0.maxInFlightRequests = 4 }
+            let upOK = await client.waitUntilUp(timeout: .seconds(5))
+            XCTAssertTrue(upOK)
+            // Pipelined from one plain thread: every answer reaches its own request.
+            let answers = Locked<[UInt64: Result<PeerMessage, PeerLinkError>]>([:])
+            let accepted = Locked(0)
+            let t = Thread {
+                for n in 0..<4 {
+                    let ok = client.sendNow(Fixture.mkdir(n), timeout: .seconds(5)) { r in answers.with { $0[UInt64(n)] = r } }
+                    if ok { accepted.with { $0 += 1 } }
+                }
+            }
+            t.start()
+            let all = await eventually { answers.with { $0.count } == 4 }
+            XCTAssertTrue(all)
+            XCTAssertEqual(accepted.with { $0 }, 4)
+            for n in 0..<4 {
+                guard case let .success(.reply(_, errno, payload))? = answers.with({ $0[UInt64(n)] }) else {
+                    return XCTFail("request \(n): \(String(describing: answers.with { $0[UInt64(n)] }))")
+                }
+                XCTAssertEqual(errno, 0)
+                XCTAssertEqual(payload, ByteBuffer(bytes: [UInt8(100 + n)]))
+            }
+            // Refused, nothing sent: a window with no room, a non-request, a frame too big.
+            let held = (0..<4).map { n in client.sendNow(Fixture.mkdir(10 + n), timeout: .seconds(5)) { _ in } }
+            XCTAssertEqual(held, [true, true, true, true])
+            XCTAssertFalse(client.sendNow(Fixture.mkdir(20), timeout: .seconds(5)) { _ in XCTFail("sent with a full window") })
+            XCTAssertFalse(client.sendNow(.reply(requestID: 1, errno: 0, payload: nil), timeout: .seconds(5)) { _ in })
+            XCTAssertFalse(client.sendNow(.write(path: "a", stableID: 2, offset: 0, data: ByteBuffer(repeating: 0, count: Frame.maxPayload)),
+                                          timeout: .seconds(5)) { _ in })
+            let handled = await eventually { listener.statistics.requestsHandled == 8 }
+            XCTAssertTrue(handled)
+            // The link down: refused at once (the caller's `send` then reports why).
+            await listener.close()
+            let down = await eventually { client.state != .up }
+            XCTAssertTrue(down)
+            XCTAssertFalse(client.sendNow(Fixture.mkdir(30), timeout: .seconds(5)) { _ in XCTFail("sent with the link down") })
         }
     }
 

@@ -55,6 +55,32 @@ final class UnitTests: XCTestCase {
         XCTAssertEqual(window.snapshot.requests, 0)
     }
 
+    /// The no-wait admission of `sendNow`: only when the request fits and nobody queues ahead.
+    func testWindowTryAcquireNeverJumpsTheQueue() async throws {
+        let window = InFlightWindow(maxRequests: 2, maxBytes: 100)
+        XCTAssertTrue(window.tryAcquire(60))
+        XCTAssertFalse(window.tryAcquire(60), "over the byte limit")
+        XCTAssertEqual(window.snapshot.requests, 1)
+        XCTAssertTrue(window.tryAcquire(30))
+        XCTAssertFalse(window.tryAcquire(1), "over the request limit")
+        window.release(30)
+        // A waiter for 50 bytes queues; a small request that would fit must not pass it.
+        let waiter = Task { try await window.acquire(50) }
+        let ok = await eventually { window.snapshot.waiting == 1 }
+        XCTAssertTrue(ok)
+        XCTAssertFalse(window.tryAcquire(10), "a waiter is ahead")
+        window.release(60)
+        try await waiter.value
+        XCTAssertTrue(window.tryAcquire(10))
+        window.release(50)
+        window.release(10)
+        XCTAssertEqual(window.snapshot.requests, 0)
+        // Bigger than the window: admitted alone, as `acquire` does.
+        XCTAssertTrue(window.tryAcquire(500))
+        XCTAssertFalse(window.tryAcquire(1))
+        window.release(500)
+    }
+
     func testBackoffGrowsToTheCapWithJitter() {
         let backoff = ReconnectBackoff(initial: .milliseconds(100), maximum: .seconds(5), multiplier: 2, jitter: 0.25)
         var rng = SeededGenerator(seed: 1)
