@@ -535,15 +535,18 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
                 throw error
             }
-            do throws(FSError) {
-                let gid = try brick.at(r) { (d, _) throws(FSError) -> gid_t in try owningGroup(d, ctx) }
-                _ = try sys { fchown(fd, ctx.uid, gid) }
-                try brick.writeID(fd: fd, id: id)
-            } catch {
-                close(fd)
-                _ = try? brick.at(r) { (d, n) throws(FSError) in unlinkat(d, n, 0) }
-                try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
-                throw error
+            // createAside gave the peer's file its owner and id before naming it.
+            if given == nil {
+                do throws(FSError) {
+                    let gid = try brick.at(r) { (d, _) throws(FSError) -> gid_t in try owningGroup(d, ctx) }
+                    _ = try sys { fchown(fd, ctx.uid, gid) }
+                    try brick.writeID(fd: fd, id: id)
+                } catch {
+                    close(fd)
+                    _ = try? brick.at(r) { (d, n) throws(FSError) in unlinkat(d, n, 0) }
+                    try? submit([.deleteInodeIfNameless(id: id)], wait: .queued)
+                    throw error
+                }
             }
             var st = stat()
             _ = try sys { fstat(fd, &st) }
