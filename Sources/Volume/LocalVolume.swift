@@ -740,9 +740,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 return
             }
             let next = Int64(telldir(d.dir))
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
+            let name = dirent.name(ent)
             let type = ent.pointee.d_type
             if Brick.isPrivate(parentPath: d.node.path, name: name) {
                 d.position = next

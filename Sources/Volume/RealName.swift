@@ -37,9 +37,7 @@ public enum RealName {
                 if errno != 0 { throw FSError.last }
                 return nil
             }
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
+            let name = dirent.name(ent)
             if name == "." || name == ".." || isHidden(name) { continue }
             if asciiKey && name.utf8.allSatisfy({ $0 < 0x80 }) {
                 // The usual PACS name: compared byte by byte, nothing allocated per entry.

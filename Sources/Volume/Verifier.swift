@@ -127,9 +127,7 @@ public struct Verifier {
         defer { closedir(d) }
         var out: [String] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
+            let name = dirent.name(e)
             if name != "." && name != ".." { out.append(name) }
         }
         return out

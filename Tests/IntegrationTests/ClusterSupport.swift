@@ -305,9 +305,7 @@ private func walkBrick(_ root: String) -> [String: BrickEntry] {
         guard let d = opendir(abs) else { continue }
         defer { closedir(d) }
         while let e = readdir(d) {
-            let name = withUnsafePointer(to: &e.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
+            let name = dirent.name(e)
             if name == "." || name == ".." { continue }
             if rel.isEmpty && name == ".twinfs" { continue }
             let childRel = rel.isEmpty ? name : rel + "/" + name

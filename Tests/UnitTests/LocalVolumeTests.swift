@@ -24,6 +24,21 @@ final class LocalVolumeTests: XCTestCase {
         return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test")), j)
     }
 
+    /// A directory entry's name is read in place. readdir's records are only as long as their
+    /// names; the last one can end right before unmapped memory (node a crashed so under
+    /// smbtorture when the whole 256-byte name field was copied).
+    func testADirectoryEntryAtTheEndOfMappedMemoryIsReadInPlace() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let base = try XCTUnwrap(mmap(nil, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        XCTAssertNotEqual(base, MAP_FAILED)
+        defer { munmap(base, 2 * page) }
+        XCTAssertEqual(mprotect(base + page, page, PROT_NONE), 0)
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        let record = base + page - 8 - nameOffset // "ja" and its NUL end 5 bytes before the guard page
+        memcpy(record + nameOffset, "ja", 3)
+        XCTAssertEqual(dirent.name(record.assumingMemoryBound(to: dirent.self)), "ja")
+    }
+
     func testStreamedAndRehashedContentHashes() throws {
         let d = try tempDir(self)
         let (v, j) = try makeVolume(d)
