@@ -214,7 +214,7 @@ final class PACSFailoverTests: HATestCase {
             var bytes = [UInt8](repeating: 0, count: 300_000 + i * 1000)
             for j in bytes.indices { bytes[j] = UInt8(truncatingIfNeeded: (j &* 31) ^ (i &* 7)) }
             let name = String(format: "scan%03d.dcm", i)
-            FileManager.default.createFile(atPath: src + "/" + name, contents: Data(bytes))
+            _ = FileManager.default.createFile(atPath: src + "/" + name, contents: Data(bytes))
             want[name] = bytes
         }
         let out = topo.workDir + "/session.json", progress = topo.workDir + "/session.progress"
