@@ -949,7 +949,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public func fsyncdir(_ node: NodeRef) throws(FSError) { try local.fsyncdir(node) }
 
     public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
-        try local.getxattr(node, name: name, into: buffer)
+        if name.hasPrefix(RealName.xattrPrefix) {
+            // A name lookup in the directory, like opendir: after the peer's catch-up of the
+            // namespace, and from the peer's listing while this brick is rebuilt.
+            awaitPeerNamespace()
+            try healHooks?.prepareDirectory(path: node.path)
+        }
+        return try local.getxattr(node, name: name, into: buffer)
     }
 
     public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {

@@ -1,3 +1,4 @@
+import CTwinShims
 import Fixity
 import Foundation
 import Glibc
@@ -64,6 +65,12 @@ final class HealTests: XCTestCase {
         wipe(c.b)
         try c.b.start()
 
+        // Samba's case-insensitive name check on b finds what only a's brick holds yet (before
+        // anything else touched that directory).
+        var real = [UInt8](repeating: 0, count: 256)
+        let got = twin_lgetxattr(c.b.mnt + "/study-48", "glusterfs.get_real_filename:SERIES-2", &real, 256)
+        XCTAssertEqual(got, 9, "errno \(errno)")
+        XCTAssertEqual(Array(real[0..<8]), Array("series-2".utf8))
         // From the first moment: HEALING, the whole namespace, and correct bytes on b's mount.
         XCTAssertEqual(state(c.b), "HEALING")
         let top = try FileManager.default.contentsOfDirectory(atPath: c.b.mnt).sorted()
