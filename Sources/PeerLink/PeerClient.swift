@@ -164,12 +164,7 @@ public final class PeerClient: Sendable {
     /// - `timeout` runs from the moment the request is handed to the socket. When it passes, the
     ///   request fails with `.peerUnreachable` and the link is marked down (and reconnected).
     public func send(_ message: PeerMessage, timeout: Duration) async throws(PeerLinkError) -> PeerMessage {
-        switch message {
-        case .hello, .authChallengeResponse, .authOK, .authFailed, .reply:
-            throw .notARequest("\(message.type)")
-        default:
-            break
-        }
+        guard Self.isRequest(message) else { throw .notARequest("\(message.type)") }
         if case .down(let reason) = state { throw countFailure(reason) }
         guard message.variablePayloadSize <= Frame.maxPayload else {
             throw .messageTooLarge(bytes: message.variablePayloadSize, limit: Frame.maxPayload)
@@ -195,24 +190,15 @@ public final class PeerClient: Sendable {
             throw countFailure(error)
         }
 
-        let id = requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
-        let reply = connection.channel.eventLoop.makePromise(of: PeerMessage.self)
-        let request = OutboundRequest(id: id, type: message.type, payload: payload, timeout: timeout, reply: reply)
-        let address = configuration.address
-        core.withLock { $0.requestsSent += 1 }
-        connection.channel.writeAndFlush(request).whenFailure { error in
-            reply.fail(PeerLinkError.peerUnreachable(address: address, .connectionLost("\(error)")))
-        }
+        let (id, answer) = issue(message.type, payload, timeout: timeout, on: connection)
         do {
             return try await withTaskCancellationHandler {
-                try await reply.futureResult.get()
+                try await answer.get()
             } onCancel: {
                 connection.channel.pipeline.triggerUserOutboundEvent(CancelRequest(id: id), promise: nil)
             }
-        } catch let error as PeerLinkError {
-            throw countFailure(error)
         } catch {
-            throw countFailure(.peerUnreachable(address: address, .connectionLost("\(error)")))
+            throw failed(error)
         }
     }
 
@@ -224,11 +210,7 @@ public final class PeerClient: Sendable {
     /// waits or fails with the reason.
     public func sendNow(_ message: PeerMessage, timeout: Duration,
                         completion: @escaping @Sendable (Result<PeerMessage, PeerLinkError>) -> Void) -> Bool {
-        switch message {
-        case .hello, .authChallengeResponse, .authOK, .authFailed, .reply: return false
-        default: break
-        }
-        guard message.variablePayloadSize <= Frame.maxPayload,
+        guard Self.isRequest(message), message.variablePayloadSize <= Frame.maxPayload,
               let connection = core.withLock({ $0.state == .up ? $0.connection : nil }) else { return false }
         let cost = Frame.headerSize + message.payloadSizeBound
         guard window.tryAcquire(cost) else { return false }
@@ -237,23 +219,37 @@ public final class PeerClient: Sendable {
             window.release(cost)
             return false
         }
+        issue(message.type, payload, timeout: timeout, on: connection).answer.whenComplete { [self] result in
+            window.release(cost)
+            completion(result.mapError { failed($0) })
+        }
+        return true
+    }
+
+    /// Handshake and keepalive frames, and replies, are not requests a caller may send.
+    private static func isRequest(_ message: PeerMessage) -> Bool {
+        switch message {
+        case .hello, .authChallengeResponse, .authOK, .authFailed, .reply: return false
+        default: return true
+        }
+    }
+
+    /// Hands an admitted, encoded request to the connection; `answer` completes with the
+    /// peer's reply, or fails (written nowhere, timeout, connection lost).
+    private func issue(_ type: MessageType, _ payload: ByteBuffer, timeout: Duration,
+                       on connection: Connection) -> (id: UInt64, answer: EventLoopFuture<PeerMessage>) {
         let id = requestIDs.wrappingAdd(1, ordering: .relaxed).newValue
         let reply = connection.channel.eventLoop.makePromise(of: PeerMessage.self)
         let address = configuration.address
         core.withLock { $0.requestsSent += 1 }
-        reply.futureResult.whenComplete { [self] result in
-            window.release(cost)
-            switch result {
-            case .success(let m): completion(.success(m))
-            case .failure(let e as PeerLinkError): completion(.failure(countFailure(e)))
-            case .failure(let e): completion(.failure(countFailure(.peerUnreachable(address: address, .connectionLost("\(e)")))))
-            }
-        }
-        let request = OutboundRequest(id: id, type: message.type, payload: payload, timeout: timeout, reply: reply)
-        connection.channel.writeAndFlush(request).whenFailure { error in
-            reply.fail(PeerLinkError.peerUnreachable(address: address, .connectionLost("\(error)")))
-        }
-        return true
+        connection.channel.writeAndFlush(OutboundRequest(id: id, type: type, payload: payload, timeout: timeout, reply: reply))
+            .whenFailure { error in reply.fail(PeerLinkError.peerUnreachable(address: address, .connectionLost("\(error)"))) }
+        return (id, reply.futureResult)
+    }
+
+    /// A request's failure as the caller sees it, counted.
+    private func failed(_ error: any Error) -> PeerLinkError {
+        countFailure(error as? PeerLinkError ?? .peerUnreachable(address: configuration.address, .connectionLost("\(error)")))
     }
 
     private func countFailure(_ error: PeerLinkError) -> PeerLinkError {
