@@ -267,6 +267,10 @@ final class FileSemanticsTests: XCTestCase {
         XCTAssertEqual(real("", "study").1, "Study")
         XCTAssertEqual(real("", ".TWINFS").2, ENODATA, "the brick's private directory is not a name of the volume")
         XCTAssertEqual(real("", ".twinfs").2, ENODATA)
+        // A volume file whose name differs from the private directory's only by case is found
+        // for that name too: the private directory is skipped, not the question.
+        try writeFile(n.mnt + "/.TwinFS", Array("w".utf8))
+        XCTAssertEqual(real("", ".twinfs").1, ".TwinFS")
         // The size probe, and a buffer too small.
         XCTAssertEqual(twin_lgetxattr(n.mnt + "/Study", "glusterfs.get_real_filename:img0001.dcm", nil, 0), 12)
         var small = [UInt8](repeating: 0, count: 4)
