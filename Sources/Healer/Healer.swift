@@ -407,7 +407,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             // A copy interrupted by a crash is taken from the peer only once the peer has told
             // this node everything it owes it (a delete there must not look like "the peer
             // lacks it, send ours").
-            if want.size < 0 && v.peerOwesUsOrUnknown {
+            if AwaitKind(storedSize: want.size) == .interruptedHere && v.peerOwesUsOrUnknown {
                 retryAt[id] = .now + .seconds(1)
                 cond.unlock()
                 continue
@@ -420,7 +420,12 @@ public final class Healer: HealHooks, @unchecked Sendable {
         }
     }
 
-    enum Received: Equatable { case ok, retry(String), gone, bad(String), split }
+    enum Received: Equatable {
+        case ok, retry(String), gone, bad(String), split
+        /// The peer holds this file only as an incomplete replica (it was receiving it from
+        /// this node when the transfer broke off): it has no copy to give.
+        case noCompleteCopy
+    }
 
     /// Asks the peer to send file `id` whole (it verifies its bytes against `want.hash` before
     /// sending; this node's replica applier verifies them again at commit).
@@ -431,6 +436,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         switch v.channel.call(.healFile(stableID: id, expected: [UInt8](repeating: 0, count: 16)), timeout: .seconds(600)) {
         case .ok: return .ok
         case .refused(ENOENT): return .gone
+        case .refused(ENODATA): return .noCompleteCopy
         case .refused(EIO): return .bad("the peer's copy does not match its recorded XXH3-128 either")
         case .refused(let e) where e == splitBrainErrno: return .split
         case .refused(let e): return .retry("peer answered errno \(e)")
@@ -442,15 +448,25 @@ public final class Healer: HealHooks, @unchecked Sendable {
         switch r {
         case .ok:
             received(id: id)
-        case .gone:
+        case .gone, .noCompleteCopy:
             cond.lock()
-            let interrupted = (awaited[id]?.size ?? 0) < 0
+            let kind = AwaitKind(storedSize: awaited[id]?.size ?? 0)
             cond.unlock()
-            if interrupted {
+            if kind == .interruptedHere {
                 // The peer never got this file (this node stopped before its create reached
                 // the peer): this node's copy is the only one, so it is sent.
+                // Likewise when the peer's copy is only the part this node had sent it.
                 clearAwaited(id)
                 if (try? journal.path(of: id)) != nil { try? v.oweFile(id) }
+            } else if r == .noCompleteCopy {
+                // Neither node holds a complete copy yet: the sender's close will bring it.
+                cond.lock()
+                retryAt[id] = .now + .seconds(5)
+                cond.unlock()
+            } else if kind == .incompleteReplica {
+                // The peer no longer has the file these bytes were part of: its removal
+                // reaches this node as a namespace change; nothing is left to receive.
+                clearAwaited(id)
             } else {
                 // The peer no longer has it (deleted meanwhile, e.g. a client's unlink racing
                 // the walk): nothing left to receive, and an empty placeholder made by the
@@ -542,11 +558,18 @@ public final class Healer: HealHooks, @unchecked Sendable {
         }
     }
 
+    public func awaitReplica(id: UInt64) {
+        cond.lock()
+        let known = awaited[id] != nil
+        cond.unlock()
+        if !known { expect(id, size: AwaitKind.incompleteReplicaSize, hash: []) }
+    }
+
     public func awaitedSize(id: UInt64) -> Int64? {
         cond.lock()
         defer { cond.unlock() }
         // -1: a copy interrupted by a crash, which keeps showing its own size meanwhile.
-        guard !awaited.isEmpty, let size = awaited[id]?.size, size >= 0 else { return nil }
+        guard !awaited.isEmpty, let size = awaited[id]?.size, !AwaitKind(storedSize: size).keepsOwnSize else { return nil }
         return size
     }
 
@@ -555,7 +578,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         while true {
             cond.lock()
             guard let want = awaited[id] else { cond.unlock(); return }
-            if want.size < 0 && v.peerOwesUsOrUnknown {
+            if AwaitKind(storedSize: want.size) == .interruptedHere && v.peerOwesUsOrUnknown {
                 cond.unlock()
                 if ContinuousClock.now > deadline { return }   // serve this node's copy
                 usleep(50_000)
@@ -571,11 +594,12 @@ public final class Healer: HealHooks, @unchecked Sendable {
                 finish(id, r)
                 switch r {
                 case .ok, .gone: return
+                case .noCompleteCopy where AwaitKind(storedSize: want.size) == .interruptedHere: return
                 case .bad(let why):
                     log.error("file id \(id) cannot be served: not yet healed and \(why)")
                     throw FSError.io
                 case .split: throw FSError.io
-                case .retry: break
+                case .retry, .noCompleteCopy: break
                 }
             }
             if ContinuousClock.now > deadline {

@@ -47,6 +47,45 @@ public struct HealPendingRow: Sendable, Equatable {
     public var id: UInt64
     public var size: Int64
     public var hash: [UInt8]
+    public var kind: AwaitKind { AwaitKind(storedSize: size) }
+}
+
+/// Why a file awaits its content from the peer. Stored in `heal_pending.size`: a size the file
+/// must end with (>= 0), or one of two negative codes; nothing outside this type reads them.
+public enum AwaitKind: Sendable, Equatable {
+    /// The walk (rebuild, full heal, scrub) knows the size and XXH3-128 it must end with.
+    case expected
+    /// This node was writing the file when it stopped: the peer's copy replaces it (if the
+    /// peer has a complete one), this one is in quarantine. It keeps showing its own size.
+    case interruptedHere
+    /// The peer was sending this file and stopped before its commit (link lost, this disk
+    /// full or read-only, the sender died): these bytes are not a verified copy and are never
+    /// served as current until the peer's copy arrives.
+    case incompleteReplica
+
+    static let interruptedCode: Int64 = -1
+    static let incompleteCode: Int64 = -2
+
+    public init(storedSize: Int64) {
+        switch storedSize {
+        case Self.interruptedCode: self = .interruptedHere
+        case Self.incompleteCode: self = .incompleteReplica
+        default: self = .expected
+        }
+    }
+
+    /// True when the file shows its own size meanwhile (no size is known to await).
+    public var keepsOwnSize: Bool { self != .expected }
+
+    /// The stored size of an incomplete replica (for an in-memory copy of the row).
+    public static var incompleteReplicaSize: Int64 { incompleteCode }
+}
+
+extension JournalOp {
+    /// File `id` awaits the peer's copy because this node was writing it when it stopped.
+    public static func awaitInterrupted(id: UInt64) -> JournalOp { .healPending(id: id, size: AwaitKind.interruptedCode, hash: []) }
+    /// File `id` is a copy the peer was sending and never committed.
+    public static func awaitIncompleteReplica(id: UInt64) -> JournalOp { .healPending(id: id, size: AwaitKind.incompleteCode, hash: []) }
 }
 
 extension Journal {

@@ -59,6 +59,7 @@ final class ListenerConnectionHandler: ChannelDuplexHandler {
             core.recordRefusal(remote: remote, problem: "the remote closed the connection during the handshake")
         case .established(let peer):
             core.logger.info("peer '\(peer)' at \(remote) disconnected")
+            core.disconnected?()
         default:
             break
         }

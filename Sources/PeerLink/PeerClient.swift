@@ -495,6 +495,7 @@ extension PeerMessage {
         case let .setattr(path, _): return s(path)
         case let .setxattr(path, name, value, _): return s(path) + s(name) + 4 + value.count
         case let .removexattr(path, name): return s(path) + s(name)
+        case let .syncDir(path): return s(path)
         case let .reply(_, _, payload): return 4 + (payload?.readableBytes ?? 0)
         case let .lock(_, keys, _): return keys.reduce(0) { $0 + s($1) }
         case .unlock, .pull, .catchUpState, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit: return 0

@@ -77,11 +77,14 @@ public final class PeerListener: Sendable {
     }
 
     /// Binds and starts accepting; each request goes to `replying` on the event loop.
+    /// `disconnected` runs on the event loop (it must not block) whenever an authenticated
+    /// connection closes: what the peer was in the middle of sending will not be finished.
     public init(configuration: Configuration,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 logger: Logger = Logger(label: "twinfs.peer.listener"),
+                disconnected: (@Sendable () -> Void)? = nil,
                 replying handler: @escaping ReplyingHandler) async throws(PeerLinkError) {
-        let core = ListenerCore(configuration: configuration, logger: logger, handler: handler)
+        let core = ListenerCore(configuration: configuration, logger: logger, handler: handler, disconnected: disconnected)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -143,13 +146,16 @@ final class ListenerCore: Sendable {
     let configuration: PeerListener.Configuration
     let logger: Logger
     let handler: PeerListener.ReplyingHandler
+    let disconnected: (@Sendable () -> Void)?
     let stats = Mutex(Stats())
     private let channels = Mutex([ObjectIdentifier: any Channel]())
 
-    init(configuration: PeerListener.Configuration, logger: Logger, handler: @escaping PeerListener.ReplyingHandler) {
+    init(configuration: PeerListener.Configuration, logger: Logger, handler: @escaping PeerListener.ReplyingHandler,
+         disconnected: (@Sendable () -> Void)? = nil) {
         self.configuration = configuration
         self.logger = logger
         self.handler = handler
+        self.disconnected = disconnected
     }
 
     /// Registers an accepted connection, or refuses it (closing, or over the limit).

@@ -68,6 +68,8 @@ extension PeerMessage {
             w.integer(UInt8(summary ? 1 : 0))
         case let .resolveSplit(id, role):
             w.integer(id); w.integer(role)
+        case let .syncDir(path):
+            w.string(path)
         case let .reply(requestID, errno, payload):
             w.integer(requestID); w.integer(errno)
             if let payload { w.integer(UInt8(1)); w.bytes(payload) } else { w.integer(UInt8(0)) }
@@ -163,6 +165,8 @@ extension PeerMessage {
             let role = try r.integer("role", as: UInt8.self)
             guard role == 1 || role == 2 else { throw r.malformed("role", "\(role) is not 1 (lose) or 2 (win)") }
             m = .resolveSplit(stableID: id, role: role)
+        case .syncDir:
+            m = .syncDir(path: try r.path("path"))
         case .reply:
             let (requestID, errno) = (try r.integer("requestID", as: UInt64.self), try r.integer("errno", as: Int32.self))
             guard (0...4095).contains(errno) else { throw r.malformed("errno", "\(errno) is not an errno value") }

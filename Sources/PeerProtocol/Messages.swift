@@ -35,6 +35,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case volumeInfo = 35
     case healInfo = 36
     case resolveSplit = 37
+    case syncDir = 38
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -109,6 +110,9 @@ public enum PeerMessage: Sendable, Equatable {
     /// Split-brain resolution of file `stableID`: `role` 1 = "yours loses: keep it in quarantine
     /// and take mine"; 2 = "yours wins: send it to me".
     case resolveSplit(stableID: UInt64, role: UInt8)
+    /// fsync of a directory (a client's fsyncdir): the peer makes the directory's entries and
+    /// its journal durable before it answers.
+    case syncDir(path: String)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -159,6 +163,7 @@ public enum PeerMessage: Sendable, Equatable {
         case .volumeInfo: return .volumeInfo
         case .healInfo: return .healInfo
         case .resolveSplit: return .resolveSplit
+        case .syncDir: return .syncDir
         }
     }
 }

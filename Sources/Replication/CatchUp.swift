@@ -20,6 +20,9 @@ public final class CatchUp: @unchecked Sendable {
     /// Files whose last send failed for another reason than the link: retried with backoff
     /// (catch-up thread only).
     private var retryAt: [UInt64: (ContinuousClock.Instant, Duration)] = [:]
+    /// The peer's disk refused a replayed change (full, read-only): no replay before this
+    /// (catch-up thread only), doubling up to a minute while it lasts.
+    private var storageRetry: (at: ContinuousClock.Instant, delay: Duration)?
 
     public init(volume: ReplicatedVolume, logger: Logger) {
         v = volume
@@ -73,6 +76,7 @@ public final class CatchUp: @unchecked Sendable {
                 }
                 v.gate.setCatchingUp()
             }
+            if let r = storageRetry, ContinuousClock.now < r.at { continue }
             guard replayOps() else { continue }
             if v.gate.mode != .live {
                 let live = v.gate.switchToLive {
@@ -112,8 +116,15 @@ public final class CatchUp: @unchecked Sendable {
                 switch v.channel.call(m) {
                 case .ok:
                     drops.append(.dropPeerOp(seq: r.seq))
+                    storageRetry = nil
                 case .unreachable(let why):
                     v.markDegraded(why)
+                    return false
+                case .refused(let e) where PeerRefusal(errno: e) == .storageFault:
+                    // Kept, in order: everything after it waits with it.
+                    let delay = min((storageRetry?.delay ?? .milliseconds(500)) * 2, .seconds(60))
+                    storageRetry = (ContinuousClock.now + delay, delay)
+                    log.error("\(PeerRefusal.describe(e, "apply the owed \(m.type) of \(ReplicatedVolume.describe(m).debugDescription)")); next try in \(delay)")
                     return false
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))

@@ -14,6 +14,9 @@ public protocol HealHooks: AnyObject, Sendable {
     func awaitedSize(id: UInt64) -> Int64?
     /// The peer committed file `id` whole and verified on this brick.
     func received(id: UInt64)
+    /// The peer's send of file `id` broke off before its commit (already recorded in the
+    /// journal as an incomplete replica): fetch it whole, and serve nothing of it until then.
+    func awaitReplica(id: UInt64)
     /// A client wrote through this node's mount, or the peer sent a client's write (`id`, not
     /// a heal send): healing yields to ingest.
     func noteIngest(id: UInt64)

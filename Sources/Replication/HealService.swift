@@ -94,6 +94,8 @@ extension ReplicatedVolume {
     /// journal's hash) before anything leaves. Answers an errno for the asking peer.
     func sendForHeal(_ id: UInt64, expected: [UInt8]) -> Int32 {
         if isSplit(id) { return splitBrainErrno }
+        // Only part of the file the peer was sending reached this node: no copy to give.
+        if (try? journal.healPendingRow(id))??.kind == .incompleteReplica { return ENODATA }
         let gen = (try? journal.peerFile(id))??.generation
         switch pushFile(id, verify: expected) {
         case .ok:

@@ -33,6 +33,13 @@ public final class PeerService: Sendable {
         applier = ReplicaApplier(volume: volume.local, logger: logger)
         self.notify = notify
         log = logger
+        applier.onAbandoned { [volume] id in volume.healHooks?.awaitReplica(id: id) }
+    }
+
+    /// The peer's connection to this node closed (it died, or the link broke): files it was
+    /// sending are not held open here waiting for a commit that will not come.
+    public func peerDisconnected() {
+        pool.run { self.applier.releaseAll() }
     }
 
     /// `PeerListener`'s handler: applying blocks (fsync, locks), so it runs on the pool's threads.

@@ -61,6 +61,8 @@ public final class ReplicaApplier: Sendable {
     private let namespace = RWLocked<Int>(0)
     private let stats = Locked(Statistics())
     private let recent = Locked(RecentIDs(capacity: 65536))
+    /// Told of each file whose receipt broke off before its commit (see `abandon`).
+    private let abandonedHandler = Locked<(@Sendable (UInt64) -> Void)?>(nil)
 
     public init(volume: LocalVolume, maxOpenFiles: Int = 256,
                 logger: Logger = Logger(label: "twinfs.replica")) {
@@ -92,8 +94,15 @@ public final class ReplicaApplier: Sendable {
         return .reply(requestID: requestID, errno: errno, payload: nil)
     }
 
-    /// Releases every handle the applier holds (committing its content locally). For shutdown,
-    /// or when the link to the sender is lost mid-file.
+    /// Called with the id of every file whose receipt broke off before the sender's commit:
+    /// its bytes are not a verified copy (the healer fetches the file whole).
+    public func onAbandoned(_ handler: @escaping @Sendable (UInt64) -> Void) {
+        abandonedHandler.with { $0 = handler }
+    }
+
+    /// Releases every handle the applier holds. A file whose commit never came stays what it
+    /// is, an incomplete replica awaiting the peer's copy. For shutdown, or when the link to
+    /// the sender is lost mid-file (the sender may be dead: its files must not stay open here).
     public func releaseAll() {
         let all = handles.with { t -> [OpenReplica] in
             let all = Array(t.byID.values)
@@ -132,6 +141,8 @@ public final class ReplicaApplier: Sendable {
             try setxattr(path, name, value: value, flags: flags)
         case let .removexattr(path, name):
             try removexattr(path, name)
+        case let .syncDir(path):
+            try syncDir(path)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
              .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
@@ -415,6 +426,15 @@ public final class ReplicaApplier: Sendable {
         }
     }
 
+    private func syncDir(_ path: String) throws(FSError) {
+        let rel = try checked(.syncDir, path: path, allowRoot: true)
+        do throws(FSError) {
+            try shared { () throws(FSError) in try volume.fsyncdir(try node(rel)) }
+        } catch {
+            throw failed(.syncDir, rel, error)
+        }
+    }
+
     static func timespec(ns: Int64) -> Glibc.timespec {
         var sec = ns / 1_000_000_000
         var rem = ns % 1_000_000_000
@@ -440,6 +460,7 @@ public final class ReplicaApplier: Sendable {
                 }
                 let p = try node(parent)
                 try withClaim(.create, rel, id) { () throws(FSError) in
+                    try markIncomplete(id)
                     let (_, h) = try volume.create(parent: p, name: name, mode: mode_t(mode & 0o7777), flags: O_RDWR,
                                                    ctx: Self.context(uid: uid, gid: gid), id: id)
                     insert(id, handle: h)
@@ -462,9 +483,16 @@ public final class ReplicaApplier: Sendable {
             let result: Result<Int, FSError> = data.withUnsafeReadableBytes { bytes in
                 Result { () throws(FSError) -> Int in try volume.write(handle: e.handle, offset: offset, data: bytes) }
             }
-            let n = try result.get()
+            let n: Int
+            do throws(FSError) { n = try result.get() } catch {
+                // This copy is now missing bytes the sender has (disk full, read-only, I/O
+                // error): it stops being received; the sender owes the file and sends it whole.
+                retireAfterUse(e)
+                throw error
+            }
             if n != data.readableBytes {
                 log.error("replicated write to \(rel.debugDescription) stored \(n) of \(data.readableBytes) bytes at offset \(offset)")
+                retireAfterUse(e)
                 throw FSError.io
             }
         } catch {
@@ -482,9 +510,13 @@ public final class ReplicaApplier: Sendable {
         do throws(FSError) { e = try acquireLocked(id, path: rel) } catch { throw failed(.commit, rel, error) }
         // Whatever happens, the handle goes (released once no write still uses it).
         defer { retire(e) }
+        // The incomplete mark goes with the content commit's durable batch (queued first, so
+        // never later than it); a refused commit marks the file again below.
         do throws(FSError) {
-            try volume.flush(handle: e.handle)
+            try submit([.healReceived(id: id)], wait: .queued)
+            try volume.commit(handle: e.handle)
         } catch {
+            try? submit([.awaitIncompleteReplica(id: id)], wait: .written)
             throw failed(.commit, rel, error)
         }
         let rec: InodeRecord?
@@ -492,7 +524,14 @@ public final class ReplicaApplier: Sendable {
             log.error("replicated commit of \(rel.debugDescription): journal read failed: \(error)")
             throw FSError.io
         }
+        // Deleted while open on both nodes (smbd's delete-on-close): its row went with its last
+        // name on each side and there is no copy left to compare.
+        if rec == nil, let st = try? volume.getattr(NodeRef(id: id, path: rel), handle: e.handle), st.st_nlink == 0 {
+            handles.with { _ in e.committed = true }
+            return
+        }
         guard let r = rec, !r.dirty, r.size == size, r.hash == hash else {
+            try? submit([.awaitIncompleteReplica(id: id)], wait: .written)
             let m = Mismatch(path: rel, stableID: id, expectedSize: size, expectedHash: hash,
                              localSize: rec?.size, localHash: rec?.dirty == false ? rec?.hash : nil)
             stats.with { s in
@@ -508,6 +547,7 @@ public final class ReplicaApplier: Sendable {
                 """)
             throw FSError.io
         }
+        handles.with { _ in e.committed = true }
         // The sender's mtime, so both bricks end up identical (after the bytes, which change it).
         do throws(FSError) {
             _ = try volume.setattr(NodeRef(id: id, path: rel), handle: e.handle,
@@ -536,6 +576,9 @@ public final class ReplicaApplier: Sendable {
         var lastUse: UInt64 = 0
         /// Out of the table: released when the last user is done.
         var retired = false
+        /// The sender's commit was verified: released normally. Otherwise the handle is
+        /// abandoned and the file stays an incomplete replica.
+        var committed = false
         init(id: UInt64, handle: UInt64) {
             self.id = id
             self.handle = handle
@@ -576,6 +619,9 @@ public final class ReplicaApplier: Sendable {
             log.error("peer's data for id \(id) names \(path.debugDescription), which is id \(found) on this node")
             throw FSError(ESTALE)
         }
+        // Before its first byte changes: from here until the sender's verified commit, these
+        // bytes are not a copy to serve or to send (a crash, a lost link, a full disk).
+        try markIncomplete(id)
         let h = try volume.open(NodeRef(id: id, path: path), flags: O_RDWR)
         return insert(id, handle: h, inUse: true)
     }
@@ -630,9 +676,44 @@ public final class ReplicaApplier: Sendable {
         if close { closeHandle(e) }
     }
 
+    /// Takes `e` out of the table (as `retire`) after a failed change, without a commit.
+    private func retireAfterUse(_ e: OpenReplica) {
+        handles.with { t in
+            if t.byID[e.id] === e { t.byID[e.id] = nil }
+            e.retired = true
+        }
+    }
+
     private func closeHandle(_ e: OpenReplica) {
-        do { try volume.release(handle: e.handle) } catch {
-            log.error("releasing the replica handle of id \(e.id) failed: \(error)")
+        if handles.with({ _ in e.committed }) {
+            do { try volume.release(handle: e.handle) } catch {
+                log.error("releasing the replica handle of id \(e.id) failed: \(error)")
+            }
+            return
+        }
+        abandon(e)
+    }
+
+    /// A file whose receipt ended without the sender's verified commit: its descriptor is
+    /// closed without recording its bytes as clean (they may be zeros where a write failed,
+    /// or a prefix of the sender's file), and the healer is told to fetch it whole.
+    private func abandon(_ e: OpenReplica) {
+        volume.abandon(handle: e.handle)
+        try? submit([.awaitIncompleteReplica(id: e.id)], wait: .written)
+        log.warning("the peer's copy of file id \(e.id) was not completed here (no verified commit); it is not served until the peer sends it whole")
+        abandonedHandler.with { $0 }?(e.id)
+    }
+
+    /// Records that file `id` is being received (see `AwaitKind.incompleteReplica`); queued,
+    /// so it reaches the WAL with the dirty mark of the first byte, never after it.
+    private func markIncomplete(_ id: UInt64) throws(FSError) {
+        try submit([.awaitIncompleteReplica(id: id)], wait: .queued)
+    }
+
+    private func submit(_ ops: [JournalOp], wait: Journal.Wait) throws(FSError) {
+        do { try volume.journal.submit(ops, wait: wait) } catch {
+            log.error("journal write failed while applying the peer's change: \(error)")
+            throw FSError.io
         }
     }
 }

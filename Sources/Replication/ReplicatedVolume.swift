@@ -156,8 +156,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                                                           reason: "was being written when this node stopped; the peer's copy replaces it",
                                                           created: ISO8601DateFormatter().string(from: Date()))))
                 }
-                // Size -1: the file keeps showing its own size until the peer's copy arrives.
-                ops.append(.healPending(id: id, size: -1, hash: []))
+                // The file keeps showing its own size until the peer's copy arrives.
+                ops.append(.awaitInterrupted(id: id))
                 log.notice("\(path.debugDescription) was being written when this node stopped: taking the peer's copy (this one is kept in quarantine)")
             }
             if !ops.isEmpty { try local.journal.submit(ops, wait: .durable) }
@@ -438,6 +438,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             case .ok:
                 try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
                 return r
+            case .refused(let e) where PeerRefusal(errno: e) == .storageFault:
+                // Certainly not applied there: owed (not uncertain), and no later change may
+                // overtake it, so the peer gets nothing live until catch-up replays it.
+                sent = false
+                let why = PeerRefusal.describe(e, "apply \(msg.type) of \(Self.describe(msg).debugDescription)")
+                log.error("\(why)")
+                markDegraded(why)
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
                 recordSplitBrain(id: Self.entryID(msg), path: Self.describe(msg),
@@ -919,12 +926,35 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         try local.release(handle: handle)
     }
 
+    /// FALLOC_FL_KEEP_SIZE (linux/falloc.h).
+    static let fallocKeepSize: Int32 = 0x01
+
+    /// Preallocation changes no byte a reader sees: with KEEP_SIZE nothing reaches the peer,
+    /// and a plain fallocate past the end reads as zeros up to its new size, which the peer
+    /// gets as a size change (smbd and PACS writers preallocate before they write). Other
+    /// modes (punch hole, zero or collapse range) change bytes: the whole file goes at close.
     public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {
-        if let rh = handles.with({ $0[handle] }) {
-            markTouched(rh)
-            rh.with { $0.broken = true }   // no fallocate message: the whole file goes at close
+        guard let rh = handles.with({ $0[handle] }) else {
+            return try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
         }
+        markTouched(rh)
+        guard mode == 0 || mode == Self.fallocKeepSize else {
+            rh.with { $0.broken = true }
+            return try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
+        }
+        let node = NodeRef(id: rh.id, path: rh.with { $0.path })
+        let before = try local.getattr(node, handle: handle).st_size
         try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
+        let after = try local.getattr(node, handle: handle).st_size
+        guard after > before else { return }
+        // Writes gathered or in flight below the new end land first (messages are not ordered).
+        drainWrites(of: rh.id)
+        guard rh.with({ $0.canStream(liveNow: gate.mode == .live) }) else { return }
+        switch channel.call(.setattr(path: node.path, changes: AttrUpdate(size: Int64(after)))) {
+        case .ok: break
+        case .refused: rh.with { $0.broken = true }
+        case .unreachable(let why): markDegraded(why); rh.with { $0.broken = true; $0.apart = true }
+        }
     }
 
     // MARK: - Directories, xattrs
@@ -946,7 +976,20 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func releasedir(handle: UInt64) { local.releasedir(handle: handle) }
     public func statfs() throws(FSError) -> statvfs { try local.statfs() }
-    public func fsyncdir(_ node: NodeRef) throws(FSError) { try local.fsyncdir(node) }
+    /// fsync of a directory is a promise about its entries on both disks: the peer syncs its
+    /// copy of the directory and its journal before this returns. Peer unreachable: what it
+    /// missed is owed durably already (the local fsyncdir's durable commit covers it).
+    public func fsyncdir(_ node: NodeRef) throws(FSError) {
+        try local.fsyncdir(node)
+        guard gate.mode == .live else { return }
+        switch channel.call(.syncDir(path: node.path)) {
+        case .ok, .unreachable: break
+        case .refused(let e):
+            // This disk has it; the peer's problem is its own to report (and the client's
+            // data is not at risk of being lost from this node).
+            log.error("\(PeerRefusal.describe(e, "sync directory \(node.path.debugDescription) to its disk"))")
+        }
+    }
 
     public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
         if name.hasPrefix(RealName.xattrPrefix) {

@@ -70,7 +70,9 @@ final class ClusterMember: @unchecked Sendable {
         let service = self.service
         Task {
             do throws(PeerLinkError) {
-                let l = try await PeerListener(configuration: lc, logger: log) { m, id, reply in service.handle(m, requestID: id, reply: reply) }
+                let l = try await PeerListener(configuration: lc, logger: log, disconnected: { service.peerDisconnected() }) { m, id, reply in
+                    service.handle(m, requestID: id, reply: reply)
+                }
                 result.with { $0 = .success(l) }
             } catch {
                 result.with { $0 = .failure(error) }
@@ -133,7 +135,8 @@ final class ClusterMember: @unchecked Sendable {
         sem.wait()
         // Requests in flight failed with the link: the healer's threads end now.
         healer.stop()
-        // Files the peer was sending when the link closed: commit what arrived, locally.
+        // Files the peer was sending when the link closed stay incomplete replicas (fetched
+        // whole at the next start), never recorded as clean copies.
         service.applier.releaseAll()
         invalidations.sync {}
     }

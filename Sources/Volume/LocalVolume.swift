@@ -676,6 +676,16 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         try commitContent(fd: f.fd, id: f.id, streamed: s)
     }
 
+    /// As `flush`, but commits even when this handle changed nothing: a replica reopened after
+    /// an earlier handle was abandoned has a dirty row its new content state does not know of.
+    public func commit(handle: UInt64) throws(FSError) {
+        let f = try file(handle)
+        guard let s = f.content else { return try flush(handle: handle) }
+        s.lock()
+        defer { s.unlock() }
+        try commitContent(fd: f.fd, id: f.id, streamed: s)
+    }
+
     public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
         let f = try file(handle)
         guard let s = f.content ?? content.existing(f.id) else {
@@ -698,6 +708,14 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 try commitContent(fd: f.fd, id: f.id, streamed: s)
             }
         }
+    }
+
+    /// Closes `handle` without committing its content: the row stays dirty. For a replica the
+    /// peer never committed (the caller records why, so that the bytes are not served as a
+    /// verified copy; recovery re-hashes the row as for any interrupted write).
+    public func abandon(handle: UInt64) {
+        guard let f = files.with({ $0.removeValue(forKey: handle) }) else { return }
+        if let s = f.content { content.releaseWriter(s) }
     }
 
     public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {

@@ -218,14 +218,14 @@ final class LinkTests: XCTestCase {
             XCTAssertTrue(mismatch, "state is \(client.state)")
 
             let listener = try await h.listener { _, _ in .reply(requestID: 0, errno: 0, payload: nil) }
-            var hello = try frameBytes(.hello(node: "pacs-b", volume: "archive", protocolVersion: 2,
+            var hello = try frameBytes(.hello(node: "pacs-b", volume: "archive", protocolVersion: 99,
                                               nonce: Array(repeating: 7, count: 32)))
-            hello.setInteger(UInt16(2), at: hello.readerIndex + 4)
+            hello.setInteger(UInt16(99), at: hello.readerIndex + 4)
             let closedByServer = try await throwBytes(hello, port: listener.port, group: h.group)
             XCTAssertTrue(closedByServer)
             let counted = await eventually { listener.statistics.refusedConnections == 1 }
             XCTAssertTrue(counted)
-            XCTAssertTrue(listener.statistics.recentRefusals.last?.contains("version 2") ?? false,
+            XCTAssertTrue(listener.statistics.recentRefusals.last?.contains("version 99") ?? false,
                           "\(listener.statistics.recentRefusals)")
         }
     }
@@ -469,9 +469,9 @@ final class VersionTwoPeer: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     func channelActive(context: ChannelHandlerContext) {
-        var bytes = try! frameBytes(.hello(node: "pacs-a", volume: "archive", protocolVersion: 2,
+        var bytes = try! frameBytes(.hello(node: "pacs-a", volume: "archive", protocolVersion: 99,
                                            nonce: Array(repeating: 9, count: 32)))
-        bytes.setInteger(UInt16(2), at: bytes.readerIndex + 4)
+        bytes.setInteger(UInt16(99), at: bytes.readerIndex + 4)
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}

@@ -48,6 +48,8 @@ enum Fixtures {
         .setxattr(path: "a/x", name: "user.dicom.study", value: Array("1.2.840".utf8), flags: 1),
         .setxattr(path: "", name: "user.empty", value: [], flags: 0),
         .removexattr(path: "a/x", name: "user.dicom.study"),
+        .syncDir(path: "studies/2024"),
+        .syncDir(path: ""),
         .lock(token: 7, keys: ["1/studies"], leaseMs: 5000),
         .lock(token: .max, keys: ["9/a", "12/Röntgen 🩻.dcm"], leaseMs: 1),
         .unlock(token: 7),

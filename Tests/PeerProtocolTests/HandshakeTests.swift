@@ -60,7 +60,7 @@ final class HandshakeTests: XCTestCase {
     func testForgedInitiatorProofIsRefusedByTheResponder() throws {
         var b = node(.responder, "pacs-b")
         _ = b.start()
-        let reply = try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: 1, nonce: Handshake.randomNonce()))
+        let reply = try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: PeerProtocolVersion.current, nonce: Handshake.randomNonce()))
         XCTAssertEqual(reply.count, 2)
         guard case .authChallengeResponse(let responderProof) = reply[1] else { return XCTFail("\(reply)") }
         // Neither a guess nor the responder's own proof sent back is accepted.
@@ -92,11 +92,11 @@ final class HandshakeTests: XCTestCase {
     func testWrongProtocolVersion() throws {
         var b = node(.responder, "pacs-b")
         _ = b.start()
-        XCTAssertThrowsError(try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: 2,
+        XCTAssertThrowsError(try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: PeerProtocolVersion.current + 1,
                                                   nonce: Handshake.randomNonce()))) {
-            XCTAssertTrue("\($0)".contains("version 2"), "\($0)")
+            XCTAssertTrue("\($0)".contains("version \(PeerProtocolVersion.current + 1)"), "\($0)")
         }
-        XCTAssertEqual(b.refusal, .authFailed(reason: "protocol version mismatch (this node speaks 1)"))
+        XCTAssertEqual(b.refusal, .authFailed(reason: "protocol version mismatch (this node speaks \(PeerProtocolVersion.current))"))
     }
 
     func testUnexpectedMessagesBeforeAuthenticationAreRefused() throws {
@@ -118,7 +118,7 @@ final class HandshakeTests: XCTestCase {
     func testEchoedNonceIsRefused() throws {
         var b = node(.responder, "pacs-b")
         _ = b.start()
-        XCTAssertThrowsError(try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: 1, nonce: b.nonce)))
+        XCTAssertThrowsError(try b.receive(.hello(node: "pacs-a", volume: "archive", protocolVersion: PeerProtocolVersion.current, nonce: b.nonce)))
     }
 
     /// An eavesdropper replays a recorded session's hello and proof against fresh nonces.
@@ -151,9 +151,9 @@ final class HandshakeTests: XCTestCase {
         var outgoing = node(.initiator, "pacs-a")  // a connecting to what it thinks is b
         var incoming = node(.responder, "pacs-a")  // a accepting the attacker
         guard case let .hello(_, _, _, nonceOut) = outgoing.start()[0] else { return XCTFail() }
-        let fromIncoming = try incoming.receive(.hello(node: "pacs-b", volume: "archive", protocolVersion: 1, nonce: nonceOut))
+        let fromIncoming = try incoming.receive(.hello(node: "pacs-b", volume: "archive", protocolVersion: PeerProtocolVersion.current, nonce: nonceOut))
         guard case let .hello(_, _, _, nonceIn) = fromIncoming[0] else { return XCTFail() }
-        _ = try outgoing.receive(.hello(node: "pacs-b", volume: "archive", protocolVersion: 1, nonce: nonceIn))
+        _ = try outgoing.receive(.hello(node: "pacs-b", volume: "archive", protocolVersion: PeerProtocolVersion.current, nonce: nonceIn))
         XCTAssertThrowsError(try outgoing.receive(fromIncoming[1]), "a must not accept its own proof")
         XCTAssertFalse(outgoing.isEstablished)
     }

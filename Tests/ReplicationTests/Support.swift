@@ -39,8 +39,8 @@ struct Pair {
     let b: LocalVolume
     let jb: Journal
 
-    init(_ test: XCTestCase) throws {
-        dir = try tempDir(test)
+    init(_ test: XCTestCase, dir given: String? = nil) throws {
+        dir = try given ?? tempDir(test)
         try FileManager.default.createDirectory(atPath: dir + "/a", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir + "/b", withIntermediateDirectories: true)
         (a, ja) = try makeVolume(dir + "/a", node: "a", ordinal: 1)
