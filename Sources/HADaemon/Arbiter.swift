@@ -8,10 +8,13 @@
 ///   only when both nodes' choices name it and the peer says it holds nothing, so two connected
 ///   nodes never both take.
 /// - **Peer silent**: with a witness, a node holds only while it holds the witness's lease
-///   (the other node cannot get the lease meanwhile). Without one, a node takes only after the
-///   peer's daemon is known dead (its host refused the heartbeat: ICMP port unreachable) or an
-///   ARP probe finds the address unused; a live but cut-off holder keeps answering ARP, so the
-///   addresses never end up on two nodes.
+///   (the other node cannot get the lease meanwhile). With or without one, a node takes only
+///   once an ARP probe finds the address unused: a silent peer's kernel may still answer for it
+///   (a live but cut-off holder; a daemon killed or stopped whose fence has not dropped it
+///   yet), and two kernels must never hold it. Only a peer that said it leaves and holds
+///   nothing (a clean stop, after its releaseip) is taken over without a probe.
+/// - **After a dispute** (both claimed the addresses), the node that keeps them announces them
+///   again once the other let go: clients may have followed the other node's ARP.
 public struct Arbiter: Sendable {
     public struct Peer: Sendable, Equatable {
         public var alive: Bool
@@ -78,8 +81,27 @@ public struct Arbiter: Sendable {
         if peerUp {
             return peer.choice == me && !peer.holds ? .take : .none
         }
-        if hasWitness { return leaseValid ? .take : .none }
-        return peer.daemonGone || peer.leaving ? .take : .takeIfUnused
+        if hasWitness && !leaseValid { return .none }
+        if peer.alive && peer.leaving && !peer.holds { return .take }
+        return .takeIfUnused
+    }
+
+    /// Whether both nodes claimed the addresses since the last announcement.
+    public enum Claim: Sendable, Equatable {
+        case undisputed
+        case disputed
+    }
+
+    /// The claim after this beat, and whether this node must announce the addresses now (it
+    /// kept them through a dispute and the peer has let go, or fell silent).
+    public func nextClaim(_ claim: Claim, holding: Bool, peer: Peer) -> (claim: Claim, announce: Bool) {
+        let both = holding && peer.alive && peer.holds
+        switch claim {
+        case .undisputed: return (both ? .disputed : .undisputed, false)
+        case .disputed:
+            if both { return (.disputed, false) }
+            return (.undisputed, holding)
+        }
     }
 
     /// With a witness, whether this node should be asking for (or renewing) the lease now.

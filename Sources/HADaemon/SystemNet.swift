@@ -41,10 +41,15 @@ public enum SystemNet {
         return rc == 0 && out.contains("inet \(a.address)/")
     }
 
-    /// Renews the address's kernel lifetime: if the daemon dies, the kernel drops the address
-    /// after `seconds`, so a killed daemon cannot leave it answering ARP forever.
-    public static func refreshLifetime(_ a: HAConfig.PublicAddress, seconds: Int) {
-        run(["ip", "-4", "addr", "change", a.cidr, "dev", a.interface, "valid_lft", "\(seconds)", "preferred_lft", "\(seconds)"])
+    /// Whether the interface exists and has carrier (an administratively down link reads as
+    /// an error: no carrier either).
+    public static func hasCarrier(_ interface: String) -> Bool {
+        guard !interface.contains("/"), let fd = Optional(open("/sys/class/net/\(interface)/carrier", O_RDONLY | O_CLOEXEC)), fd >= 0 else {
+            return false
+        }
+        defer { close(fd) }
+        var c: UInt8 = 0
+        return read(fd, &c, 1) == 1 && c == UInt8(ascii: "1")
     }
 
     public static func ipv4(_ s: String) -> UInt32 { inet_addr(s) }

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import XCTest
 @testable import HADaemon
+import TwinCore
 
 /// The HA daemon's pure parts: the arbiter's rules, the packet formats, the config, the event
 /// runner and the witness's lease.
@@ -49,12 +50,34 @@ final class ArbiterTests: XCTestCase {
         XCTAssertEqual(b.decide(healthy: true, healthyFor: 50, holding: false, peer: sick, leaseValid: false), .take)
     }
 
-    func testSilentPeerWithoutWitnessNeedsAProbeUnlessItsDaemonIsGone() {
+    func testASilentPeerIsTakenOverOnlyAfterAnARPProbeEvenWhenItsDaemonIsGone() {
         XCTAssertEqual(b.decide(healthy: true, healthyFor: 9, holding: false, peer: .init(alive: false), leaseValid: false), .takeIfUnused)
-        XCTAssertEqual(b.decide(healthy: true, healthyFor: 9, holding: false, peer: .init(alive: false, daemonGone: true), leaseValid: false), .take)
+        // A killed daemon's kernel may still answer for the address (its fence killed too, or
+        // not done yet): probe first (issue 14 case 4).
+        XCTAssertEqual(b.decide(healthy: true, healthyFor: 9, holding: false, peer: .init(alive: false, daemonGone: true), leaseValid: false), .takeIfUnused)
         XCTAssertEqual(b.decide(healthy: false, healthyFor: 0, holding: false, peer: .init(alive: false, daemonGone: true), leaseValid: false), .none)
-        // A clean stop of the peer hands over at once.
+        // A clean stop of the peer hands over at once, once its beat says it holds nothing.
         XCTAssertEqual(b.decide(healthy: true, healthyFor: 9, holding: false, peer: .init(alive: true, leaving: true), leaseValid: false), .take)
+        XCTAssertEqual(b.decide(healthy: true, healthyFor: 9, holding: false, peer: .init(alive: true, holds: true, leaving: true), leaseValid: false), .takeIfUnused)
+    }
+
+    func testTheNodeThatKeepsTheAddressesThroughADisputeAnnouncesThemOnceThePeerLetGo() {
+        let both = Arbiter.Peer(alive: true, healthy: true, holds: true, choice: "a", healthyFor: 5)
+        let peerLetGo = Arbiter.Peer(alive: true, healthy: true, holds: false, choice: "a", healthyFor: 5)
+        var c = Arbiter.Claim.undisputed
+        XCTAssertEqual(a.nextClaim(c, holding: true, peer: peerLetGo).announce, false)
+        var announce = false
+        (c, announce) = a.nextClaim(c, holding: true, peer: both)
+        XCTAssertEqual(c, .disputed)
+        XCTAssertFalse(announce)
+        (c, announce) = a.nextClaim(c, holding: true, peer: both)
+        XCTAssertFalse(announce, "announced while the peer still claims")
+        (c, announce) = a.nextClaim(c, holding: true, peer: peerLetGo)
+        XCTAssertEqual(c, .undisputed)
+        XCTAssertTrue(announce, "kept the addresses after a dispute without announcing them")
+        // The node that let go announces nothing; a peer falling silent ends the dispute too.
+        XCTAssertEqual(b.nextClaim(.disputed, holding: false, peer: peerLetGo).announce, false)
+        XCTAssertEqual(a.nextClaim(.disputed, holding: true, peer: .init(alive: false)).announce, true)
     }
 
     func testWithAWitnessACutOffNodeHoldsOnlyWithTheLease() {
@@ -66,7 +89,8 @@ final class ArbiterTests: XCTestCase {
             return XCTFail("kept the addresses without the lease while cut off")
         }
         XCTAssertEqual(wb.decide(healthy: true, healthyFor: 50, holding: false, peer: silent, leaseValid: false), .none)
-        XCTAssertEqual(wb.decide(healthy: true, healthyFor: 50, holding: false, peer: silent, leaseValid: true), .take)
+        XCTAssertEqual(wb.decide(healthy: true, healthyFor: 50, holding: false, peer: silent, leaseValid: true), .takeIfUnused,
+                       "took with the lease without checking that the old holder's kernel let the address go")
         XCTAssertTrue(wb.wantsLease(healthy: true, healthyFor: 50, holding: false, peer: silent))
         XCTAssertFalse(wb.wantsLease(healthy: true, healthyFor: 50, holding: false, peer: .init(alive: true, healthy: true, holds: true, choice: "a", healthyFor: 50)))
     }
@@ -201,5 +225,33 @@ final class HAConfigAndEventTests: XCTestCase {
         XCTAssertTrue(h.failures[0].hasPrefix("30.hang: timed out"), "\(h.failures)")
         let order = try String(contentsOfFile: d + "/order", encoding: .utf8)
         XCTAssertEqual(order, "first startup  env\nsecond startup\nfirst monitor  env\nsecond monitor\nfirst takeip eth0 env\nsecond takeip\n")
+    }
+}
+
+/// TwinCore's MonotonicCondition: timed waits on CLOCK_MONOTONIC (issue 14 case 5).
+final class MonotonicConditionTests: XCTestCase {
+    func testATimedWaitEndsAtItsDeadlineAndASignalEndsItEarly() {
+        let c = MonotonicCondition()
+        let t0 = ContinuousClock.now
+        c.lock()
+        let woke = c.wait(until: t0 + .milliseconds(100))
+        c.unlock()
+        let took = ContinuousClock.now - t0
+        XCTAssertFalse(woke)
+        XCTAssertGreaterThanOrEqual(took, .milliseconds(100))
+        XCTAssertLessThan(took, .seconds(5))
+        // A deadline already past returns at once.
+        XCTAssertFalse(c.withLock { c.wait(until: t0) })
+        // A broadcast from another thread ends a long wait.
+        let flag = Locked(false)
+        Thread {
+            usleep(50_000)
+            c.withLock { flag.with { $0 = true }; c.broadcast() }
+        }.start()
+        let t1 = ContinuousClock.now
+        c.lock()
+        while !flag.with({ $0 }) { c.wait(until: t1 + .seconds(30)) }
+        c.unlock()
+        XCTAssertLessThan(ContinuousClock.now - t1, .seconds(10))
     }
 }

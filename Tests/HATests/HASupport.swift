@@ -33,8 +33,12 @@ class HATestCase: XCTestCase {
             return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
         }
 
+        /// Extra environment of a node's daemon (kept for restarts).
+        var daemonEnv: [NetnsTopology.Node: [String: String]] = [:]
+
         func startDaemon(_ n: NetnsTopology.Node) throws {
-            daemons[n] = try topo.spawn(n, [HATestCase.binary, "run", "--config", config(n)], log: "ha-\(n.rawValue).log")
+            daemons[n] = try topo.spawn(n, [HATestCase.binary, "run", "--config", config(n)], log: "ha-\(n.rawValue).log",
+                                        environment: daemonEnv[n])
         }
 
         /// Samples the holders every 20 ms until stopped: "never two owners" is checked over the whole run.
@@ -56,11 +60,13 @@ class HATestCase: XCTestCase {
     /// event scripts start need their files); it returns `[events.env]` entries per node.
     func startPair(witness: Bool = false, failback: Double = 2, heartbeatLink: Int = 0, extraScripts: [String: String] = [:],
                    defaults: Bool = false, eventTimeout: Double = 1.0,
+                   daemonEnv: [NetnsTopology.Node: [String: String]] = [:],
                    beforeDaemons: ((Pair) throws -> [NetnsTopology.Node: [String: String]])? = nil,
                    file: StaticString = #filePath, line: UInt = #line) throws -> Pair {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else { throw XCTSkip("twinfs-ha not built at \(Self.binary)") }
         let topo = try makeTopology(secondLink: heartbeatLink == 1, witness: witness)
         let p = Pair(topo: topo)
+        p.daemonEnv = daemonEnv
         addTeardownBlock { p.sampling.with { $0 = false } }
         let secret = topo.workDir + "/secret"
         _ = FileManager.default.createFile(atPath: secret, contents: Data((0..<32).map { _ in UInt8.random(in: 0...255) }),
