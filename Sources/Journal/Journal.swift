@@ -358,6 +358,12 @@ public final class Journal: @unchecked Sendable {
                 }
                 try writer.exec("BEGIN IMMEDIATE")
                 for op in batch { try apply(op) }
+                // A commit that changes no row writes no WAL frame, and SQLite then syncs
+                // nothing: earlier NORMAL commits would stay in the page cache although the
+                // caller is told they are durable (fsyncdir, `sync()`, a content commit whose
+                // ops change nothing). So a durable batch always changes one row (a no-op
+                // `SET value = value` is not enough: SQLite writes no frame for it either).
+                if sync { try writer.exec("INSERT OR REPLACE INTO meta(key, value) VALUES ('durable_mark', '\(UInt64.random(in: 0 ... .max))')") }
                 writer.resetAll()
                 try writer.exec("COMMIT")
             } catch {

@@ -1,0 +1,92 @@
+import CTwinShims
+import Foundation
+import Glibc
+import Journal
+import TestSupport
+import TwinCore
+import XCTest
+
+/// Power loss on the receiving node, made real: b's brick and journal live on an ext4 image,
+/// and the filesystem is shut down without flushing its log (`xfs_io -x -c shutdown`, which
+/// ext4 implements too), so whatever had not reached b's disk is gone, as after a power cut.
+final class PeerPowerLossTests: XCTestCase {
+    /// A pair (not started) whose b node (brick, journal, mount point) lives on an ext4 image.
+    func clusterWithPeerOnImage() throws -> (TestCluster, String) {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/xfs_io") else { throw XCTSkip("xfs_io (xfsprogs) is not installed") }
+        let c = try TestCluster(peerExtra: "timeout = 2.0\n")
+        let img = c.dir + "/b-disk.img"
+        addTeardownBlock {
+            c.destroy()
+            _ = runCommand(["/bin/umount", "-l", c.b.dir], timeout: 30)
+            try? FileManager.default.removeItem(atPath: img)
+        }
+        XCTAssertEqual(runCommand(["/usr/bin/truncate", "-s", "256M", img], timeout: 30).status, 0)
+        let mk = runCommand(["/usr/sbin/mkfs.ext4", "-q", "-F", img], timeout: 120)
+        guard mk.status == 0 else { throw XCTSkip("mkfs.ext4: \(mk.stderr)") }
+        try mountImage(img, on: c.b)
+        return (c, img)
+    }
+
+    /// Mounts the image over the node's directory and lays out what the node expects there.
+    func mountImage(_ img: String, on n: TestNode) throws {
+        let cfg = try String(contentsOfFile: n.configPath, encoding: .utf8)
+        let r = runCommand(["/bin/mount", "-o", "loop", img, n.dir], timeout: 60)
+        guard r.status == 0 else { throw XCTSkip("cannot mount a loop image here: \(r.stderr)") }
+        for d in [n.brick, n.mnt, n.state] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        if !FileManager.default.fileExists(atPath: n.configPath) { try cfg.write(toFile: n.configPath, atomically: true, encoding: .utf8) }
+    }
+
+    /// The power cut: b's filesystem stops taking anything, then its node dies.
+    func cutPower(_ n: TestNode, image: String) throws {
+        let r = runCommand(["/usr/sbin/xfs_io", "-x", "-c", "shutdown", n.dir], timeout: 30)
+        XCTAssertEqual(r.status, 0, "shutdown: \(r.stderr)")
+        n.kill9()
+        var unmounted = false
+        for _ in 0..<50 where !unmounted {
+            unmounted = runCommand(["/bin/umount", n.dir], timeout: 30).status == 0
+            if !unmounted { usleep(100_000) }
+        }
+        XCTAssertTrue(unmounted, "b's disk image unmounts after the power cut")
+        // Power back: the same disk, its log replayed by the mount.
+        try mountImage(image, on: n)
+    }
+
+    /// `mv x.tmp x.dcm; rm old.dcm; fsync(dir)` on a return 0, then b loses power: b comes back
+    /// with exactly what a has (x.dcm, no old.dcm, no x.tmp). Before, fsync(dir) synced only
+    /// a's brick and b came back with the old names while both said HEALTHY.
+    func testADirectoryFsyncIsDurableOnThePeerBeforeItReturns() throws {
+        let (c, img) = try clusterWithPeerOnImage()
+        try c.start()
+        c.armWatchdogs(seconds: 600)
+        let s = c.a.mnt + "/s"
+        XCTAssertEqual(mkdir(s, 0o755), 0)
+        try put(s + "/old.dcm", Array(repeating: 7, count: 8192))
+        try put(s + "/x.tmp", Array(repeating: 9, count: 8192))
+        waitUntil("both files on b's brick", timeout: 30) {
+            FileManager.default.fileExists(atPath: c.b.brick + "/s/old.dcm") && FileManager.default.fileExists(atPath: c.b.brick + "/s/x.tmp")
+        }
+        // A definite starting point on b's disk (its filesystem commits every few seconds anyway).
+        c.b.syncJournal()
+        XCTAssertEqual(runCommand(["/bin/sync", "-f", c.b.brick], timeout: 60).status, 0)
+
+        XCTAssertEqual(rename(s + "/x.tmp", s + "/x.dcm"), 0)
+        XCTAssertEqual(unlink(s + "/old.dcm"), 0)
+        let fd = open(s, O_RDONLY | O_DIRECTORY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(fsync(fd), 0, "fsync(dir) on a: \(String(cString: strerror(errno)))")
+        close(fd)
+        try cutPower(c.b, image: img)
+        // b's journal, read from its disk as it came back: the renamed name, not the old ones.
+        let j = try Journal(readOnlyPath: c.b.journalPath)
+        XCTAssertNotNil(try j.id(atPath: "s/x.dcm"), "b's journal has the rename")
+        XCTAssertNil(try j.id(atPath: "s/old.dcm"), "b's journal has the unlink")
+        j.close(cleanShutdown: false)
+
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: c.b.brick + "/s").sorted()) ?? []
+        XCTAssertEqual(names, ["x.dcm"], "b's disk holds what a's client was told is durable")
+        try c.b.start()
+        waitHealthy(c)
+        XCTAssertEqual(try readFile(c.b.mnt + "/s/x.dcm"), Array(repeating: 9, count: 8192))
+        try assertReplicasIdentical(c)
+    }
+}
