@@ -32,6 +32,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         /// Silence limit: no frame from the peer for this long means it is gone. Also bounds the handshake.
         var peerTimeout: Duration
         var keepaliveInterval: Duration
+        /// The longest a request may wait for its reply while the peer keeps answering pings:
+        /// requests whose work grows with a file's size (a commit re-reading 1.5 GB, a pull or
+        /// heal that sends a whole file, a directory sync) get `maxBulkWork`, the others
+        /// `maxRequestWork`. See `armTimer`.
+        var maxRequestWork: Duration = .seconds(30)
+        var maxBulkWork: Duration = .seconds(600)
         var logger: Logger
         /// Called on the event loop when the handshake succeeds (peer node, channel), and when that
         /// authenticated connection is lost, before its requests fail. Both come from the loop
@@ -50,6 +56,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private struct Pending {
         let reply: EventLoopPromise<PeerMessage>
         var timer: Scheduled<Void>?
+        var sent = NIODeadline.now()
+        var work: Duration = .zero
     }
 
     private let settings: Settings
@@ -198,10 +206,14 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                 // The clock starts once the frame is in the socket: a request queued behind
                 // others on a slow link does not time out for the queue's sake.
                 guard self.pending[request.id] != nil else { return }
-                self.pending[request.id]!.timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(request.timeout)) {
-                    guard self.pending[request.id] != nil else { return }
-                    self.shutDown(.peerUnreachable(address: self.address, .timeout(request.timeout)), context: context)
+                self.pending[request.id]!.sent = .now()
+                switch request.type {
+                case .commit, .pull, .healFile, .syncDir, .resolveSplit:
+                    self.pending[request.id]!.work = self.settings.maxBulkWork
+                default:
+                    self.pending[request.id]!.work = self.settings.maxRequestWork
                 }
+                self.armTimer(request.id, request.timeout, context: context)
             case .failure(let error):
                 if let p = self.pending.removeValue(forKey: request.id) {
                     p.timer?.cancel()
@@ -222,6 +234,24 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             p.reply.fail(PeerLinkError.cancelled)
         }
         promise?.succeed(())
+    }
+
+    /// A request's timeout bounds the peer's silence, not its work: when it passes while the
+    /// peer still answers pings (a frame within `peerTimeout`), the request waits another
+    /// round, up to its work bound in all. Only a silent peer, or work beyond that bound (a
+    /// hung disk there), closes the connection. Before, one long commit took the link down.
+    private func armTimer(_ id: UInt64, _ timeout: Duration, context: ChannelHandlerContext) {
+        pending[id]?.timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+            guard let p = self.pending[id] else { return }
+            let now = NIODeadline.now()
+            let heard = now - self.lastFrame <= TimeAmount(self.settings.peerTimeout)
+            if heard && now - p.sent < TimeAmount(p.work) {
+                self.armTimer(id, timeout, context: context)
+                return
+            }
+            let limit = heard ? p.work : timeout
+            self.shutDown(.peerUnreachable(address: self.address, .timeout(limit)), context: context)
+        }
     }
 
     // MARK: - Keepalive and closing

@@ -354,6 +354,26 @@ final class LinkTests: XCTestCase {
         }
     }
 
+    // 5a. A peer that works longer than the request timeout while its link stays alive (a
+    // commit re-reading a large file): the request waits for the answer and the link stays up.
+    // The timeout bounds the peer's silence, not its work. (Before: the link went down.)
+    func testALongRequestOnALiveLinkIsAnsweredNotTimedOut() async throws {
+        try await withHarness { h in
+            let listener = try await h.listener { m, _ in
+                if case .commit = m { try? await Task.sleep(for: .milliseconds(3500)) }
+                return .reply(requestID: 0, errno: 0, payload: nil)
+            }
+            let client = h.client(port: listener.port, configure: quickLink)
+            let upOK = await client.waitUntilUp(timeout: .seconds(5))
+            XCTAssertTrue(upOK)
+            let commit = PeerMessage.commit(path: "big.dcm", stableID: StableID.make(nodeOrdinal: 1, counter: 9), size: 1,
+                                            xxh128: [UInt8](repeating: 1, count: 16), mtimeNs: 0)
+            let answer = try await client.send(commit, timeout: .seconds(1))
+            guard case .reply(_, 0, _) = answer else { return XCTFail("\(answer)") }
+            XCTAssertTrue(client.state.isUp, "the link stayed up: \(client.state)")
+        }
+    }
+
     // 5b. Peer frozen (SIGSTOP): TCP stays open, nothing answers. The keepalive alone declares
     // it down; a request in flight fails within its timeout; thawed, the link comes back.
     func testFrozenPeerIsDetected() async throws {
