@@ -565,6 +565,16 @@ public final class Healer: HealHooks, @unchecked Sendable {
         if !known { expect(id, size: AwaitKind.incompleteReplicaSize, hash: []) }
     }
 
+    public func replacedLocally(id: UInt64) {
+        cond.lock()
+        let incomplete = awaited[id].map { AwaitKind(storedSize: $0.size) == .incompleteReplica } ?? false
+        cond.unlock()
+        if incomplete {
+            clearAwaited(id)
+            log.info("file id \(id): a client replaced its content here; the incomplete copy the peer had sent is no longer awaited")
+        }
+    }
+
     public func awaitedSize(id: UInt64) -> Int64? {
         cond.lock()
         defer { cond.unlock() }

@@ -84,8 +84,6 @@ public enum AwaitKind: Sendable, Equatable {
 extension JournalOp {
     /// File `id` awaits the peer's copy because this node was writing it when it stopped.
     public static func awaitInterrupted(id: UInt64) -> JournalOp { .healPending(id: id, size: AwaitKind.interruptedCode, hash: []) }
-    /// File `id` is a copy the peer was sending and never committed.
-    public static func awaitIncompleteReplica(id: UInt64) -> JournalOp { .healPending(id: id, size: AwaitKind.incompleteCode, hash: []) }
 }
 
 extension Journal {
@@ -104,6 +102,14 @@ extension Journal {
         case let .healPending(id, size, hash):
             let s = try w.statement("INSERT OR REPLACE INTO heal_pending(id, size, hash) VALUES (?1, ?2, ?3)")
             s.bind(1, id); s.bind(2, size); s.bind(3, hash)
+            try s.run()
+        case let .receivingReplica(id):
+            let s = try w.statement("INSERT OR IGNORE INTO heal_pending(id, size, hash) VALUES (?1, ?2, ?3)")
+            s.bind(1, id); s.bind(2, AwaitKind.incompleteCode); s.bind(3, [UInt8]())
+            try s.run()
+        case let .replicaCommitted(id):
+            let s = try w.statement("DELETE FROM heal_pending WHERE id = ?1 AND size = ?2")
+            s.bind(1, id); s.bind(2, AwaitKind.incompleteCode)
             try s.run()
         case let .healReceived(id):
             let s = try w.statement("DELETE FROM heal_pending WHERE id = ?1")

@@ -73,6 +73,13 @@ public enum JournalOp: Sendable {
     case healPending(id: UInt64, size: Int64, hash: [UInt8])
     /// File `id` was received whole and verified.
     case healReceived(id: UInt64)
+    /// The peer is sending file `id`: until its verified commit the bytes here are an
+    /// incomplete replica (`AwaitKind.incompleteReplica`). A file already awaited for another
+    /// reason keeps that record.
+    case receivingReplica(id: UInt64)
+    /// The peer's commit of file `id` was verified: its incomplete-replica record (only that
+    /// kind) goes.
+    case replicaCommitted(id: UInt64)
     /// A copy kept in the brick's quarantine area (never deleted by TwinFS).
     case quarantined(QuarantineRow)
     case scrubFinding(ScrubFinding)
@@ -466,7 +473,7 @@ public final class Journal: @unchecked Sendable {
             try s.run()
         case .peerOp, .peerOpApplied, .peerOpUncertain, .dropPeerOp, .peerFile, .dropPeerFile, .splitBrain, .clearSplitBrain:
             try applyPeer(op, writer)
-        case .healPending, .healReceived, .quarantined, .scrubFinding, .clearScrubFinding:
+        case .healPending, .healReceived, .receivingReplica, .replicaCommitted, .quarantined, .scrubFinding, .clearScrubFinding:
             try applyHeal(op, writer)
         }
     }

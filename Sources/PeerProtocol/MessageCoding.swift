@@ -70,6 +70,14 @@ extension PeerMessage {
             w.integer(id); w.integer(role)
         case let .syncDir(path):
             w.string(path)
+        case let .guarded(expect, change):
+            w.integer(UInt8(truncatingIfNeeded: expect.count))
+            for e in expect {
+                w.string(e.path); w.integer(e.stableID); w.integer(UInt8(truncatingIfNeeded: e.xxh128.count)); w.fixed(e.xxh128)
+            }
+            w.integer(change.type.rawValue)
+            var inner = change.encodePayload()
+            w.bytes(inner.readSlice(length: inner.readableBytes)!)
         case let .reply(requestID, errno, payload):
             w.integer(requestID); w.integer(errno)
             if let payload { w.integer(UInt8(1)); w.bytes(payload) } else { w.integer(UInt8(0)) }
@@ -167,6 +175,23 @@ extension PeerMessage {
             m = .resolveSplit(stableID: id, role: role)
         case .syncDir:
             m = .syncDir(path: try r.path("path"))
+        case .guarded:
+            let n = try r.integer("expectCount", as: UInt8.self)
+            guard (1...UInt8(maxExpectations)).contains(n) else { throw r.malformed("expectCount", "\(n) expectations (1 to \(maxExpectations) allowed)") }
+            var expect: [EntryExpectation] = []
+            for _ in 0..<n {
+                let path = try r.path("expect.path", allowRoot: false)
+                let id = try r.stableID()
+                let hashCount = try r.integer("expect.hashLength", as: UInt8.self)
+                guard hashCount == 0 || Int(hashCount) == digestSize else { throw r.malformed("expect.hashLength", "\(hashCount) is neither 0 nor \(digestSize)") }
+                expect.append(EntryExpectation(path: path, stableID: id, xxh128: try r.fixed("expect.xxh128", count: Int(hashCount))))
+            }
+            let raw = try r.integer("changeType", as: UInt16.self)
+            // Only the changes a replay may apply to a version it did not see are guarded.
+            guard let type = MessageType(rawValue: raw), type == .unlink || type == .rename else {
+                throw r.malformed("changeType", "\(raw) cannot be guarded")
+            }
+            m = .guarded(expect: expect, change: try decode(type: type, payload: try r.slice("change", max: 4 * PeerPath.maxPathBytes)))
         case .reply:
             let (requestID, errno) = (try r.integer("requestID", as: UInt64.self), try r.integer("errno", as: Int32.self))
             guard (0...4095).contains(errno) else { throw r.malformed("errno", "\(errno) is not an errno value") }

@@ -36,6 +36,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case healInfo = 36
     case resolveSplit = 37
     case syncDir = 38
+    case guarded = 39
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -113,6 +114,10 @@ public enum PeerMessage: Sendable, Equatable {
     /// fsync of a directory (a client's fsyncdir): the peer makes the directory's entries and
     /// its journal durable before it answers.
     case syncDir(path: String)
+    /// A change the peer may receive late (a replay of an owed unlink or rename): applied only
+    /// if the peer's entries at the expected paths are still the ones the sender saw, so a
+    /// replay never deletes or replaces a version its sender did not see.
+    indirect case guarded(expect: [EntryExpectation], change: PeerMessage)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -164,6 +169,33 @@ public enum PeerMessage: Sendable, Equatable {
         case .healInfo: return .healInfo
         case .resolveSplit: return .resolveSplit
         case .syncDir: return .syncDir
+        case .guarded: return .guarded
         }
+    }
+}
+
+/// What a node saw at a name when it made a change its peer may get late.
+public struct EntryExpectation: Sendable, Equatable {
+    public var path: String
+    public var stableID: UInt64
+    /// The file's XXH3-128 as the sender's journal had it; empty for a directory, a symlink or
+    /// a file without a clean hash (then only the id is compared).
+    public var xxh128: [UInt8]
+
+    public init(path: String, stableID: UInt64, xxh128: [UInt8]) {
+        self.path = path
+        self.stableID = stableID
+        self.xxh128 = xxh128
+    }
+}
+
+extension PeerMessage {
+    /// Guarded expectations at most per message (a rename names a source and a target).
+    public static let maxExpectations = 2
+
+    /// The change itself, without its guard.
+    public var unguarded: PeerMessage {
+        if case let .guarded(_, change) = self { return change }
+        return self
     }
 }

@@ -106,8 +106,9 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
+                let change = m.unguarded
                 // An exchange the peer may already have made would be undone by a replay.
-                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = m, flags & 2 != 0 {
+                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, flags & 2 != 0 {
                     drops.append(.dropPeerOp(seq: r.seq))
                     v.recordSplitBrain(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
@@ -128,17 +129,26 @@ public final class CatchUp: @unchecked Sendable {
                     return false
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
+                    if e == splitBrainErrno, case .guarded = m {
+                        v.recordSplitBrain(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                                           reason: "this node's \(change.type) of it, made while the nodes were apart, reached the peer after the peer changed it: both versions are kept")
+                        continue
+                    }
                     // A create this node made just before it stopped, never answered: the
                     // client stored its file through the peer instead, which keeps the name.
-                    if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = m, v.yieldName(parent: p, name: n, id: id) { continue }
-                    if e == ENOENT, case .unlink = m { continue }
+                    if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = change, v.yieldName(parent: p, name: n, id: id) { continue }
+                    if e == ENOENT, case .unlink = change { continue }
+                    // The peer holds that entry (same id) under another name already: placed by
+                    // a rebuild of its replaced disk, or by this very replay sent before (its
+                    // answer lost) and renamed since. The owed renames that follow settle the name.
+                    if e == EALREADY, [.create, .mkdir, .symlink].contains(change.type) { continue }
                     // Sent before, answer lost: the peer already renamed it.
-                    if e == ENOENT, r.uncertain, case .rename = m { continue }
-                    if e == ENOENT, case .rmdir = m { continue }
+                    if e == ENOENT, r.uncertain, case .rename = change { continue }
+                    if e == ENOENT, case .rmdir = change { continue }
                     // The peer has nothing under the old name: the rename reached it before the
                     // link broke (its reply was lost), or it never had the file. Either way a
                     // file is made right by sending it whole under its name here.
-                    if e == ENOENT, case let .rename(_, _, tp, tn, _) = m,
+                    if e == ENOENT, case let .rename(_, _, tp, tn, _) = change,
                        case let (st, id?)? = try? v.local.brick.statAndID(Brick.join(tp, tn)), st.kind == .file {
                         switch v.pushFile(id) {
                         case .ok, .gone: continue

@@ -17,6 +17,9 @@ public protocol HealHooks: AnyObject, Sendable {
     /// The peer's send of file `id` broke off before its commit (already recorded in the
     /// journal as an incomplete replica): fetch it whole, and serve nothing of it until then.
     func awaitReplica(id: UInt64)
+    /// A client here replaces file `id`'s whole content (an open with O_TRUNC, a truncate to
+    /// zero): the bytes of an incomplete replica no longer matter, nothing is awaited for it.
+    func replacedLocally(id: UInt64)
     /// A client wrote through this node's mount, or the peer sent a client's write (`id`, not
     /// a heal send): healing yields to ingest.
     func noteIngest(id: UInt64)

@@ -95,7 +95,8 @@ extension ReplicatedVolume {
     func sendForHeal(_ id: UInt64, expected: [UInt8]) -> Int32 {
         if isSplit(id) { return splitBrainErrno }
         // Only part of the file the peer was sending reached this node: no copy to give.
-        if (try? journal.healPendingRow(id))??.kind == .incompleteReplica { return ENODATA }
+        // (A file this node changed while apart or owes is its own copy, whatever marks it.)
+        if (try? journal.healPendingRow(id))??.kind == .incompleteReplica, !isOwed(id), !changedWhileApart(id) { return ENODATA }
         let gen = (try? journal.peerFile(id))??.generation
         switch pushFile(id, verify: expected) {
         case .ok:

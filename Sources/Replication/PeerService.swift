@@ -50,6 +50,14 @@ public final class PeerService: Sendable {
     func reply(_ requestID: UInt64, _ errno: Int32) -> PeerMessage { .reply(requestID: requestID, errno: errno, payload: nil) }
 
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
+        if case let .guarded(expect, change) = m {
+            if let why = volume.expectationFails(expect) {
+                volume.recordSplitBrain(id: expect[0].stableID, path: ReplicatedVolume.describe(change),
+                                        reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
+                return reply(requestID, splitBrainErrno)
+            }
+            return handleBlocking(change, requestID: requestID)
+        }
         switch m {
         case let .lock(token, keys, leaseMs):
             guard volume.ordinal == 1, token < 1 << 63 else { return reply(requestID, EINVAL) }
@@ -83,6 +91,13 @@ public final class PeerService: Sendable {
         // and no client was told of: that file gives the name up (see `yieldName`).
         if case let .create(p, n, _, _, _, id) = m, let mine = volume.local.brick.readID(rel: Brick.join(p, n)), mine != id {
             _ = volume.yieldName(parent: p, name: n, id: mine)
+        }
+        // The peer re-creating a file this node holds under that id and owns (changed it while
+        // apart, or split): nothing to create, and nothing about to be received either (its
+        // writes are refused below), so no receiving handle and no incomplete-replica mark.
+        if case let .create(p, n, _, _, _, id) = m, volume.changedWhileApart(id) || volume.isSplit(id),
+           volume.local.brick.readID(rel: Brick.join(p, n)) == id {
+            return reply(requestID, 0)
         }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
@@ -189,6 +204,23 @@ public final class PeerService: Sendable {
 }
 
 extension ReplicatedVolume {
+    /// Why an owed change's expectations no longer hold here (nil: they hold, or the entry is
+    /// gone, which the change itself then reports).
+    func expectationFails(_ expect: [EntryExpectation]) -> String? {
+        try? journal.submit([], wait: .written)
+        for e in expect {
+            guard case let (st, found)? = try? local.brick.statAndID(e.path) else { continue }
+            guard found == e.stableID else {
+                return "\(e.path.debugDescription) is now another entry (id \(found.map { String($0) } ?? "none"), expected \(e.stableID))"
+            }
+            guard st.kind == .file, !e.xxh128.isEmpty else { continue }
+            guard let rec = try? journal.inode(e.stableID), !rec.dirty, rec.hash == e.xxh128 else {
+                return "\(e.path.debugDescription) was rewritten here"
+            }
+        }
+        return nil
+    }
+
     /// The peer is about to serve file `id`: if this node owes it, send it now.
     func servePull(_ id: UInt64) {
         guard isOwed(id), !isSplit(id) else { return }

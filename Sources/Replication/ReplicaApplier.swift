@@ -144,7 +144,7 @@ public final class ReplicaApplier: Sendable {
         case let .syncDir(path):
             try syncDir(path)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
-             .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
+             .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit, .guarded:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
             stats.with { $0.refused += 1 }
             throw FSError.invalid
@@ -217,9 +217,12 @@ public final class ReplicaApplier: Sendable {
     /// not enough: namespace results are committed in the background, so ids created moments
     /// ago are remembered here too. `release` the claim if the creation fails.
     private func claim(_ op: MessageType, _ rel: String, _ id: UInt64) throws(FSError) -> IDClaim {
+        // Ids are never reused: an id this node already holds under another name is that very
+        // entry, placed by an earlier replay whose answer was lost (and renamed since) or by a
+        // rebuild's walk. Answered EALREADY, which a replay takes as done; never a second entry.
         guard recent.with({ $0.insert(id) }) else {
-            log.error("peer's \(op) of \(rel.debugDescription) uses stable id \(id), which this node gave to another entry moments ago; refused")
-            throw FSError.exists
+            log.notice("peer's \(op) of \(rel.debugDescription) (id \(id)): this node created that entry moments ago under another name; already applied")
+            throw FSError(EALREADY)
         }
         let rec: InodeRecord?
         do { rec = try volume.journal.inode(id) } catch {
@@ -230,8 +233,8 @@ public final class ReplicaApplier: Sendable {
         // nothing there): the peer's copy restores it under its own id.
         if rec != nil, ((try? volume.journal.path(of: id)) ?? nil) != rel {
             recent.with { $0.remove(id) }
-            log.error("peer's \(op) of \(rel.debugDescription) uses stable id \(id), which this node already gives to another entry; refused")
-            throw FSError.exists
+            log.notice("peer's \(op) of \(rel.debugDescription) (id \(id)): this node holds that entry under another name already; already applied")
+            throw FSError(EALREADY)
         }
         return IDClaim(id: id)
     }
@@ -513,10 +516,10 @@ public final class ReplicaApplier: Sendable {
         // The incomplete mark goes with the content commit's durable batch (queued first, so
         // never later than it); a refused commit marks the file again below.
         do throws(FSError) {
-            try submit([.healReceived(id: id)], wait: .queued)
+            try submit([.replicaCommitted(id: id)], wait: .queued)
             try volume.commit(handle: e.handle)
         } catch {
-            try? submit([.awaitIncompleteReplica(id: id)], wait: .written)
+            try? submit([.receivingReplica(id: id)], wait: .written)
             throw failed(.commit, rel, error)
         }
         let rec: InodeRecord?
@@ -531,7 +534,7 @@ public final class ReplicaApplier: Sendable {
             return
         }
         guard let r = rec, !r.dirty, r.size == size, r.hash == hash else {
-            try? submit([.awaitIncompleteReplica(id: id)], wait: .written)
+            try? submit([.receivingReplica(id: id)], wait: .written)
             let m = Mismatch(path: rel, stableID: id, expectedSize: size, expectedHash: hash,
                              localSize: rec?.size, localHash: rec?.dirty == false ? rec?.hash : nil)
             stats.with { s in
@@ -699,7 +702,7 @@ public final class ReplicaApplier: Sendable {
     /// or a prefix of the sender's file), and the healer is told to fetch it whole.
     private func abandon(_ e: OpenReplica) {
         volume.abandon(handle: e.handle)
-        try? submit([.awaitIncompleteReplica(id: e.id)], wait: .written)
+        try? submit([.receivingReplica(id: e.id)], wait: .written)
         log.warning("the peer's copy of file id \(e.id) was not completed here (no verified commit); it is not served until the peer sends it whole")
         abandonedHandler.with { $0 }?(e.id)
     }
@@ -707,7 +710,7 @@ public final class ReplicaApplier: Sendable {
     /// Records that file `id` is being received (see `AwaitKind.incompleteReplica`); queued,
     /// so it reaches the WAL with the dirty mark of the first byte, never after it.
     private func markIncomplete(_ id: UInt64) throws(FSError) {
-        try submit([.awaitIncompleteReplica(id: id)], wait: .queued)
+        try submit([.receivingReplica(id: id)], wait: .queued)
     }
 
     private func submit(_ ops: [JournalOp], wait: Journal.Wait) throws(FSError) {

@@ -170,7 +170,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     static func locallyApplied(_ m: PeerMessage, brick: Brick) -> Bool {
         func exists(_ rel: String) -> Bool { (try? brick.lstat(rel)) != nil }
-        switch m {
+        switch m.unguarded {
         case let .mkdir(p, n, _, _, _, id), let .create(p, n, _, _, _, id), let .symlink(p, n, _, _, _, id):
             return brick.readID(rel: Brick.join(p, n)) == id
         case let .unlink(p, n), let .rmdir(p, n):
@@ -421,6 +421,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         defer { gate.leave() }
         let release = try takeLocks(keys, live: entered == .live)
         defer { release() }
+        // What a late replay must still find at the peer (read before the change moves it).
+        let expect = entered == .live ? [] : expectations(for: pre)
         let seq = journal.nextPeerSeq()
         do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
             throw FSError.io
@@ -454,7 +456,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 markDegraded(why)
             }
         }
-        var rows: [JournalOp] = [.peerOp(seq: seq, message: Self.encodeOp(msg), applied: true)]
+        let owed = expect.isEmpty ? msg : .guarded(expect: expect, change: msg)
+        var rows: [JournalOp] = [.peerOp(seq: seq, message: Self.encodeOp(owed), applied: true)]
         if sent { rows.append(.peerOpUncertain(seq: seq)) }
         do { try journal.submit(rows, wait: .durable) } catch {
             log.error("journal write of the peer's pending change failed: \(error)")
@@ -462,6 +465,26 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
         gate.wakeCatchUp()
         return r
+    }
+
+    /// The entries an owed unlink or rename will remove or replace at the peer, as this node
+    /// sees them now: the replay is refused (a split brain, both kept) if the peer changed them
+    /// meanwhile, instead of deleting a version this node never saw.
+    func expectations(for m: PeerMessage) -> [EntryExpectation] {
+        func seen(_ rel: String) -> EntryExpectation? {
+            guard case let (st, id?)? = try? local.brick.statAndID(rel) else { return nil }
+            var hash: [UInt8] = []
+            if st.kind == .file, let rec = try? journal.inode(id), !rec.dirty { hash = rec.hash ?? [] }
+            return EntryExpectation(path: rel, stableID: id, xxh128: hash)
+        }
+        switch m {
+        case let .unlink(p, n):
+            return seen(Brick.join(p, n)).map { [$0] } ?? []
+        case let .rename(fp, fn, tp, tn, flags) where flags & 2 == 0:
+            return [seen(Brick.join(fp, fn)), seen(Brick.join(tp, tn))].compactMap { $0 }
+        default:
+            return []
+        }
     }
 
     static func encodeOp(_ m: PeerMessage) -> [UInt8] {
@@ -481,7 +504,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public static func describe(_ m: PeerMessage) -> String {
-        switch m {
+        switch m.unguarded {
         case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
              let .unlink(p, n), let .rmdir(p, n):
             return Brick.join(p, n)
@@ -495,6 +518,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     static func entryID(_ m: PeerMessage) -> UInt64 {
+        if case let .guarded(expect, _) = m, let first = expect.first { return first.stableID }
         switch m {
         case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id): return id
         default: return 0
@@ -535,7 +559,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
-        if changes.size != nil {
+        if let size = changes.size {
+            if size == 0 { healHooks?.replacedLocally(id: node.id) }
             try healHooks?.prepareFile(id: node.id)
             drainWrites(of: node.id)
             // A truncate through an open handle changes the content like a write: the close
@@ -674,6 +699,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
         try checkNotSplit(node.id)
+        // A truncating open replaces whatever the file held: an incomplete copy the peer had
+        // sent (a client retrying here after the sender died) is not waited for.
+        if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY { healHooks?.replacedLocally(id: node.id) }
         try healHooks?.prepareFile(id: node.id)
         pullIfNeeded(node.id)
         try checkNotSplit(node.id)

@@ -175,8 +175,8 @@ final class ClusterTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
-    /// A change that cannot stream (fallocate has no message) makes the close send the whole
-    /// file: when fsync and close return, the peer holds every byte, as for any other file.
+    /// A change that cannot stream (punching a hole has no message) makes the close send the
+    /// whole file: when fsync and close return, the peer holds every byte, as for any other file.
     func testAFileThatCouldNotStreamIsWholeOnThePeerWhenItsFsyncAndCloseReturn() throws {
         let c = try cluster()
         waitHealthy(c)
@@ -185,6 +185,9 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(twin_fallocate(fd, 0, 0, 1 << 20), 0)
         var want = pseudoRandomBytes(400_000, seed: 1) + [UInt8](repeating: 0, count: (1 << 20) - 400_000)
         XCTAssertEqual(want.withUnsafeBytes { pwrite(fd, $0.baseAddress, 400_000, 0) }, 400_000)
+        // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: bytes become zeros, no message says so.
+        XCTAssertEqual(twin_fallocate(fd, 0x02 | 0x01, 100_000, 8192), 0)
+        want.replaceSubrange(100_000..<108_192, with: [UInt8](repeating: 0, count: 8192))
         XCTAssertEqual(fsync(fd), 0)
         XCTAssertTrue(try readFile(c.b.brick + "/prealloc.dcm") == want, "b's copy when fsync returned")
         // Afterwards the handle streams again.

@@ -1,3 +1,4 @@
+import CTwinShims
 import Foundation
 import Glibc
 import Journal
@@ -52,6 +53,26 @@ final class PeerDiskFaultTests: XCTestCase {
         waitHealthy(c, timeout: 150)
         waitUntil("a owes nothing", timeout: 150) { (replication(c.a)["pending_files"] as? Int ?? 1) == 0 }
         XCTAssertEqual(try readFile(c.b.mnt + "/CT-series.dcm"), data)
+        try assertReplicasIdentical(c)
+    }
+
+    /// Preallocation is not a change the peer must get whole: fallocate with KEEP_SIZE sends
+    /// nothing, and a plain fallocate past the end sends only the new size (zeros on both).
+    /// Before, every fallocate made the close send the whole file again.
+    func testPreallocationIsNotAWholeFileResend() throws {
+        let c = try cluster()
+        let path = c.a.mnt + "/prealloc.dcm"
+        let data = (0..<(256 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(twin_fallocate(fd, twin_FALLOC_FL_KEEP_SIZE(), 0, 1 << 20), 0, "KEEP_SIZE: \(String(cString: strerror(errno)))")
+        XCTAssertEqual(data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }, data.count)
+        XCTAssertEqual(twin_fallocate(fd, 0, 0, 512 << 10), 0, "plain fallocate past the end")
+        XCTAssertEqual(close(fd), 0)
+        let expected = data + [UInt8](repeating: 0, count: 256 << 10)
+        XCTAssertEqual(try readFile(path), expected)
+        XCTAssertEqual(try readFile(c.b.mnt + "/prealloc.dcm"), expected)
+        XCTAssertFalse(c.a.log.contains("sending the whole file"), "no whole-file resend for a preallocation")
         try assertReplicasIdentical(c)
     }
 

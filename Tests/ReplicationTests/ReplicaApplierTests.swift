@@ -220,7 +220,8 @@ final class ReplicaApplierTests: XCTestCase {
         XCTAssertEqual(errnoOf(applier.apply(.mkdir(parentPath: "", name: "Study", mode: 0o755, uid: 7, gid: 8,
                                                      stableID: d + 100))), EEXIST, "another id at that name")
         XCTAssertEqual(errnoOf(applier.apply(.mkdir(parentPath: "", name: "Other", mode: 0o755, uid: 7, gid: 8,
-                                                     stableID: d))), EEXIST, "an id already in use elsewhere")
+                                                     stableID: d))), EALREADY,
+                       "an id already in use elsewhere is that entry: answered 'already applied', never a second entry")
         let cr = PeerMessage.create(parentPath: "Study", name: "f", mode: 0o644, uid: 7, gid: 8, stableID: f)
         XCTAssertEqual(errnoOf(applier.apply(cr)), 0)
         XCTAssertEqual(errnoOf(applier.apply(cr)), 0, "a resent create keeps the file")
