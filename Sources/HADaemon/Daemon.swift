@@ -78,6 +78,10 @@ public final class HADaemon: @unchecked Sendable {
         /// The last time the beat loop ran: a longer gap means this daemon was stopped or starved.
         var lastTick = ContinuousClock.now
         var claim = Arbiter.Claim.undisputed
+        /// Decide before the next beat: a witness grant or a refused heartbeat arrived.
+        var decideSoon = false
+        /// Ask the witness again then: when the other node's lease runs out.
+        var leaseRetryAt: ContinuousClock.Instant?
         var fencings = 0
         var stalls = 0
     }
@@ -194,8 +198,21 @@ public final class HADaemon: @unchecked Sendable {
                 witnessTick()
                 decide()
                 next = now + beat
+            } else {
+                // Between beats: a takeover does not wait for the next one.
+                let (retry, soon) = lock.withLock { () -> (Bool, Bool) in
+                    let retry = st.leaseRetryAt.map { now >= $0 } ?? false
+                    if retry { st.leaseRetryAt = nil }
+                    defer { st.decideSoon = false }
+                    return (retry, st.decideSoon)
+                }
+                if retry { witnessTick() }
+                if soon {
+                    checkHold()
+                    decide()
+                }
             }
-            receive(until: next)
+            receive(until: lock.withLock { st.leaseRetryAt.map { min($0, next) } ?? next })
         }
     }
 
@@ -291,6 +308,12 @@ public final class HADaemon: @unchecked Sendable {
 
     private func peerView(_ now: ContinuousClock.Instant) -> Arbiter.Peer {
         let dead = Duration.milliseconds(Int64(cfg.deadInterval * 1000))
+        // Refused after its last beat: no socket listens on the peer's heartbeat port, its
+        // daemon is gone now (a stopped or cut-off one is never refused). No need to wait for
+        // the dead interval; a takeover still probes for the address first.
+        if let r = st.peerRefusedAt, now - r < dead, st.peerBeatAt.map({ r > $0 }) ?? true {
+            return Arbiter.Peer(alive: false, daemonGone: true, leaving: st.peerBeat?.leaving ?? false)
+        }
         guard let at = st.peerBeatAt, let b = st.peerBeat, now - at < dead else {
             let gone = st.peerRefusedAt.map { now - $0 < dead } ?? false
             return Arbiter.Peer(alive: false, daemonGone: gone, leaving: st.peerBeat?.leaving ?? false)
@@ -334,7 +357,7 @@ public final class HADaemon: @unchecked Sendable {
                 if n < 0 {
                     if errno == ECONNREFUSED && p.fd != witnessFD {
                         // The peer's host says no daemon listens: it is gone, not cut off.
-                        lock.withLock { st.peerRefusedAt = ContinuousClock.now }
+                        lock.withLock { st.peerRefusedAt = ContinuousClock.now; st.decideSoon = true }
                         continue
                     }
                     break
@@ -625,7 +648,13 @@ public final class HADaemon: @unchecked Sendable {
             guard r.nonce == st.pendingNonce, let sent = st.pendingSentAt else { return }
             st.witnessHolder = r.holder
             // Valid from when the request left, never longer than the witness grants it.
-            if r.granted { st.leaseUntil = sent + .milliseconds(Int64(lease * 1000)) }
+            if r.granted {
+                st.leaseUntil = sent + .milliseconds(Int64(lease * 1000))
+                if !st.holding { st.decideSoon = true }
+            } else if r.remainingMs > 0 {
+                // Held by the other node: ask again the moment its lease runs out.
+                st.leaseRetryAt = ContinuousClock.now + .milliseconds(Int64(min(Double(r.remainingMs), lease * 1000)) + 5)
+            }
         }
     }
 

@@ -44,9 +44,9 @@ public enum SystemNet {
     /// Whether the interface exists and has carrier (an administratively down link reads as
     /// an error: no carrier either).
     public static func hasCarrier(_ interface: String) -> Bool {
-        guard !interface.contains("/"), let fd = Optional(open("/sys/class/net/\(interface)/carrier", O_RDONLY | O_CLOEXEC)), fd >= 0 else {
-            return false
-        }
+        guard !interface.contains("/") else { return false }
+        let fd = open("/sys/class/net/\(interface)/carrier", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
         defer { close(fd) }
         var c: UInt8 = 0
         return read(fd, &c, 1) == 1 && c == UInt8(ascii: "1")

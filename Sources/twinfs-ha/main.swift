@@ -85,6 +85,9 @@ struct Status: ParsableCommand {
             out("  witness     none (a cut heartbeat link is guarded by an ARP probe only; see ctdb-like/README.md)")
         }
         out("  packets     \(s.beatsSent) beats sent, \(s.beatsReceived) received, \(s.packetsDropped) dropped (malformed or unauthenticated)")
+        if (s.fencings ?? 0) + (s.stalls ?? 0) > 0 {
+            out("  fence       \(s.fencings ?? 0) hold(s) dropped (fence, lost carrier, vanished address), \(s.stalls ?? 0) stall(s) of this daemon")
+        }
         for t in s.transitions.suffix(10) { out("  \(t.time)  \(t.event): \(t.reason)") }
     }
 }

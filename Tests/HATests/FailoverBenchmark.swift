@@ -26,24 +26,35 @@ final class FailoverBenchmark: HATestCase {
 
     func testFailoverBenchmark() throws {
         var rows: [String] = []
-        for (name, witness, inject) in [
-            ("kill -9 of the owner's daemon and service", false, { (p: Pair) throws in
+        func freeze(_ seconds: Double) -> (Pair) throws -> Void {
+            { p in
+                p.daemons[.a]?.signal(SIGSTOP)
+                usleep(UInt32(seconds * 1_000_000))
+                p.daemons[.a]?.signal(SIGCONT)
+            }
+        }
+        for (name, witness, duration, inject) in [
+            ("kill -9 of the owner's daemon and service", false, 5.0, { (p: Pair) throws in
                 p.daemons[.a]?.signal(SIGKILL); p.servers[.a]?.signal(SIGKILL) }),
-            ("link down on the owner (carrier)", false, { (p: Pair) throws in try p.topo.cutLink(node: .a, mode: .carrier) }),
-            ("kill -9 of the owner, with a witness", true, { (p: Pair) throws in
+            ("link down on the owner (carrier)", false, 5.0, { (p: Pair) throws in try p.topo.cutLink(node: .a, mode: .carrier) }),
+            ("kill -9 of the owner, with a witness", true, 5.0, { (p: Pair) throws in
                 p.daemons[.a]?.signal(SIGKILL); p.servers[.a]?.signal(SIGKILL) }),
-            ("link down on the owner, with a witness", true, { (p: Pair) throws in try p.topo.cutLink(node: .a, mode: .carrier) }),
-        ] as [(String, Bool, (Pair) throws -> Void)] {
+            ("link down on the owner, with a witness", true, 5.0, { (p: Pair) throws in try p.topo.cutLink(node: .a, mode: .carrier) }),
+            ("kill -STOP of the owner's daemon for 5 s, then -CONT", false, 9.0, freeze(5)),
+            ("kill -STOP of the owner's daemon for 2 s, then -CONT, with a witness", true, 6.0, freeze(2)),
+        ] as [(String, Bool, Double, (Pair) throws -> Void)] {
             var outages: [Double] = [], switches: [Double] = []
+            var holders = 0
             for _ in 0..<Self.reps {
                 let p = try startPair(witness: witness, defaults: true)
-                let (r, t) = try probe(p, duration: 5) { try inject(p) }
+                let (r, t) = try probe(p, duration: duration) { try inject(p) }
                 outages.append(r.maxOutageMs)
                 switches.append(r.timeToOtherNode(after: t) ?? -1)
                 p.sampling.with { $0 = false }
+                holders = max(holders, p.maxHolders.with { $0 })
                 p.topo.destroy()
             }
-            rows.append(row(name, outages, switches))
+            rows.append(row(name, outages, switches, "most kernels holding the address at once: \(holders)"))
         }
         // Partition with a witness: never two owners, and the client is never stranded.
         var maxHolders = 0
@@ -69,8 +80,11 @@ final class FailoverBenchmark: HATestCase {
         XCTAssertNotNil(c.wait(timeout: Self.soak + 60))
         for l in load { l.stop(signal: SIGKILL) }
         let r = try ProbeReport.load(json)
-        let transitions = (p.status(.a)["transitions"] as? [[String: Any]] ?? []).filter { ($0["event"] as? String) == "releaseip" }.count
-        rows.append("| soak \(Int(Self.soak)) s under 2 busy CPU loops + fsync'd dd | 1 | \(Int(r.maxOutageMs)) | - | switches \(r.switches.count), releases \(transitions), probes \(r.summary.probes), failed \(r.summary.failed) |")
+        let sa = p.status(.a), sb = p.status(.b)
+        let transitions = (sa["transitions"] as? [[String: Any]] ?? []).filter { ($0["event"] as? String) == "releaseip" }.count
+        let fenced = (sa["fencings"] as? Int ?? 0) + (sb["fencings"] as? Int ?? 0)
+        let stalls = (sa["stalls"] as? Int ?? 0) + (sb["stalls"] as? Int ?? 0)
+        rows.append("| soak \(Int(Self.soak)) s under 2 busy CPU loops + fsync'd dd | 1 | \(Int(r.maxOutageMs)) | - | switches \(r.switches.count), releases \(transitions), holds dropped \(fenced), daemon stalls \(stalls), probes \(r.summary.probes), failed \(r.summary.failed), most kernels holding at once \(p.maxHolders.with { $0 }) |")
         }
         let table = (["| scenario | runs | client outage ms min / **median** / max | time to answer from the other node ms | notes |",
                       "|---|---|---|---|---|"] + rows).joined(separator: "\n")
