@@ -54,7 +54,7 @@ public final class CatchUp: @unchecked Sendable {
             v.gate.waitForWork(seconds: 0.05)
             if isStopped { break }
             guard v.channel.isUp else {
-                if v.gate.mode != .degraded { v.markDegraded("link \(v.channel.client.state)") }
+                if v.gate.mode != .degraded { v.markDegraded("link \(v.channel.linkDescription)") }
                 announced = nil
                 continue
             }

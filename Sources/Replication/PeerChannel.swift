@@ -20,18 +20,70 @@ public enum PeerOutcome: Sendable, Equatable {
 /// the nodes could not talk (split brain). EBADE: "invalid exchange".
 public let splitBrainErrno: Int32 = 52
 
-/// A blocking front to `PeerClient` for FUSE worker threads and the catch-up thread (never
-/// call from Swift concurrency's cooperative pool: `call` blocks the thread).
-public final class PeerChannel: Sendable {
+/// How a node reaches its peer: the TCP link in production (`PeerClientTransport`), an
+/// in-process double in tests (module `ReplicationTesting`), so replication can be run under
+/// faults without sockets or processes.
+public protocol PeerTransport: Sendable {
+    /// Requests can be sent now (the link is authenticated and not being torn down).
+    var isUp: Bool { get }
+    /// The link's state in one line, for `twinfs status` and log lines.
+    var linkDescription: String { get }
+    /// Sends `message` and calls `done` exactly once with the answer, or `.unreachable` if none
+    /// came within `timeout`. `done` may run on any thread: it must be short and never block.
+    func start(_ message: PeerMessage, timeout: Duration, done: @escaping @Sendable (PeerOutcome) -> Void)
+}
+
+/// The production transport: requests over the authenticated, pipelined `PeerClient`.
+public struct PeerClientTransport: PeerTransport {
     public let client: PeerClient
+
+    public init(client: PeerClient) { self.client = client }
+
+    public var isUp: Bool { client.state.isUp }
+    public var linkDescription: String { "\(client.state)" }
+
+    public func start(_ message: PeerMessage, timeout: Duration, done: @escaping @Sendable (PeerOutcome) -> Void) {
+        let client = self.client
+        // The usual case (link up, window not full) goes straight to the event loop: a request
+        // through Swift concurrency costs two more thread hand-offs, each way.
+        if client.sendNow(message, timeout: timeout, completion: { done(Self.outcome($0)) }) { return }
+        Task {
+            do throws(PeerLinkError) {
+                done(Self.outcome(.success(try await client.send(message, timeout: timeout))))
+            } catch {
+                done(Self.outcome(.failure(error)))
+            }
+        }
+    }
+
+    static func outcome(_ r: Result<PeerMessage, PeerLinkError>) -> PeerOutcome {
+        switch r {
+        case let .success(.reply(_, errno, payload)): return errno == 0 ? .ok(payload) : .refused(errno)
+        case .success: return .refused(EPROTO)
+        case let .failure(error): return .unreachable("\(error)")
+        }
+    }
+}
+
+/// A blocking front to the peer transport for FUSE worker threads and the catch-up thread
+/// (never call from Swift concurrency's cooperative pool: `call` blocks the thread).
+public final class PeerChannel: Sendable {
+    public let transport: any PeerTransport
     public let timeout: Duration
 
-    public init(client: PeerClient, timeout: Duration) {
-        self.client = client
+    public init(transport: any PeerTransport, timeout: Duration) {
+        self.transport = transport
         self.timeout = timeout
     }
 
-    public var isUp: Bool { client.state.isUp }
+    public convenience init(client: PeerClient, timeout: Duration) {
+        self.init(transport: PeerClientTransport(client: client), timeout: timeout)
+    }
+
+    public var isUp: Bool { transport.isUp }
+
+    /// The link's state in one line (status, log lines).
+    public var linkDescription: String { transport.linkDescription }
 
     /// Sends and waits for the answer (at most `timeout` once the request is on the wire).
     public func call(_ message: PeerMessage) -> PeerOutcome {
@@ -57,26 +109,7 @@ public final class PeerChannel: Sendable {
     /// Sends without waiting and calls `done` with the answer (on the link's event loop or a
     /// concurrency thread: keep it short, never block).
     public func start(_ message: PeerMessage, timeout: Duration? = nil, done: @escaping @Sendable (PeerOutcome) -> Void) {
-        let client = self.client
-        let timeout = timeout ?? self.timeout
-        // The usual case (link up, window not full) goes straight to the event loop: a request
-        // through Swift concurrency costs two more thread hand-offs, each way.
-        if client.sendNow(message, timeout: timeout, completion: { done(Self.outcome($0)) }) { return }
-        Task {
-            do throws(PeerLinkError) {
-                done(Self.outcome(.success(try await client.send(message, timeout: timeout))))
-            } catch {
-                done(Self.outcome(.failure(error)))
-            }
-        }
-    }
-
-    static func outcome(_ r: Result<PeerMessage, PeerLinkError>) -> PeerOutcome {
-        switch r {
-        case let .success(.reply(_, errno, payload)): return errno == 0 ? .ok(payload) : .refused(errno)
-        case .success: return .refused(EPROTO)
-        case let .failure(error): return .unreachable("\(error)")
-        }
+        transport.start(message, timeout: timeout ?? self.timeout, done: done)
     }
 }
 

@@ -268,7 +268,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             let b = try journal.peerBacklog()
             let sb = try journal.splitBrains(limit: 100)
             let s = state.with { $0 }
-            return Report(mode: mode, link: "\(channel.client.state)", backlog: b, splitBrain: sb,
+            return Report(mode: mode, link: channel.linkDescription, backlog: b, splitBrain: sb,
                           lastLinkError: s.lastLinkError, peerCatchingUpOps: s.peerOps,
                           peerCatchingUpFiles: s.peerFiles)
         } catch {
