@@ -60,6 +60,8 @@ let package = Package(
         .target(name: "Replication", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "PeerLink",
                                                     .product(name: "Logging", package: "swift-log"),
                                                     .product(name: "NIOCore", package: "swift-nio")]),
+        // An in-process peer link with seeded faults, for testing replication without sockets (as NIOEmbedded).
+        .target(name: "ReplicationTesting", dependencies: ["Replication", "PeerProtocol", "TwinCore"]),
         // The self-heal daemon: rebuild of a replaced brick, full heal, scrub, split-brain resolution.
         .target(name: "Healer", dependencies: ["TwinCore", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol", "Replication",
                                                .product(name: "Logging", package: "swift-log"),
@@ -97,7 +99,7 @@ let package = Package(
                                                           .product(name: "NIOCore", package: "swift-nio"),
                                                           .product(name: "NIOPosix", package: "swift-nio")]),
         // Replica applier: mirrored volumes compared entry by entry, refusals, and over a real peer link (needs root).
-        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol",
+        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicationTesting", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol",
                                                              "PeerLink", "TwinCore",
                                                              .product(name: "Logging", package: "swift-log"),
                                                              .product(name: "NIOCore", package: "swift-nio"),

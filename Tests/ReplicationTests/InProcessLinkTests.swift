@@ -1,0 +1,103 @@
+import Foundation
+import Glibc
+import Replication
+import ReplicationTesting
+import TwinCore
+import Volume
+import XCTest
+
+/// The in-process link itself: it carries changes to the peer, and each fault does what it
+/// says (a partition and a lost request leave the peer without the change, a lost reply
+/// leaves it with it, a refusing disk leaves it without and answers the errno), after which
+/// catch-up brings the pair back in step. Needs root (trusted.* xattrs).
+final class InProcessLinkTests: XCTestCase {
+    var link: InProcessLink!
+    var a: SimNode!
+    var b: SimNode!
+    let ctx = RequestContext(uid: 0, gid: 0, pid: 0)
+
+    override func setUpWithError() throws {
+        guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
+        let dir = try tempDir(self)
+        let log = RunLog()
+        link = InProcessLink(seed: 1)
+        a = try SimNode(.a, dir: dir + "/a", link: link, log: log)
+        b = try SimNode(.b, dir: dir + "/b", link: link, log: log)
+        // A node starts degraded; catch-up switches it live once the peer answered.
+        waitSettled()
+    }
+
+    override func tearDown() {
+        a?.stop(clean: true)
+        b?.stop(clean: true)
+    }
+
+    func mkdir(_ n: SimNode, _ name: String) throws {
+        _ = try n.volume.mkdir(parent: .root, name: name, mode: 0o755, ctx: ctx)
+    }
+
+    func waitSettled(file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !(a.settled && b.settled) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertTrue(a.settled && b.settled, "the pair settles", file: file, line: line)
+    }
+
+    func testALiveChangeReachesThePeerAndTheLinkDescribesItself() throws {
+        XCTAssertTrue(a.volume.channel.isUp)
+        XCTAssertEqual(a.volume.channel.linkDescription, "in-process a->b: up")
+        let before = link.stats.delivered
+        try mkdir(a, "Study")
+        XCTAssertEqual(b.kind("Study"), .directory)
+        XCTAssertEqual(b.local.brick.readID(rel: "Study"), a.local.brick.readID(rel: "Study"), "same stable id on both bricks")
+        XCTAssertEqual(a.volume.mode, .live)
+        XCTAssertGreaterThanOrEqual(link.stats.delivered, before + 1)
+    }
+
+    func testAPartitionLeavesThePeerWithoutTheChangeUntilCatchUp() throws {
+        link.setPartitioned(true)
+        XCTAssertFalse(a.volume.channel.isUp)
+        XCTAssertEqual(a.volume.channel.linkDescription, "in-process a->b: partitioned")
+        try mkdir(a, "Apart")
+        XCTAssertNil(b.kind("Apart"))
+        XCTAssertEqual(a.volume.mode, .degraded)
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(b.kind("Apart"), .directory)
+    }
+
+    func testALostRequestIsNotAppliedAndALostReplyIsAppliedBothEndInStep() throws {
+        link.script(.dropRequest, towards: .b) { $0.type == .mkdir }
+        try mkdir(a, "Dropped")
+        XCTAssertNil(b.kind("Dropped"), "a lost request never reaches the peer")
+        XCTAssertEqual(a.volume.mode, .degraded, "no answer: the peer is treated as down")
+        waitSettled()
+        link.script(.loseReply, towards: .b) { $0.type == .mkdir }
+        try mkdir(a, "Unanswered")
+        XCTAssertEqual(b.kind("Unanswered"), .directory, "the peer applied it; only the answer was lost")
+        waitSettled()
+        XCTAssertEqual(b.kind("Dropped"), .directory)
+        XCTAssertEqual(link.stats.dropped, 1)
+        XCTAssertEqual(link.stats.lostReplies, 1)
+    }
+
+    func testARefusingDiskAnswersItsErrnoWithoutApplyingAndTheChangeStaysOwed() throws {
+        link.setDiskRefusal(ENOSPC, on: .b)
+        try mkdir(a, "Full")
+        XCTAssertNil(b.kind("Full"), "a refusing disk applies nothing")
+        XCTAssertEqual(try a.journal.peerBacklog().ops, 1, "owed, not a split brain")
+        XCTAssertEqual(try a.journal.splitBrains(), [])
+        link.setDiskRefusal(nil, on: .b)
+        waitSettled()
+        XCTAssertEqual(b.kind("Full"), .directory)
+        XCTAssertGreaterThanOrEqual(link.stats.refused, 1)
+    }
+
+    func testTheSameSeedMakesTheSameFaultDecisions() {
+        func decisions(_ seed: UInt64) -> [UInt64] {
+            var g = SeededGenerator(seed: seed)
+            return (0..<4).map { _ in g.next() }
+        }
+        XCTAssertEqual(decisions(7), decisions(7))
+        XCTAssertNotEqual(decisions(7), decisions(8))
+    }
+}
