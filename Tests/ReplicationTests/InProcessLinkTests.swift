@@ -6,11 +6,8 @@ import TwinCore
 import Volume
 import XCTest
 
-/// The in-process link itself: it carries changes to the peer, and each fault does what it
-/// says (a partition and a lost request leave the peer without the change, a lost reply
-/// leaves it with it, a refusing disk leaves it without and answers the errno), after which
-/// catch-up brings the pair back in step. Needs root (trusted.* xattrs).
-final class InProcessLinkTests: XCTestCase {
+/// Two in-process nodes over temp dirs, live when each test starts. Needs root (trusted.* xattrs).
+class InProcessPairTestCase: XCTestCase {
     var link: InProcessLink!
     var a: SimNode!
     var b: SimNode!
@@ -41,7 +38,13 @@ final class InProcessLinkTests: XCTestCase {
         while !(a.settled && b.settled) && ContinuousClock.now < deadline { usleep(10_000) }
         XCTAssertTrue(a.settled && b.settled, "the pair settles", file: file, line: line)
     }
+}
 
+/// The in-process link itself: it carries changes to the peer, and each fault does what it
+/// says (a partition and a lost request leave the peer without the change, a lost reply
+/// leaves it with it, a refusing disk leaves it without and answers the errno), after which
+/// catch-up brings the pair back in step.
+final class InProcessLinkTests: InProcessPairTestCase {
     func testALiveChangeReachesThePeerAndTheLinkDescribesItself() throws {
         XCTAssertTrue(a.volume.channel.isUp)
         XCTAssertEqual(a.volume.channel.linkDescription, "in-process a->b: up")

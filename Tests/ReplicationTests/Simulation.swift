@@ -1,0 +1,399 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Replication
+import ReplicationTesting
+import TwinCore
+import Volume
+
+/// One seeded run of the randomized test: two in-process nodes, random operations on both
+/// through the `ReplicatedVolume` API (as the FUSE adapter calls it), random faults, then the
+/// link restored, the pair settled, and the result checked. Returns the problems found.
+final class Simulation {
+    struct Settings {
+        var steps = 40
+        var crashes = true
+        /// Partitions (false: only lost requests and replies, delays, refusing disks, crashes).
+        var partitions = true
+        /// How long the pair may take to owe nothing after the faults end.
+        var settleTimeout: Duration = .seconds(10)
+    }
+
+    /// A write whose close returned success, where its bytes now live (renames follow it).
+    struct AckedWrite {
+        var path: String
+        var bytes: [UInt8]
+        var step: Int
+        var node: LinkSide
+    }
+
+    let seed: UInt64
+    let settings: Settings
+    let dir: String
+    var rng: SeededGenerator
+    let link: InProcessLink
+    let log = RunLog()
+    var nodes: [SimNode] = []
+    /// What happened, one line per step (printed with a failure).
+    var history: [String] = []
+    var acked: [AckedWrite] = []
+    var step = 0
+    let ctx = RequestContext(uid: 0, gid: 0, pid: 0)
+
+    static let parents = ["", "d0", "d1", "d0/s"]
+    static let dirs = ["d0", "d1", "d0/s", "d1/s"]
+    static let names = ["f0", "f1", "f2"]
+    /// Errors that say the operation was not applied (the name was not what this node saw).
+    static let notApplied: Set<Int32> = [ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, EINVAL, EBUSY]
+
+    init(seed: UInt64, settings: Settings, root: String) throws {
+        self.seed = seed
+        self.settings = settings
+        rng = SeededGenerator(seed: seed)
+        link = InProcessLink(seed: seed)
+        dir = root + "/seed-\(seed)"
+        for side in LinkSide.allCases {
+            try FileManager.default.createDirectory(atPath: dir + "/\(side)", withIntermediateDirectories: true)
+            nodes.append(try SimNode(side, dir: dir + "/\(side)", link: link, log: log))
+        }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
+
+    func node(_ s: LinkSide) -> SimNode { nodes[s.rawValue] }
+
+    func note(_ line: String) { history.append("step \(step): \(line)") }
+
+    func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
+    func pick<T>(_ xs: [T]) -> T { xs[Int.random(in: 0..<xs.count, using: &rng)] }
+
+    /// Runs the steps, restores the link, waits for the pair to settle, and checks. Problems, if any.
+    func run() throws -> [String] {
+        // A populated namespace first, replicated live, so the faults meet files and directories.
+        _ = settle()
+        for d in ["d0", "d1", "d0/s"] { mkdir(node(.a), d) }
+        for f in ["f0", "d0/f1", "d1/f2"] { writeFile(node(.b), path: f) }
+        for s in 1...settings.steps {
+            step = s
+            if chance(0.2) { fault() } else { operation() }
+        }
+        step = settings.steps + 1
+        note("faults end: link restored, every node up")
+        link.healAll()
+        for n in nodes where !n.running { try n.restart() }
+        var problems: [String] = []
+        if !settle() {
+            problems.append("the pair did not settle within \(settings.settleTimeout): " + nodes.map(describe).joined(separator: "; "))
+        }
+        for n in nodes { link.waitIdle(n.side) }
+        for n in nodes { try n.journal.sync() }
+        problems += try check()
+        for n in nodes { n.stop(clean: true) }
+        return problems
+    }
+
+    func describe(_ n: SimNode) -> String {
+        let b = try? n.journal.peerBacklog()
+        return "\(n.side): \(n.volume.mode.rawValue), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?"), peer owes it: \(n.volume.peerOwesUs), link \(n.volume.channel.linkDescription)"
+    }
+
+    /// Both nodes live with nothing owed, twice in a row (a catch-up pass may be between rows).
+    func settle() -> Bool {
+        let deadline = ContinuousClock.now + settings.settleTimeout
+        var calm = 0
+        while ContinuousClock.now < deadline {
+            if nodes.allSatisfy({ $0.settled && $0.service.applier.openFiles == 0 }) {
+                calm += 1
+                if calm >= 3 { return true }
+            } else {
+                calm = 0
+            }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    // MARK: - Faults
+
+    func fault() {
+        let up = nodes.filter(\.running)
+        switch Int.random(in: 0..<100, using: &rng) {
+        case 0..<30:
+            guard settings.partitions else { return }
+            let cut = !link.isPartitioned
+            link.setPartitioned(cut)
+            note(cut ? "partition" : "partition healed")
+        case 30..<45:
+            let side = pick(LinkSide.allCases)
+            if chance(0.3) {
+                link.setDiskRefusal(nil, on: side)
+                note("\(side)'s disk takes changes again")
+            } else {
+                let e = pick([ENOSPC, EROFS, EIO])
+                let rate = pick([1.0, 0.3])
+                link.setDiskRefusal(e, rate: rate, on: side)
+                note("\(side)'s disk refuses \(Int(rate * 100))% of changes with \(String(cString: strerror(e)))")
+            }
+        case 45..<60:
+            let side = pick(LinkSide.allCases)
+            link.script(.loseReply, towards: side)
+            note("the next reply from \(side) is lost")
+        case 60..<70:
+            let side = pick(LinkSide.allCases)
+            link.script(.dropRequest, towards: side)
+            note("the next request to \(side) is lost")
+        case 70..<80:
+            var r = FaultRates()
+            r.delay = pick([0, 0.3, 0.8])
+            r.loseReply = pick([0, 0, 0.05])
+            let side = pick(LinkSide.allCases)
+            link.setRates(r, towards: side)
+            note("requests to \(side): \(Int(r.delay * 100))% delayed, \(Int(r.loseReply * 100))% replies lost")
+        default:
+            guard settings.crashes else { return }
+            if let down = nodes.first(where: { !$0.running }) {
+                do {
+                    try down.restart()
+                    note("\(down.side) restarts")
+                } catch {
+                    note("\(down.side) fails to restart: \(error)")
+                }
+            } else if up.count == 2 {
+                let n = pick(up)
+                n.stop(clean: false)
+                note("\(n.side) crashes")
+            }
+        }
+    }
+
+    // MARK: - Operations
+
+    func operation() {
+        let up = nodes.filter(\.running)
+        let n = pick(up)
+        let roll = Int.random(in: 0..<100, using: &rng)
+        switch roll {
+        case 0..<40: writeFile(n, path: chance(0.5) ? file(on: n) : anyFile())
+        case 40..<50: mkdir(n, pick(Self.dirs))
+        case 50..<56: rmdir(n, pick(Self.dirs))
+        case 56..<66: unlink(n, file(on: n))
+        case 66..<80: rename(n, file(on: n), anyFile())
+        case 80..<84: rename(n, pick(Self.dirs), pick(Self.dirs))
+        case 84..<92: chmod(n, file(on: n))
+        default: truncate(n, file(on: n))
+        }
+    }
+
+    func anyFile() -> String { join(pick(Self.parents), pick(Self.names)) }
+
+    /// Mostly a file this node has (so operations meet files), else any name.
+    func file(on n: SimNode) -> String {
+        let have = Self.parents.flatMap { p in Self.names.map { join(p, $0) } }.filter { n.kind($0) == .file }
+        return have.isEmpty || chance(0.2) ? anyFile() : pick(have)
+    }
+
+    func join(_ p: String, _ n: String) -> String { p.isEmpty ? n : p + "/" + n }
+    func split(_ path: String) -> (String, String) { ReplicatedVolume.split(path) }
+
+    /// The outcome of one call: nil when it succeeded.
+    func attempt(_ body: () throws(FSError) -> Void) -> FSError? {
+        do throws(FSError) {
+            try body()
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// The model forgets acknowledged writes at `path` (or beneath it): an operation whose
+    /// outcome is unknown may have replaced them.
+    func forget(_ path: String) { acked.removeAll { isWithin($0.path, path) } }
+
+    func record(_ n: SimNode, _ what: String, _ err: FSError?, touching paths: [String]) {
+        note("\(n.side): \(what) -> \(err.map { "\($0) (errno \($0.errno))" } ?? "ok")")
+        if let e = err, !Self.notApplied.contains(e.errno) { paths.forEach(forget) }
+    }
+
+    /// create (or open with O_TRUNC), writes, close (flush + release): acknowledged if flush succeeded.
+    func writeFile(_ n: SimNode, path: String) {
+        let (p, name) = split(path)
+        let size = chance(0.1) ? Int.random(in: 200_000...400_000, using: &rng) : Int.random(in: 0...40_000, using: &rng)
+        let bytes = payload(size, seed: rng.next())
+        let chunk = pick([4096, 16384, 65536])
+        let backwards = chance(0.15)
+        let v = n.volume
+        var closed = false
+        let err = attempt { () throws(FSError) in
+            guard let parent = n.ref(p) else { throw FSError.notFound }
+            let h: UInt64
+            switch n.kind(path) {
+            case .file?:
+                guard let id = n.local.brick.readID(rel: path) else { throw FSError.notFound }
+                h = try v.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+            case nil:
+                h = try v.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+            case _?:
+                throw FSError(EISDIR)
+            }
+            var offsets = Array(stride(from: 0, to: size, by: chunk))
+            if backwards { offsets.reverse() }
+            do throws(FSError) {
+                for off in offsets {
+                    let piece = bytes[off..<min(off + chunk, size)]
+                    let r = piece.withUnsafeBytes { b in
+                        Result { () throws(FSError) -> Int in try v.write(handle: h, offset: Int64(off), data: b) }
+                    }
+                    _ = try r.get()
+                }
+                try v.flush(handle: h)
+                closed = true
+            } catch {
+                try? v.release(handle: h)
+                throw error
+            }
+            // The kernel ignores release's answer: close already returned.
+            try? v.release(handle: h)
+        }
+        note("\(n.side): write \(path) (\(size) bytes\(backwards ? ", backwards" : "")) -> \(err.map { "\($0) (errno \($0.errno))" } ?? "ok")")
+        if closed {
+            forget(path)
+            acked.append(AckedWrite(path: path, bytes: bytes, step: step, node: n.side))
+        } else if let e = err, !Self.notApplied.contains(e.errno) || e.errno == EISDIR && n.kind(path) == .file {
+            forget(path)
+        }
+    }
+
+    func mkdir(_ n: SimNode, _ path: String) {
+        let (p, name) = split(path)
+        let err = attempt { () throws(FSError) in
+            guard let parent = n.ref(p) else { throw FSError.notFound }
+            _ = try n.volume.mkdir(parent: parent, name: name, mode: 0o755, ctx: ctx)
+        }
+        record(n, "mkdir \(path)", err, touching: [path])
+    }
+
+    func rmdir(_ n: SimNode, _ path: String) {
+        let (p, name) = split(path)
+        let err = attempt { () throws(FSError) in
+            guard let parent = n.ref(p) else { throw FSError.notFound }
+            try n.volume.rmdir(parent: parent, name: name)
+        }
+        record(n, "rmdir \(path)", err, touching: [path])
+    }
+
+    func unlink(_ n: SimNode, _ path: String) {
+        let (p, name) = split(path)
+        let err = attempt { () throws(FSError) in
+            guard let parent = n.ref(p) else { throw FSError.notFound }
+            guard n.kind(path) != .directory else { throw FSError(EISDIR) }
+            try n.volume.unlink(parent: parent, name: name)
+        }
+        record(n, "unlink \(path)", err, touching: [path])
+        if err == nil { forget(path) }
+    }
+
+    func rename(_ n: SimNode, _ from: String, _ to: String) {
+        let (fp, fn) = split(from), (tp, tn) = split(to)
+        let err = attempt { () throws(FSError) in
+            guard let a = n.ref(fp), let b = n.ref(tp) else { throw FSError.notFound }
+            try n.volume.rename(parent: a, name: fn, newParent: b, newName: tn, flags: 0)
+        }
+        record(n, "rename \(from) -> \(to)", err, touching: [from, to])
+        guard err == nil, from != to else { return }
+        // The target is replaced; what was under the source is now under the target.
+        forget(to)
+        for i in acked.indices where isWithin(acked[i].path, from) {
+            acked[i].path = to + acked[i].path.dropFirst(from.count)
+        }
+    }
+
+    func chmod(_ n: SimNode, _ path: String) {
+        let mode = pick([0o600, 0o640, 0o644] as [mode_t])
+        let err = attempt { () throws(FSError) in
+            guard let r = n.ref(path) else { throw FSError.notFound }
+            _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(mode: mode))
+        }
+        record(n, "chmod \(String(mode, radix: 8)) \(path)", err, touching: [path])
+    }
+
+    func truncate(_ n: SimNode, _ path: String) {
+        let size = Int.random(in: 0...50_000, using: &rng)
+        let err = attempt { () throws(FSError) in
+            guard let r = n.ref(path) else { throw FSError.notFound }
+            guard n.kind(path) == .file else { throw FSError(EISDIR) }
+            _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(size: Int64(size)))
+        }
+        record(n, "truncate \(path) to \(size)", err, touching: [path])
+        guard err == nil else { return }
+        for i in acked.indices where acked[i].path == path {
+            var b = acked[i].bytes
+            if b.count > size { b.removeLast(b.count - size) } else { b += [UInt8](repeating: 0, count: size - b.count) }
+            acked[i].bytes = b
+            acked[i].step = step
+        }
+    }
+
+    // MARK: - The check
+
+    func check() throws -> [String] {
+        var problems: [String] = []
+        let (a, b) = (node(.a), node(.b))
+        let sbA = try a.journal.splitBrains(), sbB = try b.journal.splitBrains()
+        // Split brains are allowed, but only where both nodes list them (by id, else by path).
+        func listed(_ r: SplitBrainRow, in rows: [SplitBrainRow]) -> Bool {
+            rows.contains { ($0.id != 0 && $0.id == r.id) || $0.path == r.path }
+        }
+        for r in sbA where !listed(r, in: sbB) { problems.append("split brain listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in sbB where !listed(r, in: sbA) { problems.append("split brain listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+        let splitIDs = Set((sbA + sbB).map(\.id).filter { $0 != 0 })
+        let splitPaths = (sbA + sbB).map(\.path)
+        let ta = try tree(a.local), tb = try tree(b.local)
+        func excused(_ rel: String, _ ids: [UInt64?]) -> Bool {
+            ids.contains { $0.map(splitIDs.contains) ?? false } || splitPaths.contains { isWithin(rel, $0) || $0.contains(rel) && !rel.isEmpty }
+        }
+        // Both bricks: names, kinds, ids, modes, owners, sizes, content hashes, file mtimes.
+        for rel in Set(ta.keys).union(tb.keys).sorted() {
+            let x = ta[rel], y = tb[rel]
+            if excused(rel, [x?.id, y?.id]) { continue }
+            switch (x, y) {
+            case let (x?, nil): problems.append("brick: \(rel) only on a (\(x.kind), id \(x.id.map(String.init) ?? "none"))")
+            case let (nil, y?): problems.append("brick: \(rel) only on b (\(y.kind), id \(y.id.map(String.init) ?? "none"))")
+            case let (x?, y?) where x != y: problems.append("brick: \(rel) differs: a \(x) b \(y)")
+            default: break
+            }
+        }
+        // Both journals: the same rows by path, nothing dirty.
+        let ja = try JournalView(a.journal), jb = try JournalView(b.journal)
+        for rel in Set(ja.rows.keys).union(jb.rows.keys).sorted() {
+            let x = ja.rows[rel], y = jb.rows[rel]
+            if excused(rel, [x?.id, y?.id]) { continue }
+            if x != y { problems.append("journal: \(rel) differs: a \(x.map { "\($0)" } ?? "none") b \(y.map { "\($0)" } ?? "none")") }
+        }
+        for (side, v) in [("a", ja), ("b", jb)] where !v.dirty.isEmpty {
+            problems.append("journal \(side): dirty rows left: \(v.dirty)")
+        }
+        // Each journal matches its own brick (what a verify would say).
+        for (side, n, t, v) in [("a", a, ta, ja), ("b", b, tb, jb)] {
+            for (rel, e) in t where e.kind == .file {
+                guard let row = v.rows[rel] else { problems.append("journal \(side) has no row for \(rel)"); continue }
+                if row.hash.map(hexString) != e.content { problems.append("journal \(side): \(rel) hash \(row.hash.map(hexString) ?? "none") but brick \(e.content ?? "?")") }
+            }
+            _ = n
+        }
+        // Every acknowledged write not replaced since is on both bricks with its bytes.
+        for w in acked {
+            for n in nodes {
+                let got = try? readBytes(n.local.brick.absolute(w.path))
+                if excused(w.path, [n.local.brick.readID(rel: w.path)]) { continue }
+                if got != w.bytes {
+                    problems.append("acknowledged write lost: \(w.path) (\(w.bytes.count) bytes, step \(w.step) on \(w.node)) reads \(got.map { "\($0.count) other bytes" } ?? "missing") on \(n.side)")
+                }
+            }
+        }
+        return problems
+    }
+}
+
+func hexString(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
