@@ -43,6 +43,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     /// The healer's on-demand side (set once at start; nil: nothing to heal on demand).
     let hooksBox = Locked<(any HealHooks)?>(nil)
     let sendSamples = Locked<[(ContinuousClock.Instant, Int64)]>([])
+    /// Whether this node may serve (see `DataCurrency`).
+    let currency = Locked(CurrencyState())
     public var healHooks: (any HealHooks)? {
         get { hooksBox.with { $0 } }
         set { hooksBox.with { $0 = newValue } }
@@ -279,6 +281,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Peer's catch-up towards us (stale reads)
 
     func peerReportedCatchUp(ops: UInt64, files: UInt64) {
+        notePeerReached()
         state.with { s in
             s.peerOps = ops
             s.peerFiles = files
@@ -473,8 +476,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     func expectations(for m: PeerMessage) -> [EntryExpectation] {
         func seen(_ rel: String) -> EntryExpectation? {
             guard case let (st, id?)? = try? local.brick.statAndID(rel) else { return nil }
+            // The content is compared only when the peer holds exactly this node's version (this
+            // node owes it nothing of that file, not even a live stream): then a different hash
+            // there means the peer's client changed it. A copy the peer is behind on differs
+            // anyway, and is no conflict (this node sends it whole under its new name).
             var hash: [UInt8] = []
-            if st.kind == .file, let rec = try? journal.inode(id), !rec.dirty { hash = rec.hash ?? [] }
+            if st.kind == .file, !isOwed(id), ((try? journal.peerFile(id)) ?? nil) == nil,
+               let rec = try? journal.inode(id), !rec.dirty { hash = rec.hash ?? [] }
             return EntryExpectation(path: rel, stableID: id, xxh128: hash)
         }
         switch m {
@@ -528,6 +536,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - VolumeOperations: metadata
 
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
+        try checkCurrent()
         awaitPeerNamespace()
         let hooks = healHooks
         try hooks?.prepareDirectory(path: parent.path)
@@ -549,7 +558,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat {
-        Self.awaited(try local.getattr(node, handle: handle), handle == nil ? healHooks : nil)
+        try checkCurrent()
+        return Self.awaited(try local.getattr(node, handle: handle), handle == nil ? healHooks : nil)
     }
 
     /// Before a namespace change in `dirs`: while rebuilding, their entries come from the peer first.
@@ -559,6 +569,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
+        try checkCurrent()
         if let size = changes.size {
             if size == 0 { healHooks?.replacedLocally(id: node.id) }
             try healHooks?.prepareFile(id: node.id)
@@ -590,9 +601,13 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
     }
 
-    public func readlink(_ node: NodeRef) throws(FSError) -> String { try local.readlink(node) }
+    public func readlink(_ node: NodeRef) throws(FSError) -> String {
+        try checkCurrent()
+        return try local.readlink(node)
+    }
 
     public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        try checkCurrent()
         try prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
@@ -604,6 +619,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        try checkCurrent()
         try prepare(parent.path)
         let id = try local.allocateID()
         return try replicate(keys: [Self.key(parent.id, name)],
@@ -615,6 +631,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
+        try checkCurrent()
         try prepare(newParent.path)
         let m = PeerMessage.link(path: node.path, newParent: newParent.path, newName: newName)
         return try replicate(keys: [Self.key(newParent.id, newName)], pre: m) { () throws(FSError) -> stat in
@@ -623,6 +640,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
+        try checkCurrent()
         try prepare(parent.path)
         let m = PeerMessage.unlink(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
@@ -631,6 +649,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rmdir(parent: NodeRef, name: String) throws(FSError) {
+        try checkCurrent()
         try prepare(parent.path)
         let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
         try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
@@ -639,6 +658,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        try checkCurrent()
         try prepare(parent.path, newParent.path)
         // Writes carry the path their file had: those under the old name are sent and
         // answered before the name changes (messages are not ordered with each other).
@@ -678,6 +698,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Files
 
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
+        try checkCurrent()
         try prepare(parent.path)
         let id = try local.allocateID()
         let path = Brick.join(parent.path, name)
@@ -698,6 +719,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
+        try checkCurrent()
         try checkNotSplit(node.id)
         // A truncating open replaces whatever the file held: an incomplete copy the peer had
         // sent (a client retrying here after the sender died) is not waited for.
@@ -988,6 +1010,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     // MARK: - Directories, xattrs
 
     public func opendir(_ node: NodeRef) throws(FSError) -> UInt64 {
+        try checkCurrent()
         awaitPeerNamespace()
         try healHooks?.prepareDirectory(path: node.path)
         return try local.opendir(node)
@@ -1020,6 +1043,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func getxattr(_ node: NodeRef, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        try checkCurrent()
         if name.hasPrefix(RealName.xattrPrefix) {
             // A name lookup in the directory, like opendir: after the peer's catch-up of the
             // namespace, and from the peer's listing while this brick is rebuilt.
@@ -1030,15 +1054,20 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func setxattr(_ node: NodeRef, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        try checkCurrent()
         let m = PeerMessage.setxattr(path: node.path, name: name, value: Array(value), flags: UInt32(bitPattern: flags) & 3)
         try replicate(keys: [], pre: m) { () throws(FSError) in
             try local.setxattr(node, name: name, value: value, flags: flags)
         } message: { _ in m }
     }
 
-    public func listxattr(_ node: NodeRef) throws(FSError) -> [String] { try local.listxattr(node) }
+    public func listxattr(_ node: NodeRef) throws(FSError) -> [String] {
+        try checkCurrent()
+        return try local.listxattr(node)
+    }
 
     public func removexattr(_ node: NodeRef, name: String) throws(FSError) {
+        try checkCurrent()
         let m = PeerMessage.removexattr(path: node.path, name: name)
         try replicate(keys: [], pre: m) { () throws(FSError) in
             try local.removexattr(node, name: name)

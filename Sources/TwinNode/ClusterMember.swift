@@ -111,6 +111,8 @@ final class ClusterMember: @unchecked Sendable {
     func awaitPeer(timeout: Duration, log: Logger) {
         if volume.waitForPeerState(timeout: timeout) {
             log.notice("peer connected; replication \(volume.mode.rawValue)")
+        } else if volume.startedAlone() == .outdated {
+            log.error("peer not reachable within \(timeout), and this node may lack changes the peer acknowledged while it was down: OUTDATED, serving nothing until the peer is reachable; to serve anyway (risk: those changes are missing here, and files changed on both nodes become split brains): `twinfs promote --force`")
         } else {
             log.warning("peer not reachable within \(timeout); serving alone (DEGRADED) and recording what it must receive")
         }

@@ -341,6 +341,13 @@ public final class Node: @unchecked Sendable {
         switch req.command {
         case "ping":
             return ControlResponse(ok: true, body: "{}")
+        case "promote":
+            guard let m = member else { return ControlResponse(ok: false, error: "this node has no peer configured: it is never outdated") }
+            guard req.arguments["force"] == "1" else {
+                return ControlResponse(ok: false, error: "promoting an OUTDATED node serves data that may lack changes the peer acknowledged; add --force to accept that")
+            }
+            let changed = m.volume.forceCurrent()
+            return ControlResponse(ok: true, body: "{\"promoted\":\(changed)}")
         case "sync":
             // Commit every queued journal op (verify beside a running node reads the journal).
             do {
@@ -402,7 +409,8 @@ public final class Node: @unchecked Sendable {
                               corruptFound: Int64(sc.findings.filter { $0.state != .repaired }.count),
                               rateBytesPerSecond: hi.rateBytesPerSecond)
             if state == "HEALTHY" {
-                if r.mode == .degraded { state = "DEGRADED" }
+                if m.volume.currencyState == .outdated { state = "OUTDATED" }
+                else if r.mode == .degraded { state = "DEGRADED" }
                 else if r.backlog.splitBrain > 0 { state = "SPLIT-BRAIN" }
                 else if r.mode != .live || r.backlog.ops + r.backlog.files > 0 || m.healer.busy { state = "HEALING" }
             }

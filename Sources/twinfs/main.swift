@@ -30,7 +30,7 @@ struct TwinFS: ParsableCommand {
         commandName: "twinfs",
         abstract: "TwinFS: a two-node replicated file service for PACS image archives.",
         version: twinfsVersion,
-        subcommands: [NodeCommand.self, Status.self, HealCommand.self, ScrubCommand.self, Verify.self, JournalCommand.self, Demo.self])
+        subcommands: [NodeCommand.self, Status.self, Promote.self, HealCommand.self, ScrubCommand.self, Verify.self, JournalCommand.self, Demo.self])
 }
 
 struct ConfigOption: ParsableArguments {
@@ -72,6 +72,26 @@ struct NodeCommand: ParsableCommand {
     }
 }
 
+struct Promote: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Let an OUTDATED node serve without its peer (it may lack changes the peer acknowledged).",
+        discussion: "A node that started without reaching its peer, and owes it nothing, may be missing changes the peer stored while this node was down: it serves nothing (EIO) until the peer is reachable. --force makes it serve what it has; files changed on both nodes then become split brains when the peer returns.")
+    @OptionGroup var options: ConfigOption
+    @Flag(help: "Accept the risk: serve this node's data as it is.")
+    var force = false
+
+    func run() throws {
+        let cfg = loadConfig(options.config)
+        guard force else {
+            exitWith(AdminError(problem: "promoting an OUTDATED node serves data that may lack changes its peer acknowledged",
+                                fix: "start the peer if you can; otherwise run `twinfs promote --force --config \(options.config)`"))
+        }
+        let body = control(cfg, "promote", ["force": "1"])
+        out(body.contains("true") ? "promoted: this node serves its data without its peer (it was OUTDATED)"
+                                  : "nothing to do: this node was not OUTDATED")
+    }
+}
+
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Ask the running node how it is.")
     @OptionGroup var options: ConfigOption
@@ -105,6 +125,10 @@ struct Status: ParsableCommand {
         }
         guard let s = try? JSONDecoder().decode(NodeStatus.self, from: Data(body.utf8)) else { out(body); return }
         out("Volume \(s.volume)  node \(s.node)  state \(s.state)")
+        if s.state == "OUTDATED" {
+            out("  OUTDATED    started without reaching its peer; it may lack changes the peer acknowledged meanwhile, so it serves nothing (EIO)")
+            out("              way out: start the peer (this node then catches up and serves), or accept the risk: twinfs promote --force --config \(options.config)")
+        }
         out("  mount       \(s.mountpoint)")
         out("  brick       \(s.brick)  (\(humanBytes(s.brickFreeBytes)) free of \(humanBytes(s.brickTotalBytes)))")
         if s.brickTotalBytes > 0 && s.brickFreeBytes < max(64 << 20, s.brickTotalBytes / 100) {

@@ -177,4 +177,17 @@ final class ReplicationLogicTests: XCTestCase {
             XCTAssertEqual(finished.wait(timeout: .now() + 10), .success, "\(n) chained jobs with \(n - 1) idle threads: one starved")
         }
     }
+
+    /// Who serves after a start that did not reach the peer: only a node that cannot have
+    /// missed an acknowledged change (it owes the peer, so it served alone last; or it never
+    /// met a peer). A brick being rebuilt from the peer never serves alone.
+    func testANodeStartingAloneServesOnlyIfItCannotHaveMissedAnything() {
+        XCTAssertEqual(DataCurrency.atLonelyStart(peerSeen: true, owesPeer: false, rebuilding: false), .outdated)
+        XCTAssertEqual(DataCurrency.atLonelyStart(peerSeen: true, owesPeer: true, rebuilding: false), .current)
+        XCTAssertEqual(DataCurrency.atLonelyStart(peerSeen: false, owesPeer: false, rebuilding: false), .current)
+        XCTAssertEqual(DataCurrency.atLonelyStart(peerSeen: false, owesPeer: false, rebuilding: true), .outdated)
+        XCTAssertEqual(DataCurrency.atLonelyStart(peerSeen: true, owesPeer: true, rebuilding: true), .outdated)
+        XCTAssertFalse(DataCurrency.outdated.serves)
+        XCTAssertTrue(DataCurrency.forced.serves)
+    }
 }
