@@ -32,9 +32,26 @@ extension Brick {
         }) ?? false
     }
 
+    /// Free space a quarantine copy must leave on the brick: 5 % of its size. Quarantine shares
+    /// the archive's disk; a burst of copies (a scrub finding many bad files, many split brains)
+    /// must never be what fills it and stops PACS ingest.
+    public static let quarantineReserveFraction: Int64 = 20
+
+    /// Why a copy cannot go to quarantine now (nil: it fits and leaves the reserve free).
+    public func quarantineRoomProblem(bytes: Int64) -> String? {
+        guard let fs = try? statfs() else { return nil }
+        let total = Int64(fs.f_blocks) * Int64(fs.f_frsize), free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
+        let reserve = total / Brick.quarantineReserveFraction
+        guard free - bytes < reserve else { return nil }
+        return "a quarantine copy of \(bytes) bytes would leave \(max(0, free - bytes)) bytes free on the brick, less than the \(reserve) bytes (5 %) kept free for the archive"
+    }
+
     /// Copies file `rel` into the quarantine area (durably) and returns where it went, its size
-    /// and XXH3-128. The original is left as it is.
+    /// and XXH3-128. The original is left as it is. ENOSPC, nothing copied, when the copy would
+    /// eat into the brick's reserve (`quarantineRoomProblem`): the caller then keeps the file
+    /// where it is rather than replace it without a copy.
     public func quarantineCopy(rel: String, id: UInt64, tag: String) throws(FSError) -> (stored: String, size: Int64, hash: [UInt8]) {
+        if let st = try? lstat(rel), quarantineRoomProblem(bytes: Int64(st.st_size)) != nil { throw FSError(ENOSPC) }
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let base = rel.split(separator: "/").last.map(String.init) ?? "file"
         let dirRel = "\(Brick.quarantineDir)/\(stamp)-\(tag)-\(String(id, radix: 16))"

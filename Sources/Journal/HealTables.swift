@@ -163,6 +163,15 @@ extension Journal {
         }
     }
 
+    /// Count and bytes of the copies kept in quarantine.
+    public func quarantineTotals() throws(JournalError) -> (files: Int64, bytes: Int64) {
+        try read { c throws(JournalError) in
+            let s = try c.statement("SELECT count(*), coalesce(sum(size), 0) FROM quarantine")
+            _ = try s.step()
+            return (s.int(0), s.int(1))
+        }
+    }
+
     public func quarantine(limit: Int = 10_000) throws(JournalError) -> [QuarantineRow] {
         try read { c throws(JournalError) in
             let s = try c.statement("SELECT qid, id, path, stored, size, hash, reason, created FROM quarantine ORDER BY qid LIMIT ?1")

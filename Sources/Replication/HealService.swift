@@ -119,7 +119,13 @@ extension ReplicatedVolume {
     public func loseSplit(_ id: UInt64, reason: String) throws(FSError) {
         do { try journal.submit([], wait: .written) } catch { throw FSError.io }
         guard let path = try? journal.path(of: id), !path.isEmpty else { throw FSError.notFound }
-        let q = try local.brick.quarantineCopy(rel: path, id: id, tag: "split-brain")
+        let q: (stored: String, size: Int64, hash: [UInt8])
+        do { q = try local.brick.quarantineCopy(rel: path, id: id, tag: "split-brain") } catch {
+            if error.errno == ENOSPC {
+                log.error("split brain on \(path.debugDescription) NOT resolved: \(local.brick.quarantineRoomProblem(bytes: (try? local.brick.lstat(path)).map { Int64($0.st_size) } ?? 0) ?? "no space for the quarantine copy"); this copy stays as it is; fix: free space on the brick (or remove quarantine copies already looked at), then resolve again")
+            }
+            throw error
+        }
         let row = QuarantineRow(id: id, path: path, stored: q.stored, size: q.size, hash: q.hash, reason: reason,
                                 created: ISO8601DateFormatter().string(from: Date()))
         do {

@@ -33,6 +33,10 @@ public struct NodeStatus: Codable, Sendable {
     public var kernelInodes: Int
     public var brickFreeBytes: Int64
     public var brickTotalBytes: Int64
+    /// Copies kept in the brick's quarantine area (never deleted by TwinFS; an admin removes
+    /// them once looked at). Optional: older nodes do not report them.
+    public var quarantineFiles: Int64?
+    public var quarantineBytes: Int64?
     /// "clean", "crash" (process ended without unmounting) or "system-crash" (the machine rebooted).
     public var lastShutdown: String
     public var recoveredIntents: Int
@@ -54,6 +58,8 @@ public struct NodeStatus: Codable, Sendable {
         case kernelInodes = "kernel_inodes"
         case brickFreeBytes = "brick_free_bytes"
         case brickTotalBytes = "brick_total_bytes"
+        case quarantineFiles = "quarantine_files"
+        case quarantineBytes = "quarantine_bytes"
         case lastShutdown = "last_shutdown"
         case recoveredIntents = "recovered_intents"
         case recoveredFiles = "recovered_files"
@@ -389,6 +395,7 @@ public final class Node: @unchecked Sendable {
                     report: RecoveryReport, member: ClusterMember?) throws -> NodeStatus {
         let s = try journal.stats()
         let fs = try? brick.statfs()
+        let quarantined = try? journal.quarantineTotals()
         var state = journal.failed == nil ? "HEALTHY" : "JOURNAL-FAILED"
         var replication: ReplicationStatus?
         var heal: HealStatus?
@@ -423,6 +430,7 @@ public final class Node: @unchecked Sendable {
             openHandles: volume.openHandles, kernelInodes: adapter.knownInodes,
             brickFreeBytes: fs.map { Int64($0.f_bavail) * Int64($0.f_frsize) } ?? 0,
             brickTotalBytes: fs.map { Int64($0.f_blocks) * Int64($0.f_frsize) } ?? 0,
+            quarantineFiles: quarantined?.files, quarantineBytes: quarantined?.bytes,
             lastShutdown: lastShutdown, recoveredIntents: report.intentsReplayed,
             recoveredFiles: report.filesRehashed, peer: cfg.peer?.node, replication: replication, heal: heal, version: twinfsVersion)
         return st

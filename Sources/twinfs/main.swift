@@ -134,6 +134,9 @@ struct Status: ParsableCommand {
         if s.brickTotalBytes > 0 && s.brickFreeBytes < max(64 << 20, s.brickTotalBytes / 100) {
             out("  WARNING     the brick is full or nearly (\(humanBytes(s.brickFreeBytes)) free): writes fail with 'no space left'; fix: free space on the brick's disk or grow it")
         }
+        if let qf = s.quarantineFiles, qf > 0 {
+            out("  quarantine  \(qf) copies set aside (\(humanBytes(s.quarantineBytes ?? 0))) in \(s.brick)/.twinfs/quarantine; list: twinfs heal quarantine list")
+        }
         out("  files       \(s.files) (\(humanBytes(s.bytes))), directories \(s.directories), symlinks \(s.symlinks), being written \(s.dirtyFiles)")
         out("  journal     \(s.journalPath) (\(humanBytes(s.journalBytes)))")
         out("  uptime      \(duration(s.uptimeSeconds)), pid \(s.pid), last stop \(s.lastShutdown)")

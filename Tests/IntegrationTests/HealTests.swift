@@ -313,6 +313,9 @@ final class HealTests: XCTestCase {
         let qa = quarantine(c.a), qb = quarantine(c.b)
         XCTAssertEqual(qa.compactMap { $0["path"] as? String }, ["r2.dcm"])
         XCTAssertEqual(Set(qb.compactMap { $0["path"] as? String }), ["r1.dcm", "r3.dcm"])
+        // `twinfs status` says what quarantine holds on the archive's disk.
+        XCTAssertEqual(status(c.b)["quarantine_files"] as? Int, 2)
+        XCTAssertEqual(status(c.b)["quarantine_bytes"] as? Int, b1.count + b3.count)
         for (q, want) in [(qa.first, a2), (qb.first { $0["path"] as? String == "r1.dcm" }, b1), (qb.first { $0["path"] as? String == "r3.dcm" }, b3)] {
             XCTAssertEqual(try readFile(q?["stored"] as? String ?? "/nonexistent"), want)
         }
