@@ -7,6 +7,7 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -268,6 +269,11 @@ int twin_fence_spawn(const char *const *ifnames, const uint32_t *ips, const int 
         ign.sa_handler = SIG_IGN;
         sigaction(SIGPIPE, &ign, NULL);
         prctl(PR_SET_NAME, "twinfs-ha-fence", 0, 0, 0);
+        /* Real-time like the daemon's beat loop: a drop must not wait behind a busy CPU. */
+        struct sched_param sp;
+        memset(&sp, 0, sizeof sp);
+        sp.sched_priority = 10;
+        sched_setscheduler(0, SCHED_RR, &sp);
         g_nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
         if (g_nl < 0) { say("twinfs-ha fence: no netlink socket\n"); _exit(1); }
         fence_main(cmd[0], notes[1]);

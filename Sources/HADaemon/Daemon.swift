@@ -28,7 +28,7 @@ public final class HADaemon: @unchecked Sendable {
     let holdFor: Duration
     /// Guards `st`, `jobs`, `stopping` and `executorDone`; the executor and the monitor wait on it (monotonic
     /// deadlines). Never held across a script, a fence request or a socket call.
-    private let lock = MonotonicCondition()
+    private let lock = MonotonicCondition(priorityInheritance: true)
     private var st = State()
     private var links: [Int32] = []
     private var witnessFD: Int32 = -1
@@ -156,6 +156,14 @@ public final class HADaemon: @unchecked Sendable {
             }
         }
         lock.withLock { st.lastTick = ContinuousClock.now }
+        // The beat loop runs real-time (as corosync's does): under CPU load a normal thread
+        // can wait for a CPU longer than a hold lasts, and the fence would drop the addresses
+        // of a healthy node. Set after the other threads started, so they stay normal.
+        var rt = sched_param()
+        rt.sched_priority = 10
+        if pthread_setschedparam(pthread_self(), SCHED_RR, &rt) != 0 {
+            log.warning("cannot run the beat loop real-time (SCHED_RR): under heavy CPU load a late beat may cost this node the addresses")
+        }
         log.notice("twinfs-ha \(cfg.node) up: peer \(cfg.peer), \(cfg.heartbeat.count) heartbeat link(s), addresses \(cfg.publicAddresses.map(\.cidr)), witness \(cfg.witness?.address ?? "none")")
         beatLoop()
         // Clean stop: let the executor finish the job it runs (a take half done must be

@@ -13,10 +13,16 @@ public final class MonotonicCondition: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let cond: UnsafeMutablePointer<pthread_cond_t>
 
-    public init() {
+    /// `priorityInheritance`: a thread holding the mutex runs at the priority of the highest
+    /// one waiting for it (a real-time thread must not wait behind a preempted normal one).
+    public init(priorityInheritance: Bool = false) {
         mutex = .allocate(capacity: 1)
         cond = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
+        var mattr = pthread_mutexattr_t()
+        pthread_mutexattr_init(&mattr)
+        if priorityInheritance { pthread_mutexattr_setprotocol(&mattr, Int32(PTHREAD_PRIO_INHERIT)) }
+        pthread_mutex_init(mutex, &mattr)
+        pthread_mutexattr_destroy(&mattr)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)

@@ -99,8 +99,14 @@ final class FailoverTests: HATestCase {
         XCTAssertEqual(s["healthy"] as? Bool, false)
         XCTAssertTrue((s["last_monitor_error"] as? String ?? "").contains("timed out"), "\(s)")
         XCTAssertEqual(s["peer_alive"] as? Bool, true, "a's heartbeats stopped while a script hung")
-        // The killed script's children went with its process group.
-        XCTAssertTrue(waitUntil(3) { runCommand(["pgrep", "-xf", "sleep 60"], timeout: 10).status != 0 }, "a hung script's child survived")
+        // The killed script's children went with its process group. (While the hang file
+        // exists every monitor run starts a new one, so follow the ones running now.)
+        var hung: [pid_t] = []
+        XCTAssertTrue(waitUntil(3) {
+            hung = runCommand(["pgrep", "-xf", "sleep 60"], timeout: 10).stdout.split(separator: "\n").compactMap { pid_t($0) }
+            return !hung.isEmpty
+        }, "no hung script child to follow")
+        XCTAssertTrue(waitUntil(3) { hung.allSatisfy { !NetnsTopology.isAlive($0) } }, "a hung script's child survived")
         try FileManager.default.removeItem(atPath: p.dir(.a) + "/hang")
         XCTAssertTrue(waitUntil(10) { p.holders() == [.a] })
     }
