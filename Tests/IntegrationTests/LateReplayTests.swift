@@ -46,32 +46,32 @@ final class LateReplayTests: XCTestCase {
         }
     }
 
-    func testALateReplayedUnlinkNeverDeletesARewriteItsSenderDidNotSee() throws {
+    /// st/NAME at v1 on both; apart, a owes many changes and then makes `change`; b's client
+    /// writes v2 over st/NAME; the pair meets again. Returns the pair and v2.
+    func lateReplay(of name: String, seed: UInt64, change: (TestCluster) -> Void) throws -> (TestCluster, [UInt8]) {
         let c = try cluster(timeout: 1.0)
         XCTAssertEqual(mkdir(c.a.mnt + "/st", 0o755), 0)
-        let v1 = pseudoRandomBytes(50_000, seed: 1), v2 = pseudoRandomBytes(60_000, seed: 2)
-        try put(c.a.mnt + "/st/P.dcm", v1)
-        waitUntil("P on b", timeout: 30) { (try? readFile(c.b.brick + "/st/P.dcm")) == v1 }
+        let v1 = pseudoRandomBytes(50_000, seed: seed), v2 = pseudoRandomBytes(60_000, seed: seed + 1)
+        try put(c.a.mnt + "/st/" + name, v1)
+        waitUntil("\(name) on b", timeout: 30) { (try? readFile(c.b.brick + "/st/" + name)) == v1 }
         partition(c)
         oweManyChanges(on: c.a)
-        XCTAssertEqual(unlink(c.a.mnt + "/st/P.dcm"), 0)
-        try put(c.b.mnt + "/st/P.dcm", v2)
+        change(c)
+        try put(c.b.mnt + "/st/" + name, v2)
         heal(c)
+        return (c, v2)
+    }
+
+    func testALateReplayedUnlinkNeverDeletesARewriteItsSenderDidNotSee() throws {
+        let (c, v2) = try lateReplay(of: "P.dcm", seed: 1) { c in XCTAssertEqual(unlink(c.a.mnt + "/st/P.dcm"), 0) }
         XCTAssertEqual(try? readFile(c.b.brick + "/st/P.dcm"), v2, "b's client's rewrite was deleted by a's late replay")
         try assertNoSilentDifference(c)
     }
 
     func testALateReplayedRenameNeverMovesARewriteItsSenderDidNotSee() throws {
-        let c = try cluster(timeout: 1.0)
-        XCTAssertEqual(mkdir(c.a.mnt + "/st", 0o755), 0)
-        let v1 = pseudoRandomBytes(50_000, seed: 3), v2 = pseudoRandomBytes(60_000, seed: 4)
-        try put(c.a.mnt + "/st/Q.dcm", v1)
-        waitUntil("Q on b", timeout: 30) { (try? readFile(c.b.brick + "/st/Q.dcm")) == v1 }
-        partition(c)
-        oweManyChanges(on: c.a)
-        XCTAssertEqual(rename(c.a.mnt + "/st/Q.dcm", c.a.mnt + "/st/Q-final.dcm"), 0)
-        try put(c.b.mnt + "/st/Q.dcm", v2)
-        heal(c)
+        let (c, v2) = try lateReplay(of: "Q.dcm", seed: 3) { c in
+            XCTAssertEqual(rename(c.a.mnt + "/st/Q.dcm", c.a.mnt + "/st/Q-final.dcm"), 0)
+        }
         XCTAssertEqual(try? readFile(c.b.brick + "/st/Q.dcm"), v2, "b's client's rewrite stays where its client put it")
         try assertNoSilentDifference(c)
     }
