@@ -706,7 +706,7 @@ public final class HADaemon: @unchecked Sendable {
         public var packetsDropped: Int
         /// Holds lost to the fence, the carrier check or a vanished address.
         public var fencings: Int?
-        /// Times the beat loop found it had not run for longer than the dead interval.
+        /// Times the beat loop found it had not run for longer than the fence's hold.
         public var stalls: Int?
         public var transitions: [Transition]
 
