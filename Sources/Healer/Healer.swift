@@ -56,7 +56,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
     let concurrency: Int
     let emptyHash = XXH128Hasher.hash([UInt8]()).bytes
 
-    let cond = NSCondition()
+    let cond = MonotonicCondition()
     // Everything below is guarded by `cond`.
     var stopped = false
     var paused = false
@@ -195,7 +195,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         var lastTry = ContinuousClock.now - .seconds(60)
         while true {
             cond.lock()
-            if !stopped { _ = cond.wait(until: Date(timeIntervalSinceNow: 1)) }
+            if !stopped { _ = cond.wait(for: .milliseconds(1000)) }
             let (stop, isPaused, full, rebuild) = (stopped, paused, fullRequested, rebuilding)
             cond.unlock()
             if stop { return }
@@ -301,7 +301,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             if left == 0 { break }
             requeueAwaited()
             cond.lock()
-            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.5))
+            _ = cond.wait(for: .milliseconds(500))
             cond.unlock()
         }
         cond.lock()
@@ -380,7 +380,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             if ingestActive {
                 if index > 0 {
                     cond.lock()
-                    if !stopped { _ = cond.wait(until: Date(timeIntervalSinceNow: 0.1)) }
+                    if !stopped { _ = cond.wait(for: .milliseconds(100)) }
                     let stop = stopped
                     cond.unlock()
                     if stop { return }
@@ -595,7 +595,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
                 continue
             }
             if inflight[id] != nil {
-                _ = cond.wait(until: Date(timeIntervalSinceNow: 0.05))
+                _ = cond.wait(for: .milliseconds(50))
                 cond.unlock()
             } else {
                 inflight[id] = (try? journal.path(of: id)) ?? "<id \(id)>"

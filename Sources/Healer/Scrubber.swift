@@ -46,7 +46,7 @@ public final class Scrubber: @unchecked Sendable {
     let throttle: Throttle
     let interval: Double?
     weak var healer: Healer?
-    private let cond = NSCondition()
+    private let cond = MonotonicCondition()
     private var stopped = false
     private var status: Status
     private var thread: Thread?
@@ -151,7 +151,7 @@ public final class Scrubber: @unchecked Sendable {
             cond.lock()
             var due = false
             while !stopped && status.state != "running" {
-                _ = cond.wait(until: Date(timeIntervalSinceNow: 5))
+                _ = cond.wait(for: .milliseconds(5000))
                 due = scheduleDue()
                 if due { break }
             }

@@ -70,6 +70,8 @@ extension PeerMessage {
             w.integer(id); w.integer(role)
         case let .syncDir(path):
             w.string(path)
+        case let .noteSplit(id, path, reason):
+            w.integer(id); w.string(path); w.string(reason)
         case let .guarded(expect, change):
             w.integer(UInt8(truncatingIfNeeded: expect.count))
             for e in expect {
@@ -175,6 +177,12 @@ extension PeerMessage {
             m = .resolveSplit(stableID: id, role: role)
         case .syncDir:
             m = .syncDir(path: try r.path("path"))
+        case .noteSplit:
+            // Id 0 names an entry known by its path only (a namespace conflict).
+            let id = try r.integer("stableID", as: UInt64.self)
+            guard id == 0 || id > 1 else { throw r.malformed("stableID", "\(id) is not a file or directory id") }
+            m = .noteSplit(stableID: id, path: try r.text("path", max: PeerPath.maxPathBytes * 2 + 8),
+                           reason: try r.text("reason", max: maxReasonBytes))
         case .guarded:
             let n = try r.integer("expectCount", as: UInt8.self)
             guard (1...UInt8(maxExpectations)).contains(n) else { throw r.malformed("expectCount", "\(n) expectations (1 to \(maxExpectations) allowed)") }

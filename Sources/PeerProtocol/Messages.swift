@@ -37,6 +37,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case resolveSplit = 37
     case syncDir = 38
     case guarded = 39
+    case noteSplit = 40
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -118,6 +119,10 @@ public enum PeerMessage: Sendable, Equatable {
     /// if the peer's entries at the expected paths are still the ones the sender saw, so a
     /// replay never deletes or replaces a version its sender did not see.
     indirect case guarded(expect: [EntryExpectation], change: PeerMessage)
+    /// The sender found this entry in split brain while replaying or sending a change the
+    /// receiver refused: the receiver lists it too (id 0: known by path only), so both nodes
+    /// say SPLIT-BRAIN for it and neither serves it as settled.
+    case noteSplit(stableID: UInt64, path: String, reason: String)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -170,6 +175,7 @@ public enum PeerMessage: Sendable, Equatable {
         case .resolveSplit: return .resolveSplit
         case .syncDir: return .syncDir
         case .guarded: return .guarded
+        case .noteSplit: return .noteSplit
         }
     }
 }

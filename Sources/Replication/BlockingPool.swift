@@ -1,4 +1,5 @@
 import Foundation
+import TwinCore
 
 /// Threads for peer requests that block (fsync, lock waits, whole-file heal sends). Dispatch's
 /// concurrent queues run only a handful of blocked items at once on a small machine (five on
@@ -6,7 +7,7 @@ import Foundation
 /// peer's timeout took the link down. This pool starts a thread whenever none is idle, up to
 /// `limit`, and keeps idle ones for a while.
 final class BlockingPool: @unchecked Sendable {
-    private let cond = NSCondition()
+    private let cond = MonotonicCondition()
     private var jobs: [@Sendable () -> Void] = []
     private var idle = 0
     private var threads = 0
@@ -45,7 +46,7 @@ final class BlockingPool: @unchecked Sendable {
                 continue
             }
             idle += 1
-            let woke = cond.wait(until: Date(timeIntervalSinceNow: 30))
+            let woke = cond.wait(for: .milliseconds(30000))
             idle -= 1
             if !woke && jobs.isEmpty && threads > 4 {
                 threads -= 1

@@ -110,7 +110,7 @@ public final class CatchUp: @unchecked Sendable {
                 // An exchange the peer may already have made would be undone by a replay.
                 if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, flags & 2 != 0 {
                     drops.append(.dropPeerOp(seq: r.seq))
-                    v.recordSplitBrain(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
+                    v.recordSplitBrainOnBoth(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
                     continue
                 }
@@ -156,7 +156,7 @@ public final class CatchUp: @unchecked Sendable {
                         case .splitBrain, .failed, .badSource: break
                         }
                     }
-                    v.recordSplitBrain(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                    v.recordSplitBrainOnBoth(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
                                        reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
                 }
             }

@@ -13,7 +13,7 @@ public final class NameLocks: @unchecked Sendable {
         var expires: ContinuousClock.Instant
     }
 
-    private let cond = NSCondition()
+    private let cond = MonotonicCondition()
     private var held: [String: Holder] = [:]
     private var tokens: [UInt64: [String]] = [:]
     private var nextToken: UInt64 = 1 << 63
@@ -52,7 +52,7 @@ public final class NameLocks: @unchecked Sendable {
                 return true
             }
             if now >= deadline { return false }
-            _ = cond.wait(until: Date(timeIntervalSinceNow: 0.002))
+            _ = cond.wait(for: .milliseconds(2))
         }
     }
 

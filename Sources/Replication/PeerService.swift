@@ -71,6 +71,11 @@ public final class PeerService: Sendable {
         case let .pull(id):
             volume.servePull(id)
             return reply(requestID, 0)
+        case let .noteSplit(id, path, reason):
+            if id == 0 || !volume.isSplit(id) {
+                volume.recordSplitBrain(id: id, path: path, reason: "reported by the peer: \(reason)")
+            }
+            return reply(requestID, 0)
         case let .catchUpState(ops, files):
             volume.peerReportedCatchUp(ops: ops, files: files)
             return reply(requestID, 0)

@@ -144,7 +144,7 @@ public final class ReplicaApplier: Sendable {
         case let .syncDir(path):
             try syncDir(path)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
-             .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit, .guarded:
+             .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit, .guarded, .noteSplit:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
             stats.with { $0.refused += 1 }
             throw FSError.invalid

@@ -339,6 +339,15 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         }
     }
 
+    /// A split brain this node found from a refusal the peer does not know is one (a replayed
+    /// or live change it could not apply, a whole-file send of a name it holds otherwise):
+    /// recorded here and told to the peer, so both nodes list it.
+    func recordSplitBrainOnBoth(id: UInt64, path: String, reason: String) {
+        recordSplitBrain(id: id, path: path, reason: reason)
+        let r = String(decoding: Array(reason.utf8.prefix(PeerMessage.maxReasonBytes - 32)), as: UTF8.self)
+        channel.start(.noteSplit(stableID: id, path: path, reason: r)) { _ in }
+    }
+
     /// File `id` must reach the peer in full; durable before the caller returns.
     func owe(_ id: UInt64, changedApart: Bool = false) throws(FSError) {
         let apart = changedApart || gate.mode != .live
@@ -452,7 +461,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 markDegraded(why)
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
-                recordSplitBrain(id: Self.entryID(msg), path: Self.describe(msg),
+                recordSplitBrainOnBoth(id: Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return r
             case .unreachable(let why):
@@ -1148,7 +1157,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
                 return .splitBrain
             case .refused(let e) where e == EEXIST && what == "create":
                 if yieldName(parent: parent, name: name, id: id) { return .gone }
-                recordSplitBrain(id: id, path: path, reason: "the peer has another entry under this name")
+                recordSplitBrainOnBoth(id: id, path: path, reason: "the peer has another entry under this name")
                 return .splitBrain
             case .refused(let e): return .failed("peer refused \(what): errno \(e)")
             }
@@ -1247,7 +1256,9 @@ final class RepHandle: @unchecked Sendable {
 /// to live waits until no change is inside (writer-preferring) so nothing slips between the
 /// last owed change and the first live one.
 final class ModeGate: @unchecked Sendable {
-    private let cond = NSCondition()
+    /// Guards `current`, `inside`, `switching` and `wakeups`; taken alone (no other lock inside).
+    /// Monotonic: a wall-clock step must not stall the catch-up thread's timed wait.
+    private let cond = MonotonicCondition()
     private var current: ReplicatedVolume.Mode = .degraded
     private var inside = 0
     private var switching = false
@@ -1316,8 +1327,8 @@ final class ModeGate: @unchecked Sendable {
     func waitForWork(seconds: Double) {
         cond.lock()
         let seen = wakeups
-        let deadline = Date(timeIntervalSinceNow: seconds)
-        while wakeups == seen && Date() < deadline { _ = cond.wait(until: deadline) }
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while wakeups == seen && cond.wait(until: deadline) {}
         cond.unlock()
     }
 }

@@ -50,6 +50,8 @@ enum Fixtures {
         .removexattr(path: "a/x", name: "user.dicom.study"),
         .syncDir(path: "studies/2024"),
         .syncDir(path: ""),
+        .noteSplit(stableID: id + 7, path: "st/P.dcm", reason: "changed on both nodes while apart"),
+        .noteSplit(stableID: 0, path: "a/x -> b/y", reason: "the peer could not apply rename"),
         .guarded(expect: [EntryExpectation(path: "st/P.dcm", stableID: id + 4, xxh128: Array(0..<16))],
                  change: .unlink(parentPath: "st", name: "P.dcm")),
         .guarded(expect: [EntryExpectation(path: "a/x", stableID: id + 5, xxh128: []),

@@ -60,3 +60,26 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertNil(b.kind("f"), "the file deleted on a is deleted on b")
     }
 }
+
+/// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
+/// replaying node records it and tells the peer (`noteSplit`). Before, only the replaying
+/// node listed it (randomized seeds 1, 4, 6, 10, 12), and the peer reported HEALTHY.
+final class OneSidedSplitBrainTests: InProcessPairTestCase {
+    /// Apart, a removes the empty directory d while b creates d/x. a's replayed rmdir is
+    /// refused by b (not empty): a lists d, and so must b (it only ever listed d/x, from its
+    /// own replay that a refused).
+    func testARefusedReplayIsListedOnBothNodes() throws {
+        _ = try a.volume.mkdir(parent: .root, name: "d", mode: 0o755, ctx: ctx)
+        let d = try XCTUnwrap(b.ref("d"))
+        link.setPartitioned(true)
+        try a.volume.rmdir(parent: .root, name: "d")
+        let (_, h) = try b.volume.create(parent: d, name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try b.volume.release(handle: h)
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(10)
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains().map(\.path)) ?? []).contains("d") }
+        while !(listed(a) && listed(b)) && ContinuousClock.now < deadline { usleep(20_000) }
+        XCTAssertTrue(listed(a), "a lists the refused rmdir of d")
+        XCTAssertTrue(listed(b), "b lists it too: \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+    }
+}
