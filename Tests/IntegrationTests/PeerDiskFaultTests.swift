@@ -15,7 +15,7 @@ final class PeerDiskFaultTests: XCTestCase {
     func clusterWithSmallPeerBrick(bytes: Int) throws -> TestCluster {
         let c = try TestCluster(peerExtra: "timeout = 2.0\n")
         addTeardownBlock { c.destroy(); _ = runCommand(["/bin/umount", "-l", c.b.brick], timeout: 30) }
-        let r = runCommand(["/bin/mount", "-t", "tmpfs", "-o", "size=\(bytes)", "tmpfs", c.b.brick], timeout: 30)
+        let r = runCommand(["/bin/mount", "-t", "tmpfs", "-o", "size=\(bytes),mode=0755", "tmpfs", c.b.brick], timeout: 30)
         guard r.status == 0 else { throw XCTSkip("cannot mount a tmpfs brick: \(r.stderr)") }
         try c.start()
         c.armWatchdogs(seconds: 600)
