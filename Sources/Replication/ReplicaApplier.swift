@@ -57,9 +57,16 @@ public final class ReplicaApplier: Sendable {
     /// released (its content committed locally) when more are open.
     public let maxOpenFiles: Int
     private let log: Logger
+    // Lock order: namespace -> handles, namespace -> recent; then the local volume's and the
+    // journal's own locks. handles, recent, stats and abandonedHandler are leaves (a handle is
+    // closed only after `handles` is released).
+    /// Guards the open receipts by stable id.
     private let handles = Locked(HandleTable())
+    /// Renames and removals hold it exclusively, every other path-resolving message shared.
     private let namespace = RWLocked<Int>(0)
+    /// Guards the counters. Leaf.
     private let stats = Locked(Statistics())
+    /// Guards the ids created moments ago. Leaf, taken inside `namespace`.
     private let recent = Locked(RecentIDs(capacity: 65536))
     /// Told of each file whose receipt broke off before its commit (see `abandon`).
     private let abandonedHandler = Locked<(@Sendable (UInt64) -> Void)?>(nil)

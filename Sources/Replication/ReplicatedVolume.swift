@@ -32,18 +32,32 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public let locks = NameLocks()
     let log: Logger
     let lease: Duration
+    // Lock order (outermost first; no peer round trip is made while holding any of these):
+    //   yieldLock -> state, and the applier's and the journal's own locks (through localApply)
+    //   gate's condition -> the journal's (switchToLive's `ready` reads the backlog)
+    //   pushCond -> pushLocks
+    //   handles -> a RepHandle's cond (rename finds the open files under a name)
+    //   state, pushLocks, hooksBox, sendSamples, currency, localApplyBox: leaves, held for
+    //   one dictionary or field access. Cluster name locks (`locks`) are logical locks held
+    //   across a change and its peer call; they block only changes of the same names.
+    /// Guards its mode, the changes inside it and catch-up's wake-ups (see `ModeGate`).
     let gate = ModeGate()
+    /// Guards `SharedState` (owed, split, yielding, the peer's catch-up report). Leaf.
     let state: Locked<SharedState>
+    /// Guards the open writable handles by FUSE handle number. Before a RepHandle's cond.
     private let handles = Locked<[UInt64: RepHandle]>([:])
     let budget = ByteBudget(limit: 64 << 20)
+    /// Guards the ids whose whole-file push runs now. Taken inside `pushCond`.
     private let pushLocks = Locked<Set<UInt64>>([])
+    /// Guards `writers`; a file's first write waits on it while a whole-file push of that file
+    /// runs (a push refuses, rather than waits, while a handle writes). Before `pushLocks`.
     let pushCond = NSCondition()
     /// Handles writing each file (first write to commit), under `pushCond`.
     private var writers: [UInt64: Int] = [:]
     /// The healer's on-demand side (set once at start; nil: nothing to heal on demand).
     let hooksBox = Locked<(any HealHooks)?>(nil)
     let sendSamples = Locked<[(ContinuousClock.Instant, Int64)]>([])
-    /// Whether this node may serve (see `DataCurrency`).
+    /// Whether this node may serve (see `DataCurrency`). Leaf.
     let currency = Locked(CurrencyState())
     public var healHooks: (any HealHooks)? {
         get { hooksBox.with { $0 } }
@@ -63,7 +77,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         var mtimeNs: Int64
         var ctimeNs: Int64
     }
-    /// Serialises giving up names with each other and with local opens for writing.
+    /// Serialises giving up names with each other and with local opens for writing. Outermost:
+    /// taken before `state` and before the local apply (applier and journal locks).
     let yieldLock = NSLock()
 
     /// What a crash left, as `settleCrashLeftovers` found it.
