@@ -72,14 +72,7 @@ final class SimNode {
     static func open(_ side: LinkSide, dir: String, link: InProcessLink, log: RunLog) throws
         -> (LocalVolume, Journal, ReplicatedVolume, PeerService, CatchUp) {
         let logger = log.logger(side)
-        let identity = VolumeIdentity(volume: "v", node: "\(side)")
-        try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
-        let brick = try Brick(path: dir + "/brick")
-        if case .empty = Brick.inspect(path: dir + "/brick") { try brick.writeMarker(identity) }
-        let create = !FileManager.default.fileExists(atPath: dir + "/j.db")
-        let journal = try Journal(path: dir + "/j.db", identity: identity, create: create)
-        if create { try journal.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true) }
-        let local = LocalVolume(brick: brick, journal: journal, nodeOrdinal: side == .a ? 1 : 2, logger: logger)
+        let (local, journal) = try makeVolume(dir, node: "\(side)", ordinal: side == .a ? 1 : 2, logger: logger)
         _ = try local.recover()
         let volume = try ReplicatedVolume(local: local, channel: PeerChannel(transport: link.transport(from: side), timeout: timeout),
                                           ordinal: side == .a ? 1 : 2, logger: logger)

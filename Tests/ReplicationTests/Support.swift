@@ -19,7 +19,7 @@ func tempDir(_ test: XCTestCase) throws -> String {
 }
 
 /// One node's volume over a fresh brick and journal in `dir` (as LocalVolumeTests builds it).
-func makeVolume(_ dir: String, node: String, ordinal: UInt8) throws -> (LocalVolume, Journal) {
+func makeVolume(_ dir: String, node: String, ordinal: UInt8, logger: Logger? = nil) throws -> (LocalVolume, Journal) {
     guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
     let identity = VolumeIdentity(volume: "v", node: node)
     try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
@@ -28,7 +28,7 @@ func makeVolume(_ dir: String, node: String, ordinal: UInt8) throws -> (LocalVol
     let create = !FileManager.default.fileExists(atPath: dir + "/j.db")
     let j = try Journal(path: dir + "/j.db", identity: identity, create: create)
     if create { try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true) }
-    return (LocalVolume(brick: brick, journal: j, nodeOrdinal: ordinal, logger: Logger(label: "test.\(node)")), j)
+    return (LocalVolume(brick: brick, journal: j, nodeOrdinal: ordinal, logger: logger ?? Logger(label: "test.\(node)")), j)
 }
 
 /// Two nodes: A is driven directly, B only through replication messages.
