@@ -72,6 +72,8 @@ final class ReplicaFaultTests: XCTestCase {
         XCTAssertNil(try p.jb.healPendingRow(id), "a verified commit ends the wait")
         XCTAssertEqual(try p.jb.inode(id)?.hash, XXH128Hasher.hash(bytes).bytes)
         XCTAssertEqual(try readBytes(p.b.brick.absolute("CT.dcm")), bytes)
+        // Every file of b's brick re-read and checked against its journal's XXH3-128.
+        XCTAssertEqual(try Verifier(brick: p.b.brick, journal: p.jb).run().problems, [])
     }
 
     /// A read-only brick refuses namespace changes and writes with EROFS: a storage fault,
