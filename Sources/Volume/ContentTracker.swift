@@ -73,6 +73,16 @@ final class ContentTracker: Sendable {
 
     func existing(_ id: UInt64) -> ContentState? { states.with { $0[id] } }
 
+    /// Runs `body` while no handle of this node writes file `id`, with new writers held off
+    /// until it returns (a writer acquires its state before it opens the file by name); nil if
+    /// one writes now.
+    func whileNoWriter<R>(_ id: UInt64, _ body: () throws(FSError) -> R) throws(FSError) -> R? {
+        try states.with { (m: inout [UInt64: ContentState]) throws(FSError) -> R? in
+            guard m[id] == nil else { return nil }
+            return try body()
+        }
+    }
+
     /// Drops one writer; forgets the state with the last one.
     func releaseWriter(_ s: ContentState) {
         states.with { m in

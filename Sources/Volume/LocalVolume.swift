@@ -12,10 +12,14 @@ final class OpenFile: @unchecked Sendable {
     let fd: Int32
     let id: UInt64
     let content: ContentState?
-    init(fd: Int32, id: UInt64, content: ContentState?) {
+    /// A staged copy of file `id` (see `openStaged`): its content state is its own, not the
+    /// live file's, and nothing it writes touches the live file's journal row until the swap.
+    let staged: Bool
+    init(fd: Int32, id: UInt64, content: ContentState?, staged: Bool = false) {
         self.fd = fd
         self.id = id
         self.content = content
+        self.staged = staged
     }
     // Closed when the last reference goes, never under a concurrent user of the descriptor.
     deinit { close(fd) }
@@ -97,7 +101,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     let log: Logger
     let ids: IDAllocator
     let content = ContentTracker()
-    private let files = Locked<[UInt64: OpenFile]>([:])
+    /// Guards the open files by handle number. Leaf.
+    let files = Locked<[UInt64: OpenFile]>([:])
     private let dirs = Locked<[UInt64: OpenDir]>([:])
     private let handleCounter = Locked<UInt64>(0)
     private let adoptLock = NSLock()
@@ -614,7 +619,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         guard let s = f.content else { throw FSError.badHandle }
         s.lock()
         defer { s.unlock() }
-        try markDirty(s)
+        if !f.staged { try markDirty(s) }
         var done = 0
         while done < data.count {
             let n: Int
@@ -669,7 +674,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// close(): the bytes written are durable on disk and their hash is in the journal.
     public func flush(handle: UInt64) throws(FSError) {
         let f = try file(handle)
-        guard let s = f.content else { return }
+        guard let s = f.content, !f.staged else { return }
         s.lock()
         defer { s.unlock() }
         guard s.unsynced || s.journalDirty else { return }
@@ -680,6 +685,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// an earlier handle was abandoned has a dirty row its new content state does not know of.
     public func commit(handle: UInt64) throws(FSError) {
         let f = try file(handle)
+        if f.staged { throw FSError(EINVAL) }   // committed by `swapStaged`
         guard let s = f.content else { return try flush(handle: handle) }
         s.lock()
         defer { s.unlock() }
@@ -688,7 +694,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
         let f = try file(handle)
-        guard let s = f.content ?? content.existing(f.id) else {
+        guard !f.staged, let s = f.content ?? content.existing(f.id) else {
             if Glibc.fsync(f.fd) != 0 { throw FSError.io }
             return
         }
@@ -700,7 +706,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func release(handle: UInt64) throws(FSError) {
         guard let f = files.with({ $0.removeValue(forKey: handle) }) else { return }
-        if let s = f.content {
+        if let s = f.content, !f.staged {
             defer { content.releaseWriter(s) }
             s.lock()
             defer { s.unlock() }
@@ -715,7 +721,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// verified copy; recovery re-hashes the row as for any interrupted write).
     public func abandon(handle: UInt64) {
         guard let f = files.with({ $0.removeValue(forKey: handle) }) else { return }
-        if let s = f.content { content.releaseWriter(s) }
+        if let s = f.content, !f.staged { content.releaseWriter(s) }
     }
 
     public func fallocate(handle: UInt64, mode: Int32, offset: Int64, length: Int64) throws(FSError) {

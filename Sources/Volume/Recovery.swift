@@ -16,6 +16,7 @@ extension LocalVolume {
     /// file marked dirty is re-hashed from what is on disk.
     public func recover() throws(FSError) -> RecoveryReport {
         var report = RecoveryReport()
+        removeStaleStaging()
         let intents: [(seq: Int64, parent: UInt64, name: String)]
         do { intents = try journal.pendingIntents() } catch { throw FSError.io }
         // Pass 1 links every name that exists in the brick, in intent order; pass 2 retries
