@@ -72,6 +72,8 @@ extension PeerMessage {
             w.string(path)
         case let .noteSplit(id, path, reason):
             w.integer(id); w.string(path); w.string(reason)
+        case let .stageWhole(parent, name, mode, uid, gid, id, size):
+            w.string(parent); w.string(name); w.integer(mode); w.integer(uid); w.integer(gid); w.integer(id); w.integer(size)
         case let .guarded(expect, change):
             w.integer(UInt8(truncatingIfNeeded: expect.count))
             for e in expect {
@@ -177,6 +179,12 @@ extension PeerMessage {
             m = .resolveSplit(stableID: id, role: role)
         case .syncDir:
             m = .syncDir(path: try r.path("path"))
+        case .stageWhole:
+            let (parent, name) = try r.entry("parentPath", "name")
+            let (mode, uid, gid, id) = (try r.mode("mode"), try r.integer("uid", as: UInt32.self),
+                                        try r.integer("gid", as: UInt32.self), try r.stableID())
+            m = .stageWhole(parentPath: parent, name: name, mode: mode, uid: uid, gid: gid, stableID: id,
+                            size: try r.nonNegative("size"))
         case .noteSplit:
             // Id 0 names an entry known by its path only (a namespace conflict).
             let id = try r.integer("stableID", as: UInt64.self)

@@ -38,6 +38,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case syncDir = 38
     case guarded = 39
     case noteSplit = 40
+    case stageWhole = 41
 }
 
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
@@ -123,6 +124,12 @@ public enum PeerMessage: Sendable, Equatable {
     /// receiver refused: the receiver lists it too (id 0: known by path only), so both nodes
     /// say SPLIT-BRAIN for it and neither serves it as settled.
     case noteSplit(stableID: UInt64, path: String, reason: String)
+    /// The start of a whole-file send (catch-up, pull, heal) of file `stableID` at
+    /// `parentPath/name` (created empty, as `create`, if missing): the `write`s that follow go
+    /// to a private staged copy with this mode and owner and `size` bytes, which replaces the
+    /// live file in one rename at the verified `commit`. Until then readers keep the old
+    /// version whole; a send that breaks off leaves the live file as it was.
+    case stageWhole(parentPath: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32, stableID: UInt64, size: Int64)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -176,6 +183,7 @@ public enum PeerMessage: Sendable, Equatable {
         case .syncDir: return .syncDir
         case .guarded: return .guarded
         case .noteSplit: return .noteSplit
+        case .stageWhole: return .stageWhole
         }
     }
 }

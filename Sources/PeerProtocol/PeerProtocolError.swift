@@ -43,5 +43,5 @@ public enum PeerProtocolError: Error, Sendable, Equatable, CustomStringConvertib
 
 /// The wire protocol version, carried in every frame header and in hello.
 public enum PeerProtocolVersion {
-    public static let current: UInt16 = 2
+    public static let current: UInt16 = 3
 }

@@ -94,7 +94,7 @@ public final class PeerService: Sendable {
         }
         // The peer creates a name where this node holds a file it made just before it stopped
         // and no client was told of: that file gives the name up (see `yieldName`).
-        if case let .create(p, n, _, _, _, id) = m, let mine = volume.local.brick.readID(rel: Brick.join(p, n)), mine != id {
+        if let (p, n, id) = Self.createdName(m), let mine = volume.local.brick.readID(rel: Brick.join(p, n)), mine != id {
             _ = volume.yieldName(parent: p, name: n, id: mine)
         }
         // The peer re-creating a file this node holds under that id and owns (changed it while
@@ -138,11 +138,19 @@ public final class PeerService: Sendable {
         return r
     }
 
+    /// The name a message creates when it is missing, and the id it gets.
+    static func createdName(_ m: PeerMessage) -> (String, String, UInt64)? {
+        switch m {
+        case let .create(p, n, _, _, _, id), let .stageWhole(p, n, _, _, _, id, _): return (p, n, id)
+        default: return nil
+        }
+    }
+
     /// The directories a namespace change works in.
     private func parents(_ m: PeerMessage) -> [String] {
         switch m {
         case let .mkdir(p, _, _, _, _, _), let .create(p, _, _, _, _, _), let .symlink(p, _, _, _, _, _),
-             let .unlink(p, _), let .rmdir(p, _):
+             let .unlink(p, _), let .rmdir(p, _), let .stageWhole(p, _, _, _, _, _, _):
             return [p]
         case let .rename(fp, _, tp, _, _): return [fp, tp]
         case let .link(_, np, _): return [np]
@@ -157,7 +165,7 @@ public final class PeerService: Sendable {
         if case .unlink = m, !volume.owesAnything { return nil }
         if case .rename = m, !volume.owesAnything { return nil }
         switch m {
-        case let .write(_, id, _, _), let .commit(_, id, _, _, _):
+        case let .write(_, id, _, _), let .commit(_, id, _, _, _), let .stageWhole(_, _, _, _, _, id, _):
             return id
         // Not a create: of a name this node lacks it makes a new file, and of the file this
         // node already holds under that id (a replay whose answer was lost) it changes nothing.
@@ -192,7 +200,8 @@ public final class PeerService: Sendable {
 
     private func changeAfter(_ m: PeerMessage) -> [PeerChange] {
         switch m {
-        case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _):
+        case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
+             let .stageWhole(p, n, _, _, _, _, _):
             return id(p).map { [.entry(parent: $0, name: n)] } ?? []
         case let .link(path, np, nn):
             var out: [PeerChange] = id(np).map { [.entry(parent: $0, name: nn)] } ?? []

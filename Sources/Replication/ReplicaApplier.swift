@@ -113,8 +113,7 @@ public final class ReplicaApplier: Sendable {
     public func releaseAll() {
         let all = handles.with { t -> [OpenReplica] in
             let all = Array(t.byID.values)
-            t.byID = [:]
-            for e in all { e.retired = true }
+            for e in all { t.drop(e) }
             return all.filter { $0.users == 0 }
         }
         for e in all { closeHandle(e) }
@@ -150,6 +149,8 @@ public final class ReplicaApplier: Sendable {
             try removexattr(path, name)
         case let .syncDir(path):
             try syncDir(path)
+        case let .stageWhole(parent, name, mode, uid, gid, id, size):
+            try stageWhole(parent, name, mode: mode, uid: uid, gid: gid, id: id, size: size)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
              .lock, .unlock, .pull, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit, .guarded, .noteSplit:
             log.error("peer sent a \(msg.type) message as a replication request; refused")
@@ -389,7 +390,13 @@ public final class ReplicaApplier: Sendable {
             try shared { () throws(FSError) in
                 let n = try node(rel)
                 // A truncate of a file being received goes through its handle (shared content state).
-                let open = u.size != nil ? use(n.id) : nil
+                var open = u.size != nil ? use(n.id) : nil
+                if let e = open, e.staged {
+                    // The live file is truncated; the copy being staged is sent again after it.
+                    handles.with { _ in e.superseded = true }
+                    done(e)
+                    open = nil
+                }
                 defer { if let e = open { done(e) } }
                 _ = try volume.setattr(n, handle: open?.handle, changes: changes)
             }
@@ -520,6 +527,7 @@ public final class ReplicaApplier: Sendable {
         do throws(FSError) { e = try acquireLocked(id, path: rel) } catch { throw failed(.commit, rel, error) }
         // Whatever happens, the handle goes (released once no write still uses it).
         defer { retire(e) }
+        if e.staged { return try commitStaged(e, rel, size: size, hash: hash, mtimeNs: mtimeNs) }
         // The incomplete mark goes with the content commit's durable batch (queued first, so
         // never later than it); a refused commit marks the file again below.
         do throws(FSError) {
@@ -542,13 +550,8 @@ public final class ReplicaApplier: Sendable {
         }
         guard let r = rec, !r.dirty, r.size == size, r.hash == hash else {
             try? submit([.receivingReplica(id: id)], wait: .written)
-            let m = Mismatch(path: rel, stableID: id, expectedSize: size, expectedHash: hash,
-                             localSize: rec?.size, localHash: rec?.dirty == false ? rec?.hash : nil)
-            stats.with { s in
-                s.hashMismatches += 1
-                s.recentMismatches.append(m)
-                if s.recentMismatches.count > 16 { s.recentMismatches.removeFirst() }
-            }
+            noteMismatch(Mismatch(path: rel, stableID: id, expectedSize: size, expectedHash: hash,
+                                  localSize: rec?.size, localHash: rec?.dirty == false ? rec?.hash : nil))
             log.critical("""
                 REPLICA MISMATCH: commit of \(rel.debugDescription) (id \(id)) refused: the peer has \(size) bytes \
                 xxh3-128 \(Self.hex(hash)), this node's brick has \(rec.map { String($0.size) } ?? "?") bytes \
@@ -561,6 +564,96 @@ public final class ReplicaApplier: Sendable {
         // The sender's mtime, so both bricks end up identical (after the bytes, which change it).
         do throws(FSError) {
             _ = try volume.setattr(NodeRef(id: id, path: rel), handle: e.handle,
+                                   changes: AttrChanges(mtime: .at(Self.timespec(ns: mtimeNs))))
+        } catch {
+            throw failed(.commit, rel, error)
+        }
+    }
+
+    private func noteMismatch(_ m: Mismatch) {
+        stats.with { s in
+            s.hashMismatches += 1
+            s.recentMismatches.append(m)
+            if s.recentMismatches.count > 16 { s.recentMismatches.removeFirst() }
+        }
+    }
+
+    // MARK: - Whole-file sends (staged)
+
+    /// The start of a whole-file send: the bytes go to a staged copy that replaces the live
+    /// file at the verified commit, so no reader here ever sees part of each version. A file
+    /// missing here (nothing to tear) or with other hard links (a rename would split them) is
+    /// received in place instead, as a create and a truncate, marked incomplete until then.
+    private func stageWhole(_ parent: String, _ name: String, mode: UInt32, uid: UInt32, gid: UInt32,
+                            id: UInt64, size: Int64) throws(FSError) {
+        let rel = try checked(.stageWhole, parent: parent, name: name)
+        try checkedID(.stageWhole, id)
+        let found: (stat, UInt64?)?
+        do throws(FSError) { found = try shared { () throws(FSError) in try existing(rel) } } catch { throw failed(.stageWhole, rel, error) }
+        guard let (st, current) = found, st.kind == .file, current == id, st.st_nlink == 1 else {
+            try create(parent, name, mode: mode, uid: uid, gid: gid, id: id)
+            try setattr(rel, AttrUpdate(mode: mode & 0o7777, uid: uid, gid: gid, size: size))
+            return
+        }
+        let h: UInt64
+        do throws(FSError) {
+            h = try volume.openStaged(NodeRef(id: id, path: rel), mode: mode_t(mode), uid: uid, gid: gid, size: size)
+        } catch {
+            throw failed(.stageWhole, rel, error)
+        }
+        // In one step: a receipt of this file still open (a stream or send cut short) ends
+        // unfinished, the new one takes its place, and the file stops counting as aborted.
+        let stale = handles.with { t -> OpenReplica? in
+            let old = t.byID[id]
+            if let o = old { t.drop(o) }
+            t.abortedStaged.remove(id)
+            t.clock += 1
+            let e = OpenReplica(id: id, handle: h, staged: true)
+            e.lastUse = t.clock
+            t.byID[id] = e
+            return old.flatMap { $0.users == 0 ? $0 : nil }
+        }
+        if let e = stale { closeHandle(e) }
+    }
+
+    /// The commit of a staged copy: its bytes are checked against the sender's size and
+    /// XXH3-128, then swapped in for the live file; on any refusal the live file is as it was.
+    private func commitStaged(_ e: OpenReplica, _ rel: String, size: Int64, hash: [UInt8], mtimeNs: Int64) throws(FSError) {
+        if handles.with({ _ in e.superseded }) {
+            log.notice("the peer's copy of \(rel.debugDescription) (id \(e.id)) was truncated by the peer while it was sent; it is sent again")
+            throw FSError(EBUSY)
+        }
+        let got: (size: Int64, hash: [UInt8])
+        do throws(FSError) { got = try volume.stagedContent(handle: e.handle) } catch { throw failed(.commit, rel, error) }
+        guard got.size == size, got.hash == hash else {
+            noteMismatch(Mismatch(path: rel, stableID: e.id, expectedSize: size, expectedHash: hash, localSize: got.size, localHash: got.hash))
+            log.critical("""
+                REPLICA MISMATCH: the whole copy of \(rel.debugDescription) (id \(e.id)) received from the peer has \(got.size) \
+                bytes xxh3-128 \(Self.hex(got.hash)), the peer sent \(size) bytes xxh3-128 \(Self.hex(hash)); it was not \
+                swapped in (this node keeps its previous copy) and the peer sends it again
+                """)
+            throw FSError.io
+        }
+        let refusal: LocalVolume.SwapRefusal?
+        do throws(FSError) {
+            refusal = try exclusive { () throws(FSError) in try volume.swapStaged(handle: e.handle, size: size, hash: hash) }
+        } catch {
+            throw failed(.commit, rel, error)
+        }
+        switch refusal {
+        case nil: break
+        case .writerOpen?:
+            log.notice("the peer's copy of \(rel.debugDescription) (id \(e.id)) waits: a client here has the file open for writing")
+            throw FSError(EBUSY)
+        case .liveFileChanged(let why)?:
+            log.notice("the peer's copy of \(rel.debugDescription) (id \(e.id)) was not swapped in: \(why); it is sent again")
+            throw FSError(EBUSY)
+        }
+        // Verified and in place: any incomplete mark of an earlier receipt no longer applies.
+        try submit([.replicaCommitted(id: e.id)], wait: .queued)
+        handles.with { _ in e.committed = true }
+        do throws(FSError) {
+            _ = try volume.setattr(NodeRef(id: e.id, path: rel), handle: e.handle,
                                    changes: AttrChanges(mtime: .at(Self.timespec(ns: mtimeNs))))
         } catch {
             throw failed(.commit, rel, error)
@@ -589,15 +682,37 @@ public final class ReplicaApplier: Sendable {
         /// The sender's commit was verified: released normally. Otherwise the handle is
         /// abandoned and the file stays an incomplete replica.
         var committed = false
-        init(id: UInt64, handle: UInt64) {
+        /// A staged copy (see `stageWhole`): the live file is untouched until the commit.
+        let staged: Bool
+        /// The live file's size changed (a truncate from the peer) while this staged copy was
+        /// received: the copy may be older than that change, so its commit is refused.
+        var superseded = false
+        init(id: UInt64, handle: UInt64, staged: Bool = false) {
             self.id = id
             self.handle = handle
+            self.staged = staged
         }
     }
 
     struct HandleTable {
         var byID: [UInt64: OpenReplica] = [:]
         var clock: UInt64 = 0
+        /// Files whose staged receipt ended unfinished (link lost, evicted): a write or commit
+        /// of one of them still arriving from that send must not fall back to the live file,
+        /// which would tear it. Cleared by the next `stageWhole`; bounded.
+        var abortedStaged: Set<UInt64> = []
+
+        /// Takes `e` out of the table (if still there) and marks it retired. A staged receipt
+        /// leaving uncommitted is recorded as aborted in the same step, so no message of its
+        /// send finds neither the entry nor the mark.
+        mutating func drop(_ e: OpenReplica) {
+            if byID[e.id] === e { byID[e.id] = nil }
+            e.retired = true
+            if e.staged && !e.committed {
+                if abortedStaged.count >= 4096 { abortedStaged.removeAll() }
+                abortedStaged.insert(e.id)
+            }
+        }
     }
 
     /// The open entry of `id`, in use by the caller, or nil.
@@ -621,6 +736,7 @@ public final class ReplicaApplier: Sendable {
     /// name still refers to that id). The caller calls `done` when finished with it.
     private func acquire(_ id: UInt64, path: String) throws(FSError) -> OpenReplica {
         if let e = use(id) { return e }
+        if handles.with({ $0.abortedStaged.contains(id) }) { throw FSError(ESTALE) }
         guard let found = volume.brick.readID(rel: path) else {
             _ = try volume.brick.lstat(path)   // ENOENT and friends
             throw FSError(ESTALE)
@@ -639,16 +755,16 @@ public final class ReplicaApplier: Sendable {
     /// Adds a fresh handle to the table (or drops it if another thread opened `id` meanwhile),
     /// and releases the least recently used idle handles over the bound.
     @discardableResult
-    private func insert(_ id: UInt64, handle: UInt64, inUse: Bool = false) -> OpenReplica {
+    private func insert(_ id: UInt64, handle: UInt64, inUse: Bool = false, staged: Bool = false) -> OpenReplica {
         var extra: [OpenReplica] = []
         let e = handles.with { t -> OpenReplica in
             t.clock += 1
             let e: OpenReplica
             if let other = t.byID[id] {
-                extra.append(OpenReplica(id: id, handle: handle))
+                extra.append(OpenReplica(id: id, handle: handle, staged: staged))
                 e = other
             } else {
-                e = OpenReplica(id: id, handle: handle)
+                e = OpenReplica(id: id, handle: handle, staged: staged)
                 t.byID[id] = e
             }
             if inUse { e.users += 1 }
@@ -656,8 +772,7 @@ public final class ReplicaApplier: Sendable {
             while t.byID.count > maxOpenFiles {
                 guard let victim = t.byID.values.filter({ $0.users == 0 && $0 !== e }).min(by: { $0.lastUse < $1.lastUse })
                 else { break }
-                t.byID[victim.id] = nil
-                victim.retired = true
+                t.drop(victim)
                 extra.append(victim)
             }
             return e
@@ -678,8 +793,7 @@ public final class ReplicaApplier: Sendable {
     /// Takes `e` out of the table and finishes the caller's use of it.
     private func retire(_ e: OpenReplica) {
         let close = handles.with { t -> Bool in
-            if t.byID[e.id] === e { t.byID[e.id] = nil }
-            e.retired = true
+            t.drop(e)
             e.users -= 1
             return e.users == 0
         }
@@ -688,10 +802,7 @@ public final class ReplicaApplier: Sendable {
 
     /// Takes `e` out of the table (as `retire`) after a failed change, without a commit.
     private func retireAfterUse(_ e: OpenReplica) {
-        handles.with { t in
-            if t.byID[e.id] === e { t.byID[e.id] = nil }
-            e.retired = true
-        }
+        handles.with { t in t.drop(e) }
     }
 
     private func closeHandle(_ e: OpenReplica) {
@@ -709,6 +820,9 @@ public final class ReplicaApplier: Sendable {
     /// or a prefix of the sender's file), and the healer is told to fetch it whole.
     private func abandon(_ e: OpenReplica) {
         volume.abandon(handle: e.handle)
+        // A staged copy vanishes with its descriptor; the live file was never touched (the
+        // send counts as aborted since it left the table, see `HandleTable.drop`).
+        if e.staged { return }
         try? submit([.receivingReplica(id: e.id)], wait: .written)
         log.warning("the peer's copy of file id \(e.id) was not completed here (no verified commit); it is not served until the peer sends it whole")
         abandonedHandler.with { $0 }?(e.id)

@@ -538,7 +538,7 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public static func describe(_ m: PeerMessage) -> String {
         switch m.unguarded {
         case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
-             let .unlink(p, n), let .rmdir(p, n):
+             let .unlink(p, n), let .rmdir(p, n), let .stageWhole(p, n, _, _, _, _, _):
             return Brick.join(p, n)
         case let .rename(fp, fn, tp, tn, _): return "\(Brick.join(fp, fn)) -> \(Brick.join(tp, tn))"
         case let .link(_, np, nn): return Brick.join(np, nn)
@@ -552,7 +552,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     static func entryID(_ m: PeerMessage) -> UInt64 {
         if case let .guarded(expect, _) = m, let first = expect.first { return first.stableID }
         switch m {
-        case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id): return id
+        case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),
+             let .stageWhole(_, _, _, _, _, id, _): return id
         default: return 0
         }
     }
@@ -1177,10 +1178,9 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
             case .refused(let e): return .failed("peer refused \(what): errno \(e)")
             }
         }
-        if let r = outcome(channel.call(.create(parentPath: parent, name: name, mode: UInt32(st.st_mode), uid: st.st_uid,
-                                                gid: st.st_gid, stableID: id)), "create") { return r }
-        if let r = outcome(channel.call(.setattr(path: path, changes: AttrUpdate(mode: UInt32(st.st_mode & 0o7777), uid: st.st_uid,
-                                                                                 gid: st.st_gid, size: size))), "setattr") { return r }
+        // Staged at the peer: its readers keep the old version whole until the verified commit.
+        if let r = outcome(channel.call(.stageWhole(parentPath: parent, name: name, mode: UInt32(st.st_mode), uid: st.st_uid,
+                                                    gid: st.st_gid, stableID: id, size: size)), "create") { return r }
         let hasher = XXH128Hasher()
         let chunk = 1 << 20
         var off: Int64 = 0

@@ -52,6 +52,7 @@ enum Fixtures {
         .syncDir(path: ""),
         .noteSplit(stableID: id + 7, path: "st/P.dcm", reason: "changed on both nodes while apart"),
         .noteSplit(stableID: 0, path: "a/x -> b/y", reason: "the peer could not apply rename"),
+        .stageWhole(parentPath: "st", name: "CT1.dcm", mode: 0o100644, uid: 1000, gid: 1000, stableID: id + 8, size: 400 << 20),
         .guarded(expect: [EntryExpectation(path: "st/P.dcm", stableID: id + 4, xxh128: Array(0..<16))],
                  change: .unlink(parentPath: "st", name: "P.dcm")),
         .guarded(expect: [EntryExpectation(path: "a/x", stableID: id + 5, xxh128: []),

@@ -51,7 +51,7 @@ final class FrameDecoderTests: XCTestCase {
     func testHeaderErrorsAreReportedBeforeThePayloadArrives() {
         let cases: [(ByteBuffer, PeerProtocolError)] = [
             (Fixtures.header(magic: 0x4745_5420, type: 5, length: 0), .badMagic(0x4745_5420)),
-            (Fixtures.header(version: 3, type: 5, length: 0), .unsupportedVersion(3)),
+            (Fixtures.header(version: PeerProtocolVersion.current + 1, type: 5, length: 0), .unsupportedVersion(PeerProtocolVersion.current + 1)),
             (Fixtures.header(type: 0, length: 0), .unknownMessageType(0)),
             (Fixtures.header(type: 15, length: 10), .unknownMessageType(15)),
             (Fixtures.header(type: 18, length: .max), .oversizedFrame(length: UInt64(UInt32.max), limit: Frame.maxPayload)),
