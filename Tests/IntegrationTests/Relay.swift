@@ -148,6 +148,8 @@ final class Relay: @unchecked Sendable {
     private let wakePipe = WakePipe()
     private let state = Locked(State())
     private let bytesForwarded = Locked<Int64>(0)
+    /// Bytes per second each connection forwards in each direction at most (0: unlimited).
+    private let rateLimit = Locked<Int>(0)
     private let stopOnce = Locked(false)
     private var acceptThread: pthread_t?
 
@@ -188,6 +190,10 @@ final class Relay: @unchecked Sendable {
 
     /// Bytes forwarded so far, both directions together.
     var forwardedBytes: Int64 { bytesForwarded.with { $0 } }
+
+    /// Limits every connection to about `bytesPerSecond` per direction (a slower link, e.g.
+    /// 1 GbE shared with PACS traffic); 0 lifts the limit.
+    func limitRate(_ bytesPerSecond: Int) { rateLimit.with { $0 = bytesPerSecond } }
 
     /// Switches mode. Returns once every existing connection has applied it (bounded by a
     /// few seconds): after `set(.blackhole)` no further byte is forwarded on any connection,
@@ -292,8 +298,9 @@ final class Relay: @unchecked Sendable {
         // Registered before the thread runs, so a concurrent set() reaches it; the thread
         // handle is recorded under the lock too, so stop() can always join it.
         let counter = bytesForwarded
+        let rate = rateLimit
         let t = spawnThread { [self] in
-            conn.run(counter: counter)
+            conn.run(counter: counter, rate: rate)
             state.with { s in
                 s.connections[conn.id] = nil
                 if let t = conn.thread { s.finished.append(t) }
@@ -363,7 +370,7 @@ private final class Connection: @unchecked Sendable {
         var pending: Int { end - start }
     }
 
-    func run(counter: Locked<Int64>) {
+    func run(counter: Locked<Int64>, rate: Locked<Int>) {
         var upstream: Int32 = -1
         var connecting = false
         var blackholed = false
@@ -467,6 +474,11 @@ private final class Connection: @unchecked Sendable {
             if fds[1].revents != 0 && uev & Int16(POLLIN) != 0 {
                 guard readInto(&toClient, from: upstream) else { abortAll(); return }
                 if muted { toClient.start = 0; toClient.end = 0 }
+            }
+            // A slow link: each chunk read takes the time it would take on the wire.
+            let limit = rate.with { $0 }
+            if limit > 0, toUp.pending + toClient.pending > 0 {
+                usleep(UInt32(min(1_000_000, (toUp.pending + toClient.pending) * 1_000_000 / limit)))
             }
             // Writes (also right after a read: the socket is usually writable).
             guard flush(&toUp, to: upstream, counter: counter),
