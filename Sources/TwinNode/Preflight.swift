@@ -1,5 +1,6 @@
 import BrickStore
 import ControlSocket
+import PeerProtocol
 import Foundation
 import Glibc
 import Journal
@@ -118,12 +119,47 @@ public enum Preflight {
             throw AdminError(problem: "control socket directory \(sockDir) does not exist and cannot be created",
                              fix: "create it as root (mkdir -p \(sockDir)) or change control_socket")
         }
+        // What the pair needs, before the brick or the journal is touched: a bad secret file or
+        // a taken port refused after initialising a fresh brick would leave it half made.
+        if let peer = cfg.peer {
+            _ = try SecretFile.load(path: peer.secretFile)
+            _ = try ClusterMember.split(peer.address, "peer.address")
+            let (host, port) = try ClusterMember.split(cfg.listen, "listen")
+            try checkPortFree(host: host, port: port, key: "listen")
+        }
+        if let m = cfg.metricsListen {
+            let (host, port) = try ClusterMember.split(m, "metrics_listen")
+            try checkPortFree(host: host, port: port, key: "metrics_listen")
+        }
         guard access("/dev/fuse", R_OK | W_OK) == 0 else {
             throw AdminError(problem: "/dev/fuse is not available",
                              fix: "install fuse3 and load the module (modprobe fuse); in a container, pass --device /dev/fuse")
         }
         return StartPlan(brick: brickAction, journal: journalAction, detachStaleMount: stale,
                          rebuild: brickAction == .initialize && cfg.peer != nil, setAsideJournal: setAside)
+    }
+
+    /// Refuses a start whose TCP port another process holds (bound and released at once; the
+    /// node binds it again moments later, with SO_REUSEADDR as NIO does).
+    static func checkPortFree(host: String, port: Int, key: String) throws(AdminError) {
+        var addr = in_addr()
+        guard inet_pton(AF_INET, host == "0.0.0.0" || host.isEmpty ? "0.0.0.0" : host, &addr) == 1 else { return }  // a name or IPv6: NIO reports it
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var one: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = UInt16(port).bigEndian
+        sa.sin_addr = addr
+        let rc = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else {
+            let why = String(cString: strerror(errno))
+            throw AdminError(problem: "cannot listen on \(key) \(host):\(port): \(why)",
+                             fix: errno == EADDRINUSE ? "another process uses port \(port) (see `ss -ltnp`); stop it or change \(key)"
+                                                      : "use an address of this machine in \(key)")
+        }
     }
 
     /// Returns true when the mount point holds a dead mount of this same volume (its node

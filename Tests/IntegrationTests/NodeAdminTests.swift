@@ -85,6 +85,41 @@ final class NodeAdminTests: XCTestCase {
         XCTAssertEqual(try readFile(n.mnt + "/keep.dcm"), Array("keep".utf8))
     }
 
+    /// Issue 15, case 4: the first start of a pair node on a fresh brick, refused for its
+    /// secret file (readable by all) or a taken listen port, leaves the brick empty and makes
+    /// no journal. Before, the brick got its marker and id high-water and the journal was
+    /// created before the secret was read.
+    func testARefusedFirstStartOfAPairNodeLeavesTheFreshBrickUntouched() throws {
+        let c = try TestCluster()
+        addTeardownBlock { c.destroy() }
+        let n = c.a
+        func refused(mention: String, file: StaticString = #filePath, line: UInt = #line) {
+            let before = snapshot(n.dir)
+            let r = n.twinfs(["node", "--config", n.configPath], timeout: 60)
+            XCTAssertEqual(r.status, 2, "exit 2 for: \(mention); stderr: \(r.stderr)", file: file, line: line)
+            XCTAssertTrue(r.stderr.contains(mention) && r.stderr.contains("fix:"), r.stderr, file: file, line: line)
+            XCTAssertEqual(snapshot(n.dir), before, "nothing changed on disk", file: file, line: line)
+            XCTAssertEqual(snapshot(n.brick), [], "the brick is still empty", file: file, line: line)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: n.journalPath), "no journal made", file: file, line: line)
+        }
+        XCTAssertEqual(chmod(c.secretPath, 0o644), 0)
+        refused(mention: "readable or writable by every user")
+        XCTAssertEqual(chmod(c.secretPath, 0o600), 0)
+        // Another process holds the listen port.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = UInt16(c.listenPortA).bigEndian
+        sa.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &sa) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(fd, 1), 0)
+        refused(mention: "port \(c.listenPortA)")
+        close(fd)
+        try c.start()
+        waitHealthy(c)
+    }
+
     func testVerifyNamesFlippedMissingAndUnexpectedFiles() throws {
         let n = try startedNode()
         try FileManager.default.createDirectory(atPath: n.mnt + "/S/1", withIntermediateDirectories: true)
