@@ -125,6 +125,7 @@ public final class ReplicaApplier: Sendable {
         switch msg {
         case let .mkdir(parentPath, name, mode, uid, gid, stableID):
             try mkdir(parentPath, name, mode: mode, uid: uid, gid: gid, id: stableID)
+            try durable(parentPath)
         case let .create(parentPath, name, mode, uid, gid, stableID):
             try create(parentPath, name, mode: mode, uid: uid, gid: gid, id: stableID)
         case let .write(path, stableID, offset, data):
@@ -133,14 +134,19 @@ public final class ReplicaApplier: Sendable {
             try commit(path, id: stableID, size: size, hash: xxh128, mtimeNs: mtimeNs)
         case let .unlink(parentPath, name):
             try remove(parentPath, name, directory: false)
+            try durable(parentPath)
         case let .rmdir(parentPath, name):
             try remove(parentPath, name, directory: true)
+            try durable(parentPath)
         case let .rename(fromParent, fromName, toParent, toName, flags):
             try rename(fromParent, fromName, toParent, toName, flags: flags)
+            try durable(fromParent, toParent)
         case let .link(path, newParent, newName):
             try link(path, newParent, newName)
+            try durable(newParent)
         case let .symlink(parentPath, name, target, uid, gid, stableID):
             try symlink(parentPath, name, target: target, uid: uid, gid: gid, id: stableID)
+            try durable(parentPath)
         case let .setattr(path, changes):
             try setattr(path, changes)
         case let .setxattr(path, name, value, flags):
@@ -450,6 +456,23 @@ public final class ReplicaApplier: Sendable {
         } catch {
             throw failed(.syncDir, rel, error)
         }
+    }
+
+    /// A namespace change applied for the peer is on this disk before the reply: its
+    /// directories are fsynced and the journal is made durable. Otherwise a power cut here
+    /// right after the reply loses a change the sender has already forgotten, and the two
+    /// nodes differ with nothing owed. (Not under the namespace lock: other changes go on.)
+    /// A directory gone meanwhile (renamed or removed by a later change) has nothing to keep.
+    private func durable(_ dirs: String...) throws(FSError) {
+        for d in Set(dirs) {
+            do throws(FSError) { try volume.brick.syncDirectory(d) } catch where error.errno == ENOENT || error.errno == ENOTDIR {
+                continue
+            } catch {
+                log.error("fsync of directory \(d.debugDescription) failed: \(error)")
+                throw error
+            }
+        }
+        try submit([], wait: .durable)
     }
 
     static func timespec(ns: Int64) -> Glibc.timespec {
