@@ -1,0 +1,174 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+import Volume
+
+/// The metadata and namespace operations of `VolumeOperations`, each one transaction.
+extension ReplicatedVolume {
+    public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat {
+        try checkCurrent()
+        awaitPeerNamespace()
+        let hooks = healHooks
+        try hooks?.prepareDirectory(path: parent.path)
+        var st = try local.lookup(parent: parent, name: name)
+        if st.kind == .file && state.with({ $0.peerFiles > 0 }) {
+            pullIfNeeded(UInt64(st.st_ino))
+            st = try local.lookup(parent: parent, name: name)
+        }
+        return Self.awaited(st, hooks)
+    }
+
+    /// A placeholder still awaiting its content shows the size it will have.
+    static func awaited(_ st: stat, _ hooks: (any HealHooks)?) -> stat {
+        guard let h = hooks, st.kind == .file, let size = h.awaitedSize(id: UInt64(st.st_ino)) else { return st }
+        var s = st
+        s.st_size = Int(size)
+        s.st_blocks = Int((size + 511) / 512)
+        return s
+    }
+
+    public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat {
+        try checkCurrent()
+        return Self.awaited(try local.getattr(node, handle: handle), handle == nil ? healHooks : nil)
+    }
+
+    /// Before a namespace change in `dirs`: while rebuilding, their entries come from the peer first.
+    func prepare(_ dirs: String...) throws(FSError) {
+        guard let h = healHooks else { return }
+        for d in dirs { try h.prepareDirectory(path: d) }
+    }
+
+    public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
+        try checkCurrent()
+        if let size = changes.size {
+            if size == 0 { healHooks?.replacedLocally(id: node.id) }
+            try healHooks?.prepareFile(id: node.id)
+            drainWrites(of: node.id)
+            // A truncate through an open handle changes the content like a write: the close
+            // must commit it on the peer too (the peer applies it through its open copy,
+            // which stays dirty until that commit). Seen with smbd's SET_INFO EndOfFile.
+            for rh in handles.with({ $0.values.filter { $0.id == node.id } }) { markTouched(rh) }
+        }
+        func update(_ atimeNow: Int64, _ mtimeNow: Int64) -> PeerMessage {
+            func ns(_ t: AttrChanges.Time?, _ now: Int64) -> Int64? {
+                switch t {
+                case .none: return nil
+                case .now: return now
+                case .at(let ts): return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+                }
+            }
+            return .setattr(path: node.path, changes: AttrUpdate(
+                mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
+                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(changes.mtime, mtimeNow)))
+        }
+        // The tentative row carries the change itself (times "now" as of before it), so that
+        // a crash between the local change and the peer's answer replays it, not a no-op.
+        let before = Int64(Date().timeIntervalSince1970 * 1e9)
+        return try replicate(keys: [], pre: update(before, before)) { () throws(FSError) -> stat in
+            try local.setattr(node, handle: handle, changes: changes)
+        } message: { st in
+            update(Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec), st.mtimeNs)
+        }
+    }
+
+    public func readlink(_ node: NodeRef) throws(FSError) -> String {
+        try checkCurrent()
+        return try local.readlink(node)
+    }
+
+    public func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat {
+        try checkCurrent()
+        try prepare(parent.path)
+        let id = try local.allocateID()
+        return try replicate(keys: [Self.key(parent.id, name)],
+                             pre: .mkdir(parentPath: parent.path, name: name, mode: UInt32(mode), uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
+            try local.mkdir(parent: parent, name: name, mode: mode, ctx: ctx, id: id)
+        } message: { st in
+            .mkdir(parentPath: parent.path, name: name, mode: UInt32(st.st_mode), uid: st.st_uid, gid: st.st_gid, stableID: id)
+        }
+    }
+
+    public func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat {
+        try checkCurrent()
+        try prepare(parent.path)
+        let id = try local.allocateID()
+        return try replicate(keys: [Self.key(parent.id, name)],
+                             pre: .symlink(parentPath: parent.path, name: name, target: target, uid: ctx.uid, gid: ctx.gid, stableID: id)) { () throws(FSError) -> stat in
+            try local.symlink(parent: parent, name: name, target: target, ctx: ctx, id: id)
+        } message: { st in
+            .symlink(parentPath: parent.path, name: name, target: target, uid: st.st_uid, gid: st.st_gid, stableID: id)
+        }
+    }
+
+    public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
+        try checkCurrent()
+        try prepare(newParent.path)
+        let m = PeerMessage.link(path: node.path, newParent: newParent.path, newName: newName)
+        return try replicate(keys: [Self.key(newParent.id, newName)], pre: m) { () throws(FSError) -> stat in
+            try local.link(node, newParent: newParent, newName: newName)
+        } message: { _ in m }
+    }
+
+    public func unlink(parent: NodeRef, name: String) throws(FSError) {
+        try checkCurrent()
+        try prepare(parent.path)
+        let m = PeerMessage.unlink(parentPath: parent.path, name: name)
+        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
+            try local.unlink(parent: parent, name: name)
+        } message: { _ in m }
+    }
+
+    public func rmdir(parent: NodeRef, name: String) throws(FSError) {
+        try checkCurrent()
+        try prepare(parent.path)
+        let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
+        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
+            try local.rmdir(parent: parent, name: name)
+        } message: { _ in m }
+    }
+
+    public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        try checkCurrent()
+        try prepare(parent.path, newParent.path)
+        // Writes carry the path their file had: those under the old name are sent and
+        // answered before the name changes (messages are not ordered with each other).
+        let from = Brick.join(parent.path, name), to = Brick.join(newParent.path, newName)
+        let exchange = flags & 2 != 0
+        let moved = handles.with { $0.values.filter { rh in
+            rh.with { Self.renamed($0.path, from: from, to: to, exchange: exchange) != nil }
+        } }
+        for rh in moved { drain(rh) }
+        let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
+        let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
+        try replicate(keys: keys, pre: m) { () throws(FSError) in
+            try local.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
+        } message: { _ in m }
+        // Open files keep being written under their new names (a later write or commit sent
+        // under the old one would find nothing there on the peer).
+        for rh in moved {
+            rh.with { h in if let p = Self.renamed(h.path, from: from, to: to, exchange: exchange) { h.path = p } }
+        }
+    }
+
+    /// Where `path` is after renaming `from` to `to` (or exchanging them), nil if unaffected.
+    /// Names are compared as bytes, as the brick does (Swift's `==` would take two Unicode
+    /// spellings of one name for the same).
+    static func renamed(_ path: String, from: String, to: String, exchange: Bool) -> String? {
+        func under(_ p: String, _ dir: String) -> String? {
+            let pb = Array(p.utf8), db = Array(dir.utf8)
+            if pb == db { return "" }
+            guard pb.count > db.count, pb[db.count] == UInt8(ascii: "/"), pb.starts(with: db) else { return nil }
+            return String(decoding: pb[db.count...], as: UTF8.self)
+        }
+        if let rest = under(path, from) { return to + rest }
+        if exchange, let rest = under(path, to) { return from + rest }
+        return nil
+    }
+}

@@ -1,0 +1,165 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+import Volume
+
+/// The namespace transaction: cluster name locks, tentative row, local change, peer call or
+/// durable owed row; and the encoding of owed changes.
+extension ReplicatedVolume {
+    static func key(_ parent: UInt64, _ name: String) -> String { "\(parent)/\(name)" }
+
+    /// Takes the cluster name locks: always in this node's table, and in live mode on node 1
+    /// too when this is node 2. Returns the release.
+    func takeLocks(_ keys: [String], live: Bool) throws(FSError) -> () -> Void {
+        if keys.isEmpty { return {} }
+        let token = locks.newToken()
+        // A local holder always releases (defer), so its lease never lapses mid-change; a wait
+        // is bounded by the peer timeout, like every other wait of a request.
+        guard locks.acquire(keys, token: token, lease: .seconds(3600), wait: channel.timeout) else {
+            log.error("name lock \(keys) still held after \(channel.timeout); continuing without it")
+            return {}
+        }
+        guard live, ordinal != 1 else { return { [locks] in locks.release(token) } }
+        let remote = token & ~(1 << 63)
+        // A whole-file push may take long: its content lock on node 1 gets the longest lease.
+        let leaseMs: UInt32 = keys.contains { $0.hasPrefix("c/") } ? 60_000
+            : UInt32(lease.components.seconds * 1000 + lease.components.attoseconds / 1_000_000_000_000_000)
+        switch channel.call(.lock(token: remote, keys: keys, leaseMs: leaseMs)) {
+        case .ok:
+            return { [locks, channel] in
+                locks.release(token)
+                channel.start(.unlock(token: remote)) { _ in }
+            }
+        case .refused(let e):
+            log.warning("peer refused name lock \(keys) (errno \(e)); continuing")
+            return { [locks] in locks.release(token) }
+        case .unreachable(let why):
+            markDegraded(why)
+            return { [locks] in locks.release(token) }
+        }
+    }
+
+    /// One namespace change: tentative row, local change, peer (live) or durable row (not live).
+    func replicate<R>(keys: [String], pre: PeerMessage,
+                      _ apply: () throws(FSError) -> R, message: (R) -> PeerMessage) throws(FSError) -> R {
+        let entered = gate.enter()
+        defer { gate.leave() }
+        let release = try takeLocks(keys, live: entered == .live)
+        defer { release() }
+        // What a late replay must still find at the peer (read before the change moves it).
+        let expect = entered == .live ? [] : expectations(for: pre)
+        let seq = journal.nextPeerSeq()
+        do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
+            throw FSError.io
+        }
+        let r: R
+        do throws(FSError) { r = try apply() } catch {
+            try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+            throw error
+        }
+        let msg = message(r)
+        var sent = false
+        if entered == .live && gate.mode == .live {
+            sent = true
+            switch channel.call(msg) {
+            case .ok:
+                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+                return r
+            case .refused(let e) where PeerRefusal(errno: e) == .storageFault:
+                // Certainly not applied there: owed (not uncertain), and no later change may
+                // overtake it, so the peer gets nothing live until catch-up replays it.
+                sent = false
+                let why = PeerRefusal.describe(e, "apply \(msg.type) of \(Self.describe(msg).debugDescription)")
+                log.error("\(why)")
+                markDegraded(why)
+            case .refused(let e):
+                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+                recordSplitBrainOnBoth(id: Self.entryID(msg), path: Self.describe(msg),
+                                 reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
+                return r
+            case .unreachable(let why):
+                markDegraded(why)
+            }
+        }
+        let owed = expect.isEmpty ? msg : .guarded(expect: expect, change: msg)
+        var rows: [JournalOp] = [.peerOp(seq: seq, message: Self.encodeOp(owed), applied: true)]
+        if sent { rows.append(.peerOpUncertain(seq: seq)) }
+        do { try journal.submit(rows, wait: .durable) } catch {
+            log.error("journal write of the peer's pending change failed: \(error)")
+            throw FSError.io
+        }
+        gate.wakeCatchUp()
+        return r
+    }
+
+    /// The entries an owed unlink or rename will remove or replace at the peer, as this node
+    /// sees them now: the replay is refused (a split brain, both kept) if the peer changed them
+    /// meanwhile, instead of deleting a version this node never saw.
+    func expectations(for m: PeerMessage) -> [EntryExpectation] {
+        func seen(_ rel: String) -> EntryExpectation? {
+            guard case let (st, id?)? = try? local.brick.statAndID(rel) else { return nil }
+            // The content is compared only when the peer holds exactly this node's version (this
+            // node owes it nothing of that file, not even a live stream): then a different hash
+            // there means the peer's client changed it. A copy the peer is behind on differs
+            // anyway, and is no conflict (this node sends it whole under its new name).
+            var hash: [UInt8] = []
+            if st.kind == .file, !isOwed(id), ((try? journal.peerFile(id)) ?? nil) == nil,
+               let rec = try? journal.inode(id), !rec.dirty { hash = rec.hash ?? [] }
+            return EntryExpectation(path: rel, stableID: id, xxh128: hash)
+        }
+        switch m {
+        case let .unlink(p, n):
+            return seen(Brick.join(p, n)).map { [$0] } ?? []
+        case let .rename(fp, fn, tp, tn, flags) where flags & 2 == 0:
+            return [seen(Brick.join(fp, fn)), seen(Brick.join(tp, tn))].compactMap { $0 }
+        default:
+            return []
+        }
+    }
+
+    static func encodeOp(_ m: PeerMessage) -> [UInt8] {
+        var b = ByteBuffer()
+        b.writeInteger(m.type.rawValue)
+        var p = m.encodePayload()
+        b.writeBuffer(&p)
+        return Array(b.readableBytesView)
+    }
+
+    public static func decodeOp(_ bytes: [UInt8]) throws -> PeerMessage {
+        var b = ByteBuffer(bytes: bytes)
+        guard let raw = b.readInteger(as: UInt16.self), let type = MessageType(rawValue: raw) else {
+            throw FSError.invalid
+        }
+        return try PeerMessage.decode(type: type, payload: b)
+    }
+
+    public static func describe(_ m: PeerMessage) -> String {
+        switch m.unguarded {
+        case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
+             let .unlink(p, n), let .rmdir(p, n), let .stageWhole(p, n, _, _, _, _, _):
+            return Brick.join(p, n)
+        case let .rename(fp, fn, tp, tn, _): return "\(Brick.join(fp, fn)) -> \(Brick.join(tp, tn))"
+        case let .link(_, np, nn): return Brick.join(np, nn)
+        case let .setattr(p, _), let .setxattr(p, _, _, _), let .removexattr(p, _), let .write(p, _, _, _),
+             let .commit(p, _, _, _, _):
+            return p
+        default: return "\(m.type)"
+        }
+    }
+
+    static func entryID(_ m: PeerMessage) -> UInt64 {
+        if case let .guarded(expect, _) = m, let first = expect.first { return first.stableID }
+        switch m {
+        case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),
+             let .stageWhole(_, _, _, _, _, id, _): return id
+        default: return 0
+        }
+    }
+}

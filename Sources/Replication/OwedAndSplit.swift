@@ -1,0 +1,79 @@
+import BrickStore
+import Fixity
+import Foundation
+import Glibc
+import Journal
+import Logging
+import NIOCore
+import PeerLink
+import PeerProtocol
+import TwinCore
+import Volume
+
+/// What this node owes the peer (files, in the journal and in memory) and the entries in split
+/// brain; name locks and heal-send figures for the status.
+extension ReplicatedVolume {
+    public func recordSplitBrain(id: UInt64, path: String, reason: String) {
+        log.critical("SPLIT BRAIN: \(path.debugDescription) (id \(id)): \(reason); both copies are kept; see `twinfs status`")
+        let key = id != 0 ? "id:\(id)" : "path:\(path)"
+        try? journal.submit([.splitBrain(key: key, id: id, path: path, reason: reason),
+                             .dropPeerFile(id: id, generation: .max)], wait: .durable)
+        state.with { s in
+            if id != 0 { s.split.insert(id) }
+            s.owed.remove(id)
+            s.changedApart.remove(id)
+        }
+    }
+
+    /// A split brain this node found from a refusal the peer does not know is one (a replayed
+    /// or live change it could not apply, a whole-file send of a name it holds otherwise):
+    /// recorded here and told to the peer, so both nodes list it.
+    func recordSplitBrainOnBoth(id: UInt64, path: String, reason: String) {
+        recordSplitBrain(id: id, path: path, reason: reason)
+        let r = String(decoding: Array(reason.utf8.prefix(PeerMessage.maxReasonBytes - 32)), as: UTF8.self)
+        channel.start(.noteSplit(stableID: id, path: path, reason: r)) { _ in }
+    }
+
+    /// File `id` must reach the peer in full; durable before the caller returns.
+    func owe(_ id: UInt64, changedApart: Bool = false) throws(FSError) {
+        let apart = changedApart || gate.mode != .live
+        state.with { s in
+            s.owed.insert(id)
+            if apart { s.changedApart.insert(id) }
+        }
+        do { try journal.submit([.peerFile(id: id, owed: true)], wait: .durable) } catch { throw FSError.io }
+        gate.wakeCatchUp()
+    }
+
+    public func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
+    func changedWhileApart(_ id: UInt64) -> Bool { state.with { $0.changedApart.contains(id) } }
+    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
+    public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
+
+    /// File `id` must reach the peer whole (owed, durable).
+    public func oweFile(_ id: UInt64) throws(FSError) { try owe(id) }
+
+    public func gateWake() { gate.wakeCatchUp() }
+
+    /// The peer told us it still owes this node changes or files.
+    public var peerOwesUs: Bool { state.with { $0.peerOps + $0.peerFiles > 0 } }
+
+    /// As `peerOwesUs`, and true too while the peer has not said yet (or the link is down).
+    public var peerOwesUsOrUnknown: Bool { !channel.isUp || state.with { !$0.peerStateKnown || $0.peerOps + $0.peerFiles > 0 } }
+
+    /// Takes the cluster name lock of (parentID, name) like a namespace change does; returns the release.
+    public func withNameLock(parentID: UInt64, name: String) -> () -> Void {
+        (try? takeLocks([Self.key(parentID, name)], live: gate.mode == .live)) ?? {}
+    }
+
+    /// Files this node sent whole in the last 20 s (catch-up, heal sends): the heal rate.
+    public var healSendStats: (files: Int64, bytesPerSecond: Double, filesPerSecond: Double) {
+        sendSamples.with { s in
+            let now = ContinuousClock.now
+            s.removeAll { now - $0.0 > .seconds(20) }
+            guard let first = s.first else { return (0, 0, 0) }
+            let span = max(1.0, Double((now - first.0).components.seconds))
+            return (Int64(s.count), Double(s.reduce(0) { $0 + $1.1 }) / span, Double(s.count) / span)
+        }
+    }
+}
