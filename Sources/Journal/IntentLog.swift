@@ -24,6 +24,7 @@ final class IntentLog: @unchecked Sendable {
 
     let path: String
     private var fd: Int32
+    /// Guards the file descriptor, `nextSeq` and `outstanding`. Leaf (held across one append).
     private let lock = NSLock()
     private var nextSeq: Int64
     /// Records written whose results are not committed yet, by sequence number.

@@ -105,11 +105,13 @@ public final class Journal: @unchecked Sendable {
     private let writerConn: SQLiteConnection?
     private var writer: SQLiteConnection { writerConn! }
     private let reader: SQLiteConnection
+    /// Guards the reader connection (one query at a time). Leaf: never held with `cond`.
     private let readerLock = NSLock()
     private let lockFD: Int32
     public let readOnly: Bool
 
-    // Group-commit state, guarded by `cond`.
+    // Group-commit state, guarded by `cond`. Leaf for submitters (they wait on it, touching
+    // nothing else); the commit thread releases it before it writes to SQLite.
     private let cond = NSCondition()
     private var queue: [JournalOp] = []
     private var wantsSync = false         // a queued submission needs an fsync'ed commit

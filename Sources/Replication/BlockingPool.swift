@@ -7,6 +7,7 @@ import TwinCore
 /// peer's timeout took the link down. This pool starts a thread whenever none is idle, up to
 /// `limit`, and keeps idle ones for a while.
 final class BlockingPool: @unchecked Sendable {
+    /// Guards `jobs`, `idle` and `threads`. Leaf: a job runs after it is released.
     private let cond = MonotonicCondition()
     private var jobs: [@Sendable () -> Void] = []
     private var idle = 0

@@ -14,6 +14,7 @@ import TwinCore
 public final class CatchUp: @unchecked Sendable {
     let v: ReplicatedVolume
     let log: Logger
+    /// Guards the stop flag. Leaf.
     private let stopped = Locked(false)
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)

@@ -5,7 +5,9 @@ import TwinCore
 /// to live waits until no change is inside (writer-preferring) so nothing slips between the
 /// last owed change and the first live one.
 final class ModeGate: @unchecked Sendable {
-    /// Guards `current`, `inside`, `switching` and `wakeups`; taken alone (no other lock inside).
+    /// Guards `current`, `inside`, `switching` and `wakeups`. Outermost of the replicated
+    /// volume's locks: `switchToLive`'s `ready` reads the journal under it; nothing else is
+    /// taken inside.
     /// Monotonic: a wall-clock step must not stall the catch-up thread's timed wait.
     private let cond = MonotonicCondition()
     private var current: ReplicatedVolume.Mode = .degraded

@@ -13,6 +13,8 @@ public final class NameLocks: @unchecked Sendable {
         var expires: ContinuousClock.Instant
     }
 
+    /// Guards `held`, `tokens` and `nextToken`. Leaf: a caller waits on it holding nothing else
+    /// (a name lock itself is logical and is held across the change, not this mutex).
     private let cond = MonotonicCondition()
     private var held: [String: Holder] = [:]
     private var tokens: [UInt64: [String]] = [:]

@@ -115,6 +115,7 @@ public final class PeerChannel: Sendable {
 
 /// A request in flight; `wait` blocks until its answer.
 public final class PendingCall: @unchecked Sendable {
+    /// Guards `outcome`. Leaf (the completion runs on the link's thread and takes nothing else).
     private let cond = NSCondition()
     private var outcome: PeerOutcome?
 
@@ -135,6 +136,8 @@ public final class PendingCall: @unchecked Sendable {
 
 /// A bound on the bytes of file data streaming to the peer: writers wait instead of growing memory.
 final class ByteBudget: @unchecked Sendable {
+    /// Guards `used`. Leaf: a writer waits on it holding no other lock (a RepHandle's cond is
+    /// released before the wait).
     private let cond = NSCondition()
     private var used = 0
     let limit: Int

@@ -6,6 +6,8 @@ final class RepHandle: @unchecked Sendable {
     let id: UInt64
     /// Where the file is (a rename of it or of a directory above it moves this).
     var path: String
+    /// Guards every field of the handle. After the volume's `handles` table; before nothing
+    /// (sends and waits for writes in flight happen after it is released).
     let cond = NSCondition()
     /// Opened while live: its writes stream to the peer.
     var live = false

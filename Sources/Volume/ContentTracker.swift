@@ -7,6 +7,8 @@ import TwinCore
 /// Shared by every writable handle of the inode; all fields are guarded by `lock`.
 final class ContentState: @unchecked Sendable {
     let id: UInt64
+    /// Guards every field below (`lock()`/`unlock()`). Held across the file's pwrite, fsync and
+    /// the journal's commit of its content: after the tracker's table, before the journal.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     let hasher = XXH128Hasher()
     /// Bytes [0, nextOffset) have been fed to `hasher` in order.
@@ -54,6 +56,8 @@ final class ContentState: @unchecked Sendable {
 
 /// The per-inode content states of files open for writing.
 final class ContentTracker: Sendable {
+    /// Guards the table (and each state's `writers`). Leaf, except in `whileNoWriter`, whose
+    /// body takes the journal's locks; never taken while a ContentState's mutex is held.
     private let states = Locked<[UInt64: ContentState]>([:])
 
     /// The state of `id`, created for the first writer. `fresh` is called once on creation.

@@ -30,6 +30,7 @@ final class OpenDir: @unchecked Sendable {
     let dir: OpaquePointer
     let fd: Int32
     let node: NodeRef
+    /// Guards `dir` and `position` (readdir of one stream). Leaf; taken after `dirs` is released.
     let lock = NSLock()
     /// Offset the stream is at, to avoid seekdir when reading on.
     var position: Int64 = 0
@@ -44,6 +45,8 @@ final class OpenDir: @unchecked Sendable {
 /// blocks from the journal so that no id is ever handed out twice, even after a crash.
 final class IDAllocator: Sendable {
     private struct Range { var next: UInt64; var limit: UInt64 }
+    /// Guards the reserved block. Held across the journal's reservation and the brick's
+    /// high-water write (both durable), so ids stay ordered: before the journal's own locks.
     private let range = Locked(Range(next: 0, limit: 0))
     private let journal: Journal
     private let brick: Brick
@@ -100,13 +103,21 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     public let journal: Journal
     let log: Logger
     let ids: IDAllocator
+    // Lock order (outermost first): adoptLock -> IDAllocator.range -> the journal's locks;
+    // ContentTracker's table -> the journal's (whileNoWriter); a ContentState's mutex -> the
+    // journal's (markDirty, commit). files, dirs, handleCounter, fullWarned: leaves, held for
+    // one dictionary access (an OpenFile's descriptor is used after `files` is released).
     let content = ContentTracker()
     /// Guards the open files by handle number. Leaf.
     let files = Locked<[UInt64: OpenFile]>([:])
+    /// Guards the open directory streams by handle number. Leaf.
     private let dirs = Locked<[UInt64: OpenDir]>([:])
+    /// Guards the last handle number given out. Leaf.
     private let handleCounter = Locked<UInt64>(0)
+    /// Serialises adopting entries put into the brick behind TwinFS's back (one id each, even
+    /// when two lookups find the entry at once). Outermost: before `range` and the journal.
     private let adoptLock = NSLock()
-    /// When the admin was last told the brick is full (once a minute at most).
+    /// When the admin was last told the brick is full (once a minute at most). Leaf.
     private let fullWarned = Locked<ContinuousClock.Instant?>(nil)
 
     public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
