@@ -84,6 +84,21 @@ public final class FuseAdapter: Sendable {
         }
     }
 
+    /// A removal or rename: `local` (the volume's local step and the inode table's update)
+    /// under the namespace lock held exclusively, then the rest of the change (the peer's
+    /// step) after it is released, then the reply.
+    func changeNames(_ req: fuse_req_t?, _ local: () throws(FSError) -> NameChangeFinish) {
+        let step = namespace.exclusive { () -> Result<NameChangeFinish, FSError> in
+            do throws(FSError) { return .success(try local()) } catch { return .failure(error) }
+        }
+        do throws(FSError) {
+            try step.get()()
+            fuse_reply_err(req, 0)
+        } catch {
+            FuseAdapter.fail(req, error)
+        }
+    }
+
     static func fail(_ req: fuse_req_t?, _ e: Error) {
         let code = (e as? FSError)?.errno ?? EIO
         fuse_reply_err(req, code)
@@ -218,39 +233,36 @@ public final class FuseAdapter: Sendable {
                 } catch { FuseAdapter.fail(req, error) }
             }
         }
+        // Removals and renames hold the namespace lock exclusively for their local step only;
+        // a replicated volume's peer step runs after it is released (`beginNameChange`).
         ops.unlink = { req, parent, name in
             let a = FuseAdapter.adapter(req)
-            a.namespace.exclusive {
-                do {
-                    let n = try FuseAdapter.name(name)
-                    try a.volume.unlink(parent: try a.node(parent), name: n)
-                    a.inodes.removeName(parent: parent, name: n)
-                    fuse_reply_err(req, 0)
-                } catch { FuseAdapter.fail(req, error) }
+            a.changeNames(req) { () throws(FSError) -> NameChangeFinish in
+                let n = try FuseAdapter.name(name)
+                let finish = try a.volume.beginNameChange(.unlink(parent: try a.node(parent), name: n))
+                a.inodes.removeName(parent: parent, name: n)
+                return finish
             }
         }
         ops.rmdir = { req, parent, name in
             let a = FuseAdapter.adapter(req)
-            a.namespace.exclusive {
-                do {
-                    let n = try FuseAdapter.name(name)
-                    try a.volume.rmdir(parent: try a.node(parent), name: n)
-                    a.inodes.removeName(parent: parent, name: n)
-                    fuse_reply_err(req, 0)
-                } catch { FuseAdapter.fail(req, error) }
+            a.changeNames(req) { () throws(FSError) -> NameChangeFinish in
+                let n = try FuseAdapter.name(name)
+                let finish = try a.volume.beginNameChange(.rmdir(parent: try a.node(parent), name: n))
+                a.inodes.removeName(parent: parent, name: n)
+                return finish
             }
         }
         ops.rename = { req, parent, name, newParent, newName, flags in
             let a = FuseAdapter.adapter(req)
-            a.namespace.exclusive {
-                do {
-                    let n = try FuseAdapter.name(name)
-                    let nn = try FuseAdapter.name(newName)
-                    try a.volume.rename(parent: try a.node(parent), name: n, newParent: try a.node(newParent), newName: nn, flags: flags)
-                    a.inodes.rename(parent: parent, name: n, newParent: newParent, newName: nn,
-                                    exchange: flags & twin_RENAME_EXCHANGE() != 0)
-                    fuse_reply_err(req, 0)
-                } catch { FuseAdapter.fail(req, error) }
+            a.changeNames(req) { () throws(FSError) -> NameChangeFinish in
+                let n = try FuseAdapter.name(name)
+                let nn = try FuseAdapter.name(newName)
+                let finish = try a.volume.beginNameChange(.rename(parent: try a.node(parent), name: n, newParent: try a.node(newParent),
+                                                                  newName: nn, flags: flags))
+                a.inodes.rename(parent: parent, name: n, newParent: newParent, newName: nn,
+                                exchange: flags & twin_RENAME_EXCHANGE() != 0)
+                return finish
             }
         }
         ops.create = { req, parent, name, mode, fi in

@@ -64,6 +64,12 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
         }
     }
 
+    private func record(_ op: Op, since start: ContinuousClock.Instant, failed: Bool) {
+        let m = meters[op.rawValue]
+        m.count.increment()
+        if failed { m.errors.increment() } else { m.time.record(ContinuousClock.now - start) }
+    }
+
     public func lookup(parent: NodeRef, name: String) throws(FSError) -> stat { try timed(.lookup) { () throws(FSError) in try inner.lookup(parent: parent, name: name) } }
     public func getattr(_ node: NodeRef, handle: UInt64?) throws(FSError) -> stat { try timed(.getattr) { () throws(FSError) in try inner.getattr(node, handle: handle) } }
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
@@ -84,6 +90,29 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
         try timed(.rename) { () throws(FSError) in try inner.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags) }
     }
+    /// Both steps are timed together, under the change's own operation.
+    public func beginNameChange(_ change: NameChange) throws(FSError) -> NameChangeFinish {
+        let op: Op
+        switch change {
+        case .unlink: op = .unlink
+        case .rmdir: op = .rmdir
+        case .rename: op = .rename
+        }
+        let start = ContinuousClock.now
+        let finish: NameChangeFinish
+        do throws(FSError) { finish = try inner.beginNameChange(change) } catch {
+            record(op, since: start, failed: true)
+            throw error
+        }
+        return NameChangeFinish { [self] () throws(FSError) in
+            do throws(FSError) { try finish() } catch {
+                record(op, since: start, failed: true)
+                throw error
+            }
+            record(op, since: start, failed: false)
+        }
+    }
+
     public func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64) {
         try timed(.create) { () throws(FSError) in try inner.create(parent: parent, name: name, mode: mode, flags: flags, ctx: ctx) }
     }

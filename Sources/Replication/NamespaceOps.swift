@@ -117,43 +117,56 @@ extension ReplicatedVolume {
     }
 
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
-        try checkCurrent()
-        try prepare(parent.path)
-        let m = PeerMessage.unlink(parentPath: parent.path, name: name)
-        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
-            try local.unlink(parent: parent, name: name)
-        } message: { _ in m }
+        try beginNameChange(.unlink(parent: parent, name: name))()
     }
 
     public func rmdir(parent: NodeRef, name: String) throws(FSError) {
-        try checkCurrent()
-        try prepare(parent.path)
-        let m = PeerMessage.rmdir(parentPath: parent.path, name: name)
-        try replicate(keys: [Self.key(parent.id, name)], pre: m) { () throws(FSError) in
-            try local.rmdir(parent: parent, name: name)
-        } message: { _ in m }
+        try beginNameChange(.rmdir(parent: parent, name: name))()
     }
 
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
+        try beginNameChange(.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags))()
+    }
+
+    /// Removals and renames: the local step now (the FUSE adapter holds its namespace lock
+    /// exclusively), the peer's on the returned finish (after it released that lock).
+    public func beginNameChange(_ change: NameChange) throws(FSError) -> NameChangeFinish {
         try checkCurrent()
+        switch change {
+        case let .unlink(parent, name), let .rmdir(parent, name):
+            try prepare(parent.path)
+            let dir: Bool
+            if case .rmdir = change { dir = true } else { dir = false }
+            let m: PeerMessage = dir ? .rmdir(parentPath: parent.path, name: name) : .unlink(parentPath: parent.path, name: name)
+            return try changeInTwoSteps(keys: [Self.key(parent.id, name)], m) { () throws(FSError) in
+                if dir { try local.rmdir(parent: parent, name: name) } else { try local.unlink(parent: parent, name: name) }
+            }
+        case let .rename(parent, name, newParent, newName, flags):
+            return try beginRename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
+        }
+    }
+
+    func beginRename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) -> NameChangeFinish {
         try prepare(parent.path, newParent.path)
-        // Writes carry the path their file had: those under the old name are sent and
-        // answered before the name changes (messages are not ordered with each other).
         let from = Brick.join(parent.path, name), to = Brick.join(newParent.path, newName)
         let exchange = flags & 2 != 0
         let moved = handles.with { $0.values.filter { rh in
             rh.with { Self.renamed($0.path, from: from, to: to, exchange: exchange) != nil }
         } }
-        for rh in moved { drain(rh) }
         let m = PeerMessage.rename(fromParent: parent.path, fromName: name, toParent: newParent.path, toName: newName, flags: flags)
         let keys = [Self.key(parent.id, name), Self.key(newParent.id, newName)].sorted()
-        try replicate(keys: keys, pre: m) { () throws(FSError) in
+        return try changeInTwoSteps(keys: keys, m, beforePeer: { [self] in
+            // Writes carry the path their file had: those under the old name are answered
+            // before the peer renames (messages are not ordered with each other).
+            for rh in moved { drain(rh) }
+        }, afterPeer: {
+            // Open files keep being written under their new names (a later write or commit sent
+            // under the old one would find nothing there on the peer).
+            for rh in moved {
+                rh.with { h in if let p = Self.renamed(h.path, from: from, to: to, exchange: exchange) { h.path = p } }
+            }
+        }) { () throws(FSError) in
             try local.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
-        } message: { _ in m }
-        // Open files keep being written under their new names (a later write or commit sent
-        // under the old one would find nothing there on the peer).
-        for rh in moved {
-            rh.with { h in if let p = Self.renamed(h.path, from: from, to: to, exchange: exchange) { h.path = p } }
         }
     }
 

@@ -46,32 +46,95 @@ extension ReplicatedVolume {
         }
     }
 
-    /// One namespace change: tentative row, local change, peer (live) or durable row (not live).
+    /// One namespace change: tentative row, local change, peer (live) or durable row (not
+    /// live). Its peer step is ordered after any removal or rename whose peer step is still
+    /// under way (`remoteOrder`), so the peer never gets a change under a path it lacks yet.
     func replicate<R>(keys: [String], pre: PeerMessage,
                       _ apply: () throws(FSError) -> R, message: (R) -> PeerMessage) throws(FSError) -> R {
+        try remoteOrder.shared { () throws(FSError) -> R in
+            let t = try beginTransaction(keys: keys, pre: pre)
+            let r: R
+            do throws(FSError) { r = try apply() } catch {
+                abandon(t)
+                throw error
+            }
+            try finishTransaction(t, message(r))
+            return r
+        }
+    }
+
+    /// A removal or rename in two steps (see `VolumeOperations.beginNameChange`): the local
+    /// step now, the peer's on the returned finish, which the FUSE adapter runs after it
+    /// released its exclusive namespace lock. Until the finish, `remoteOrder` is held
+    /// exclusively: other changes wait before their peer step, reads do not wait at all.
+    func changeInTwoSteps(keys: [String], _ m: PeerMessage, beforePeer: @escaping () -> Void = {},
+                          afterPeer: @escaping () -> Void = {},
+                          _ apply: () throws(FSError) -> Void) throws(FSError) -> NameChangeFinish {
+        remoteOrder.lockExclusive()
+        let t: Transaction
+        do throws(FSError) { t = try beginTransaction(keys: keys, pre: m) } catch {
+            remoteOrder.unlock()
+            throw error
+        }
+        do throws(FSError) { try apply() } catch {
+            abandon(t)
+            remoteOrder.unlock()
+            throw error
+        }
+        return NameChangeFinish { [self] () throws(FSError) in
+            defer { remoteOrder.unlock() }
+            defer { afterPeer() }
+            beforePeer()
+            try finishTransaction(t, m)
+        }
+    }
+
+    /// A namespace change between its local step and its peer step.
+    struct Transaction {
+        let entered: Mode
+        let seq: Int64
+        /// What a late replay must still find at the peer (read before the change moves it).
+        let expect: [EntryExpectation]
+        let release: () -> Void
+    }
+
+    /// Enters the gate, takes the name locks and writes the tentative row (a crash from here
+    /// on is settled against the brick at the next start).
+    func beginTransaction(keys: [String], pre: PeerMessage) throws(FSError) -> Transaction {
         let entered = gate.enter()
-        defer { gate.leave() }
-        let release = try takeLocks(keys, live: entered == .live)
-        defer { release() }
-        // What a late replay must still find at the peer (read before the change moves it).
+        let release: () -> Void
+        do throws(FSError) { release = try takeLocks(keys, live: entered == .live) } catch {
+            gate.leave()
+            throw error
+        }
         let expect = entered == .live ? [] : expectations(for: pre)
         let seq = journal.nextPeerSeq()
         do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
+            release()
+            gate.leave()
             throw FSError.io
         }
-        let r: R
-        do throws(FSError) { r = try apply() } catch {
-            try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
-            throw error
-        }
-        let msg = message(r)
+        return Transaction(entered: entered, seq: seq, expect: expect, release: release)
+    }
+
+    /// The local change failed: nothing to tell the peer.
+    func abandon(_ t: Transaction) {
+        try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
+        t.release()
+        gate.leave()
+    }
+
+    /// The peer step: the change sent and answered (live), or owed durably.
+    func finishTransaction(_ t: Transaction, _ msg: PeerMessage) throws(FSError) {
+        defer { gate.leave() }
+        defer { t.release() }
         var sent = false
-        if entered == .live && gate.mode == .live {
+        if t.entered == .live && gate.mode == .live {
             sent = true
             switch channel.call(msg) {
             case .ok:
-                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
-                return r
+                try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
+                return
             case .refused(let e) where PeerRefusal(errno: e) == .storageFault:
                 // Certainly not applied there: owed (not uncertain), and no later change may
                 // overtake it, so the peer gets nothing live until catch-up replays it.
@@ -80,23 +143,22 @@ extension ReplicatedVolume {
                 log.error("\(why)")
                 markDegraded(why)
             case .refused(let e):
-                try? journal.submit([.dropPeerOp(seq: seq)], wait: .queued)
+                try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
                 recordSplitBrainOnBoth(id: Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
-                return r
+                return
             case .unreachable(let why):
                 markDegraded(why)
             }
         }
-        let owed = expect.isEmpty ? msg : .guarded(expect: expect, change: msg)
-        var rows: [JournalOp] = [.peerOp(seq: seq, message: Self.encodeOp(owed), applied: true)]
-        if sent { rows.append(.peerOpUncertain(seq: seq)) }
+        let owed = t.expect.isEmpty ? msg : .guarded(expect: t.expect, change: msg)
+        var rows: [JournalOp] = [.peerOp(seq: t.seq, message: Self.encodeOp(owed), applied: true)]
+        if sent { rows.append(.peerOpUncertain(seq: t.seq)) }
         do { try journal.submit(rows, wait: .durable) } catch {
             log.error("journal write of the peer's pending change failed: \(error)")
             throw FSError.io
         }
         gate.wakeCatchUp()
-        return r
     }
 
     /// The entries an owed unlink or rename will remove or replace at the peer, as this node

@@ -32,7 +32,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     public let locks = NameLocks()
     let log: Logger
     let lease: Duration
-    // Lock order (outermost first; no peer round trip is made while holding any of these):
+    // Lock order (outermost first; no peer round trip is made while holding a mutex below):
+    //   remoteOrder -> gate -> cluster name locks: logical locks, held across a change and its
+    //   peer call (see `RemoteOrder`: a removal's or rename's peer step holds remoteOrder
+    //   exclusively, after the FUSE adapter released its namespace lock)
     //   yieldLock -> state, and the applier's and the journal's own locks (through localApply)
     //   gate's condition -> the journal's (switchToLive's `ready` reads the backlog)
     //   pushCond -> pushLocks
@@ -40,6 +43,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     //   state, pushLocks, hooksBox, sendSamples, currency, localApplyBox: leaves, held for
     //   one dictionary or field access. Cluster name locks (`locks`) are logical locks held
     //   across a change and its peer call; they block only changes of the same names.
+    /// Orders peer steps behind removals' and renames' (see `RemoteOrder`).
+    let remoteOrder = RemoteOrder()
     /// Guards its mode, the changes inside it and catch-up's wake-ups (see `ModeGate`).
     let gate = ModeGate()
     /// Guards `SharedState` (owed, split, yielding, the peer's catch-up report). Leaf.

@@ -15,6 +15,10 @@ public enum LinkSide: Int, Sendable, CaseIterable, CustomStringConvertible {
 public enum LinkFault: Sendable, Equatable {
     /// Lost on the way: never applied; the sender hears nothing (unreachable, link torn down).
     case dropRequest
+    /// Lost on the way, and the link stays down until `setPartitioned(false)` or `healAll()`
+    /// (a cable pulled with the request on it): nothing reaches the peer meanwhile, not even
+    /// catch-up's replay of it.
+    case cut
     /// Applied by the peer, but the answer is lost (unreachable, link torn down).
     case loseReply
     /// Delivered late (requests overtake each other: each runs on a thread of its own).
@@ -236,6 +240,10 @@ public final class InProcessLink: Sendable {
             switch fault {
             case .dropRequest?:
                 s.stats.dropped += 1
+                return .unreachable("request lost")
+            case .cut?:
+                s.stats.dropped += 1
+                s.partitioned = true
                 return .unreachable("request lost")
             case let .refuse(e)? where changesBrick:
                 s.stats.refused += 1

@@ -65,6 +65,11 @@ public protocol VolumeOperations: AnyObject, Sendable {
     func unlink(parent: NodeRef, name: String) throws(FSError)
     func rmdir(parent: NodeRef, name: String) throws(FSError)
     func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError)
+    /// A removal or rename in two steps: this call applies it here while the caller holds its
+    /// namespace lock exclusively (paths cannot change under it), and returns what is left,
+    /// which the caller runs once it released that lock. A replicated volume leaves the peer's
+    /// round trip for then, so that it does not hold up every other request of the node.
+    func beginNameChange(_ change: NameChange) throws(FSError) -> NameChangeFinish
     func create(parent: NodeRef, name: String, mode: mode_t, flags: Int32, ctx: RequestContext) throws(FSError) -> (stat, UInt64)
     func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64
     func read(handle: UInt64, offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws(FSError) -> Int
@@ -85,4 +90,33 @@ public protocol VolumeOperations: AnyObject, Sendable {
     func removexattr(_ node: NodeRef, name: String) throws(FSError)
     /// Any open handle of `id`: the kernel may ask about a file unlinked while open.
     func openHandle(for id: UInt64) -> UInt64?
+}
+
+/// A removal or a rename, for `VolumeOperations.beginNameChange`.
+public enum NameChange: Sendable {
+    case unlink(parent: NodeRef, name: String)
+    case rmdir(parent: NodeRef, name: String)
+    case rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32)
+}
+
+/// What is left of a name change once it is applied locally; run it exactly once, outside
+/// the caller's namespace lock. Its error is the change's error.
+public struct NameChangeFinish {
+    private let run: () throws(FSError) -> Void
+    public init(_ run: @escaping () throws(FSError) -> Void) { self.run = run }
+    public static var nothing: NameChangeFinish { NameChangeFinish {} }
+    public func callAsFunction() throws(FSError) { try run() }
+}
+
+extension VolumeOperations {
+    /// One step: the whole change now, nothing left.
+    public func beginNameChange(_ change: NameChange) throws(FSError) -> NameChangeFinish {
+        switch change {
+        case let .unlink(parent, name): try unlink(parent: parent, name: name)
+        case let .rmdir(parent, name): try rmdir(parent: parent, name: name)
+        case let .rename(parent, name, newParent, newName, flags):
+            try rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags)
+        }
+        return .nothing
+    }
 }
