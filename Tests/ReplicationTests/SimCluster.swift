@@ -126,7 +126,16 @@ final class SimNode {
     /// (what `twinfs status` reports as HEALTHY or SPLIT-BRAIN, not HEALING).
     var settled: Bool {
         guard running, volume.mode == .live, let b = try? journal.peerBacklog() else { return false }
-        return b.ops == 0 && b.files == 0 && !volume.peerOwesUs && !healer.busy
+        return b.ops == 0 && b.files == 0 && !volume.peerOwesUs && !healing
+    }
+
+    /// The healer has work left. A file the peer holds in split brain stays awaited here until
+    /// an admin resolves it (the healer's `.split`: never served as an empty file), which is
+    /// the split brain's visible state, not healing left undone.
+    var healing: Bool {
+        guard healer.busy else { return false }
+        let rows = (try? journal.healPending(limit: 1000)) ?? []
+        return rows.isEmpty || rows.contains { !volume.isSplit($0.id) }
     }
 }
 
