@@ -449,7 +449,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
         let release = try takeLocks(keys, live: entered == .live)
         defer { release() }
         // What a late replay must still find at the peer (read before the change moves it).
-        let expect = entered == .live ? [] : expectations(for: pre)
+        // A live change too: if its send fails, it is owed like one made apart.
+        let expect = expectations(for: pre)
         let seq = journal.nextPeerSeq()
         do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
             throw FSError.io

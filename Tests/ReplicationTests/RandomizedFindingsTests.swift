@@ -116,3 +116,26 @@ final class ReplayedThenDeletedFileTests: InProcessPairTestCase {
         XCTAssertNil(a.kind("f"))
     }
 }
+
+/// Seed 37 (as seed 8 before): apart, a deletes d/f while b renames d to e. a's owed unlink
+/// names d/f, which b no longer has: b answered ENOENT, a took it as "already deleted", and
+/// b kept e/f, a file a deleted, with no split brain listed (silent divergence).
+final class ReplayAfterPeerRenamedParentTests: InProcessPairTestCase {
+    func testAnUnlinkWhoseParentThePeerRenamedIsNeverDroppedSilently() throws {
+        try mkdir(a, "d")
+        let d = try XCTUnwrap(a.ref("d"))
+        let (_, h) = try a.volume.create(parent: d, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        XCTAssertEqual(b.kind("d/f"), .file)
+        link.setPartitioned(true)
+        try a.volume.unlink(parent: d, name: "f")
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        let onB = b.kind("e/f") != nil
+        let onA = a.kind("e/f") != nil
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        XCTAssertTrue(onA == onB || listed(a) && listed(b),
+                      "e/f on a: \(onA), on b: \(onB); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+    }
+}
