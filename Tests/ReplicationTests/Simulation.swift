@@ -33,6 +33,8 @@ final class Simulation {
         /// Paths of changes the other node made to this file's name while apart, before this
         /// write reached it: those changes may not replace it (see `supersede`).
         var contestedBy: [String] = []
+        /// Tells writes apart (for `heldNow`).
+        var serial: Int
     }
 
     /// Paths a node changed (or may have: unknown outcome) while the pair was apart, i.e. not
@@ -55,6 +57,9 @@ final class Simulation {
     /// What happened, one line per step (printed with a failure).
     var history: [String] = []
     var acked: [AckedWrite] = []
+    /// The writes the node changing names now held on its brick, with their bytes, just before
+    /// (see `seen`).
+    var heldNow: Set<Int> = []
     var touches: [Touch] = []
     var window = 0
     /// Whether the current window saw the pair apart, and the pair settled at this step's start.
@@ -127,9 +132,19 @@ final class Simulation {
     /// Both nodes up, live, nothing owed or awaited either way.
     var pairSettled: Bool { nodes.allSatisfy { $0.settled && $0.service.applier.openFiles == 0 } }
 
-    /// A new window once the pair is seen settled after being apart.
+    /// Both nodes up and live, nothing owed either way: a change made now reaches the peer
+    /// before it returns, after everything the peer did. (Not `pairSettled`: a heal or a
+    /// receipt still finishing does not make a change concurrent with anything.)
+    var inStep: Bool {
+        nodes.allSatisfy { n in
+            guard n.running, n.volume.mode == .live, let b = try? n.journal.peerBacklog() else { return false }
+            return b.ops == 0 && b.files == 0 && !n.volume.peerOwesUs
+        }
+    }
+
+    /// A new window once the pair is seen in step after being apart.
     func beginStep() {
-        settledAtStart = pairSettled
+        settledAtStart = inStep
         if settledAtStart && apartInWindow {
             window += 1
             apartInWindow = false
@@ -141,7 +156,7 @@ final class Simulation {
         let deadline = ContinuousClock.now + settings.settleTimeout
         var calm = 0
         while ContinuousClock.now < deadline {
-            if nodes.allSatisfy({ $0.settled && $0.service.applier.openFiles == 0 }) {
+            if pairSettled {
                 calm += 1
                 if calm >= 3 { return true }
             } else {
@@ -250,7 +265,15 @@ final class Simulation {
     /// Whether node `n` had write `w` when it changed its name: its own, or replicated live,
     /// or the pair settled since.
     func seen(_ w: AckedWrite, by n: SimNode) -> Bool {
-        w.node == n.side || !w.apart || w.window < window
+        w.node == n.side || !w.apart || w.window < window || heldNow.contains(w.serial)
+    }
+
+    /// Before a change by `n` of `paths`: the writes beneath them `n` holds with their bytes
+    /// (it received them, whatever the windows say).
+    func hold(_ n: SimNode, _ paths: [String]) {
+        heldNow = Set(acked.filter { w in
+            paths.contains { isWithin(w.path, $0) } && (try? readBytes(n.local.brick.absolute(w.path))) == w.bytes
+        }.map(\.serial))
     }
 
     /// A change by `n` (done, or of unknown outcome) replaces what is at `path` or beneath:
@@ -267,7 +290,7 @@ final class Simulation {
     @discardableResult
     func touch(_ n: SimNode, _ paths: [String], _ err: FSError?) -> Bool {
         if let e = err, Self.notApplied.contains(e.errno) { return false }
-        guard !settledAtStart || !pairSettled else { return false }
+        guard !settledAtStart || !inStep else { return false }
         apartInWindow = true
         touches.append(Touch(node: n.side, window: window, paths: Set(paths)))
         return true
@@ -281,14 +304,16 @@ final class Simulation {
         }
     }
 
-    func record(_ n: SimNode, _ what: String, _ err: FSError?, touching paths: [String]) {
+    /// `replaces`: whether the change, if it happened, may have replaced what is at `paths`.
+    func record(_ n: SimNode, _ what: String, _ err: FSError?, touching paths: [String], replaces: Bool = true) {
         note("\(n.side): \(what) -> \(err.map { "\($0) (errno \($0.errno))" } ?? "ok")")
         touch(n, paths, err)
-        if let e = err, !Self.notApplied.contains(e.errno) { paths.forEach { supersede($0, by: n, paths: paths) } }
+        if replaces, let e = err, !Self.notApplied.contains(e.errno) { paths.forEach { supersede($0, by: n, paths: paths) } }
     }
 
     /// create (or open with O_TRUNC), writes, close (flush + release): acknowledged if flush succeeded.
     func writeFile(_ n: SimNode, path: String) {
+        hold(n, [path])
         let (p, name) = split(path)
         let size = chance(0.1) ? Int.random(in: 200_000...400_000, using: &rng) : Int.random(in: 0...40_000, using: &rng)
         let bytes = payload(size, seed: rng.next())
@@ -335,11 +360,13 @@ final class Simulation {
             supersede(path, by: n, paths: [path])
         }
         if closed {
-            acked.append(AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart))
+            acked.append(AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
+                                    serial: acked.count + step * 1000))
         }
     }
 
     func mkdir(_ n: SimNode, _ path: String) {
+        hold(n, [path])
         let (p, name) = split(path)
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
@@ -349,6 +376,7 @@ final class Simulation {
     }
 
     func rmdir(_ n: SimNode, _ path: String) {
+        hold(n, [path])
         let (p, name) = split(path)
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
@@ -358,6 +386,7 @@ final class Simulation {
     }
 
     func unlink(_ n: SimNode, _ path: String) {
+        hold(n, [path])
         let (p, name) = split(path)
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
@@ -369,6 +398,7 @@ final class Simulation {
     }
 
     func rename(_ n: SimNode, _ from: String, _ to: String) {
+        hold(n, [from, to])
         let (fp, fn) = split(from), (tp, tn) = split(to)
         let err = attempt { () throws(FSError) in
             guard let a = n.ref(fp), let b = n.ref(tp) else { throw FSError.notFound }
@@ -395,17 +425,18 @@ final class Simulation {
             guard let r = n.ref(path) else { throw FSError.notFound }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(mode: mode))
         }
-        record(n, "chmod \(String(mode, radix: 8)) \(path)", err, touching: [path])
+        record(n, "chmod \(String(mode, radix: 8)) \(path)", err, touching: [path], replaces: false)
     }
 
     func truncate(_ n: SimNode, _ path: String) {
+        hold(n, [path])
         let size = Int.random(in: 0...50_000, using: &rng)
         let err = attempt { () throws(FSError) in
             guard let r = n.ref(path) else { throw FSError.notFound }
             guard n.kind(path) == .file else { throw FSError(EISDIR) }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(size: Int64(size)))
         }
-        let apart = !settledAtStart || !pairSettled
+        let apart = !settledAtStart || !inStep
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
         for i in acked.indices where acked[i].path == path && !seen(acked[i], by: n) { acked[i].contestedBy.append(path) }
