@@ -100,7 +100,7 @@ let package = Package(
                                                           .product(name: "NIOPosix", package: "swift-nio")]),
         // Replica applier: mirrored volumes compared entry by entry, refusals, and over a real peer link (needs root).
         .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicationTesting", "Volume", "Journal", "BrickStore", "Fixity", "PeerProtocol",
-                                                             "PeerLink", "TwinCore",
+                                                             "PeerLink", "TwinCore", "Healer",
                                                              .product(name: "Logging", package: "swift-log"),
                                                              .product(name: "NIOCore", package: "swift-nio"),
                                                              .product(name: "NIOPosix", package: "swift-nio")]),

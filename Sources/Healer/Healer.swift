@@ -167,6 +167,8 @@ public final class Healer: HealHooks, @unchecked Sendable {
         paused = false
         cond.broadcast()
         cond.unlock()
+        // Now, not at the controller's next 2 s pass: `twinfs heal start` means heal now.
+        requeueAwaited()
         v.gateWake()
     }
 

@@ -107,7 +107,8 @@ extension ReplicatedVolume {
             gate.leave()
             throw error
         }
-        let expect = entered == .live ? [] : expectations(for: pre)
+        // A live change too: if its send fails, it is owed like one made apart.
+        let expect = expectations(for: pre)
         let seq = journal.nextPeerSeq()
         do { try journal.submit([.peerOp(seq: seq, message: Self.encodeOp(pre), applied: false)], wait: .written) } catch {
             release()

@@ -51,7 +51,7 @@ public final class PeerService: Sendable {
 
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
-            if let why = volume.expectationFails(expect) {
+            if let why = volume.expectationFails(expect, change: change) {
                 volume.recordSplitBrain(id: expect[0].stableID, path: ReplicatedVolume.describe(change),
                                         reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
                 return reply(requestID, splitBrainErrno)
@@ -78,6 +78,13 @@ public final class PeerService: Sendable {
             return reply(requestID, 0)
         case let .catchUpState(ops, files):
             volume.peerReportedCatchUp(ops: ops, files: files)
+            // The peer owes nothing: a file its replay created here and that it deleted since
+            // (no name left here) or holds in split brain will never be committed. Its receipt
+            // goes (abandoned: the healer then finds it gone, or split) instead of staying open
+            // and awaited for as long as the link stays up.
+            if ops == 0 && files == 0 {
+                applier.release { id in volume.isSplit(id) || ((try? volume.journal.inode(id)) ?? nil) == nil }
+            }
             return reply(requestID, 0)
         case .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
             return volume.serveHeal(m, requestID: requestID)
@@ -220,10 +227,19 @@ public final class PeerService: Sendable {
 extension ReplicatedVolume {
     /// Why an owed change's expectations no longer hold here (nil: they hold, or the entry is
     /// gone, which the change itself then reports).
-    func expectationFails(_ expect: [EntryExpectation]) -> String? {
+    func expectationFails(_ expect: [EntryExpectation], change: PeerMessage? = nil) -> String? {
         try? journal.submit([], wait: .written)
         for e in expect {
-            guard case let (st, found)? = try? local.brick.statAndID(e.path) else { continue }
+            guard case let (st, found)? = try? local.brick.statAndID(e.path) else {
+                // Not under that name, but here under another (this node renamed it or a
+                // directory above it): the change would miss it (an unlink answered ENOENT is
+                // taken as done) and the two nodes would silently differ. Unless it is where
+                // the change itself puts it (a replayed rename this node already applied).
+                if let now = try? journal.path(of: e.stableID), now != Self.target(of: change) {
+                    return "\(e.path.debugDescription) is at \(now.debugDescription) here"
+                }
+                continue
+            }
             guard found == e.stableID else {
                 return "\(e.path.debugDescription) is now another entry (id \(found.map { String($0) } ?? "none"), expected \(e.stableID))"
             }
@@ -233,6 +249,12 @@ extension ReplicatedVolume {
             }
         }
         return nil
+    }
+
+    /// Where a rename puts its entry (nil for any other change).
+    static func target(of change: PeerMessage?) -> String? {
+        guard case let .rename(_, _, tp, tn, _)? = change else { return nil }
+        return Brick.join(tp, tn)
     }
 
     /// The peer is about to serve file `id`: if this node owes it, send it now.

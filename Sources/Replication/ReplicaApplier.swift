@@ -119,6 +119,23 @@ public final class ReplicaApplier: Sendable {
         for e in all { closeHandle(e) }
     }
 
+    /// Releases, as `releaseAll` does, the idle receipts whose id `stale` picks (called
+    /// outside the table's lock): files the sender will never commit.
+    public func release(where stale: (UInt64) -> Bool) {
+        let idle = handles.with { t in t.byID.values.filter { $0.users == 0 && !$0.committed }.map(\.id) }
+        let picked = Set(idle.filter(stale))
+        guard !picked.isEmpty else { return }
+        let gone = handles.with { t -> [OpenReplica] in
+            let gone = t.byID.values.filter { picked.contains($0.id) && $0.users == 0 }
+            for e in gone {
+                t.byID[e.id] = nil
+                e.retired = true
+            }
+            return gone
+        }
+        for e in gone { closeHandle(e) }
+    }
+
     // MARK: - Dispatch
 
     private func dispatch(_ msg: PeerMessage) throws(FSError) {

@@ -83,3 +83,59 @@ final class OneSidedSplitBrainTests: InProcessPairTestCase {
         XCTAssertTrue(listed(b), "b lists it too: \((try? b.journal.splitBrains().map(\.path)) ?? [])")
     }
 }
+
+/// Seeds 1, 3, 5, 7 (with the healer): a file created and deleted (or renamed over) while
+/// apart. The owed create is replayed, opening a receipt on the peer and marking the file
+/// incomplete there; the owed unlink removes its name; the file is never sent (it is gone),
+/// so no commit ever comes. Before, the receipt stayed open and the incomplete mark pending
+/// on the peer for as long as the link stayed up (HEALING with a file awaited that no longer
+/// exists, a descriptor held open).
+final class ReplayedThenDeletedFileTests: InProcessPairTestCase {
+    func waitOpenReceipts(_ n: SimNode, _ want: Int) -> Int {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while n.service.applier.openFiles != want && ContinuousClock.now < deadline { usleep(10_000) }
+        return n.service.applier.openFiles
+    }
+
+    func testAFileCreatedAndDeletedWhileApartLeavesNothingOpenOrAwaited() throws {
+        link.setPartitioned(true)
+        let (_, h) = try b.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        let r = [UInt8](repeating: 7, count: 5000).withUnsafeBytes { d in
+            Result { () throws(FSError) -> Int in try b.volume.write(handle: h, offset: 0, data: d) }
+        }
+        _ = try r.get()
+        try b.volume.flush(handle: h)
+        try b.volume.release(handle: h)
+        try b.volume.unlink(parent: .root, name: "f")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(waitOpenReceipts(a, 0), 0, "no receipt left open for a file that no longer exists")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ((try? a.journal.healPending(limit: 10)) ?? []).count > 0 && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertEqual(try a.journal.healPending(limit: 10).map(\.id), [], "nothing awaited for a file that no longer exists")
+        XCTAssertNil(a.kind("f"))
+    }
+}
+
+/// Seed 37 (as seed 8 before): apart, a deletes d/f while b renames d to e. a's owed unlink
+/// names d/f, which b no longer has: b answered ENOENT, a took it as "already deleted", and
+/// b kept e/f, a file a deleted, with no split brain listed (silent divergence).
+final class ReplayAfterPeerRenamedParentTests: InProcessPairTestCase {
+    func testAnUnlinkWhoseParentThePeerRenamedIsNeverDroppedSilently() throws {
+        try mkdir(a, "d")
+        let d = try XCTUnwrap(a.ref("d"))
+        let (_, h) = try a.volume.create(parent: d, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        XCTAssertEqual(b.kind("d/f"), .file)
+        link.setPartitioned(true)
+        try a.volume.unlink(parent: d, name: "f")
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        let onB = b.kind("e/f") != nil
+        let onA = a.kind("e/f") != nil
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        XCTAssertTrue(onA == onB || listed(a) && listed(b),
+                      "e/f on a: \(onA), on b: \(onB); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+    }
+}

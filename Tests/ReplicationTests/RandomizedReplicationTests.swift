@@ -10,18 +10,28 @@ import XCTest
 /// (TWINFS_SEED_BASE moves the start); TWINFS_STEPS sets the steps per seed. Needs root
 /// (trusted.* xattrs).
 final class RandomizedReplicationTests: XCTestCase {
-    /// 40 of seeds 1...42 fail today, nearly all through one bug of the late replay (minimal
-    /// sequences in RandomizedFindingsTests, run with TWINFS_KNOWN_BUGS=1):
-    /// - a rename or unlink made while apart of a file this node also wrote while apart is
-    ///   replayed (guarded) before the file's bytes are sent, so the peer's older or empty copy
-    ///   fails the guard ("rewritten here"): split brain on both nodes, the deleted file kept,
-    ///   an empty dirty placeholder the pair never completes (seeds 2, 3, 5, 7, 9 ...);
-    /// - a replayed change the peer refuses (EEXIST, ENOENT, ENOTEMPTY) is listed as split
-    ///   brain by the sender only (seeds 1, 4, 6, 10, 12 ...);
-    /// - a rename of a directory on one node racing a create inside it on the other leaves the
-    ///   file on one brick with no split brain listed (seed 8 without partitions).
-    /// CI runs the seeds below that pass; TWINFS_SEEDS=N runs 1...N, failing ones included.
-    static let ciSeeds: [UInt64] = [14, 16]
+    /// With the healer running and the model of legitimate split brains, 72 of seeds 1...200
+    /// fail today (branch sim, issue 13), by what the check reports:
+    /// - did not settle (20): a receipt the peer never commits, a file awaited but not healed;
+    /// - acknowledged write lost (25): partly the model (a write contested by a change of the
+    ///   other node whose name it cannot follow), partly unexplained;
+    /// - split brain with no concurrent change in the model (10), mostly a replayed setattr
+    ///   the peer refuses with ENOENT (seed 28: b's chmod after its own rename, while apart);
+    /// - split brain listed on one node only (11): "the peer sent its copy, but this node
+    ///   changed the file too" recorded by the receiver of a replayed rename (seeds 22, 29);
+    /// - bricks differing in a file's mtime only (about 20), and a few in content or presence.
+    /// Runs are mostly, not fully, reproducible (thread interleaving): 16 of the 128 seeds that
+    /// passed once failed on a second run. CI runs the 112 seeds of 1...200 that passed twice
+    /// (about 1 s each, 2 min in all); one may still fail now and then, which is a finding to
+    /// rerun with TWINFS_SEED, not noise. TWINFS_SEEDS=N runs 1...N.
+    static let ciSeeds: [UInt64] = [
+        1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 16, 18, 21, 23, 24, 25, 30, 31, 34, 35, 37, 39, 40, 43, 47, 55,
+        56, 58, 62, 65, 66, 68, 70, 71, 73, 80, 81, 82, 83, 85, 86, 89, 91, 92, 95, 96, 97, 98, 100, 103,
+        105, 107, 108, 110, 112, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 128, 129,
+        130, 131, 135, 136, 139, 140, 144, 146, 147, 148, 150, 152, 153, 154, 155, 156, 158, 162, 163, 166,
+        168, 170, 171, 172, 173, 176, 178, 180, 182, 183, 184, 187, 188, 189, 193, 194, 195, 196, 197, 198,
+        199
+    ]
 
     func testRandomOperationsUnderFaultsLoseNoAcknowledgedWrite() throws {
         guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }

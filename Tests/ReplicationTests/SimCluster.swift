@@ -2,6 +2,7 @@ import BrickStore
 import Fixity
 import Foundation
 import Glibc
+import Healer
 import Journal
 import Logging
 import Replication
@@ -44,8 +45,8 @@ struct RunLogHandler: LogHandler {
     func log(event: LogEvent) { log.append("\(node) \(event.level): \(event.message)") }
 }
 
-/// One node of an in-process pair, wired as `ClusterMember` wires a real one (without FUSE
-/// and the healer): brick + journal + LocalVolume, ReplicatedVolume, PeerService, CatchUp.
+/// One node of an in-process pair, wired as `ClusterMember` wires a real one (without FUSE):
+/// brick + journal + LocalVolume, ReplicatedVolume, PeerService, CatchUp, Healer.
 final class SimNode {
     let side: LinkSide
     let dir: String
@@ -56,21 +57,25 @@ final class SimNode {
     private(set) var volume: ReplicatedVolume
     private(set) var service: PeerService
     private(set) var catchUp: CatchUp
+    private(set) var healer: Healer
     private(set) var running = true
 
     static let timeout = Duration.seconds(1)
+    /// No rate limit (tmpfs, small files) and no scheduled scrub: the scrubber repairs rot,
+    /// and the simulation injects none.
+    static let heal = HealSettings(rateBytesPerSecond: 0, concurrency: 2, scrubBytesPerSecond: 0, scrubInterval: nil)
 
     init(_ side: LinkSide, dir: String, link: InProcessLink, log: RunLog) throws {
         self.side = side
         self.dir = dir
         self.link = link
         self.log = log
-        (local, journal, volume, service, catchUp) = try Self.open(side, dir: dir, link: link, log: log)
+        (local, journal, volume, service, catchUp, healer) = try Self.open(side, dir: dir, link: link, log: log)
     }
 
     /// Opens from disk as a start does: recovery, then replication; attaches to the link.
     static func open(_ side: LinkSide, dir: String, link: InProcessLink, log: RunLog) throws
-        -> (LocalVolume, Journal, ReplicatedVolume, PeerService, CatchUp) {
+        -> (LocalVolume, Journal, ReplicatedVolume, PeerService, CatchUp, Healer) {
         let logger = log.logger(side)
         let (local, journal) = try makeVolume(dir, node: "\(side)", ordinal: side == .a ? 1 : 2, logger: logger)
         _ = try local.recover()
@@ -80,8 +85,12 @@ final class SimNode {
         volume.localApply = { [service] m in service.applyHealed(m) }
         link.attach(side, service)
         let catchUp = CatchUp(volume: volume, logger: logger)
+        let healer = try Healer(volume: volume, service: service, node: "\(side)", peer: "\(side.other)",
+                                settings: heal, logger: logger)
+        volume.healHooks = healer
         catchUp.start()
-        return (local, journal, volume, service, catchUp)
+        healer.start()
+        return (local, journal, volume, service, catchUp, healer)
     }
 
     /// Stops the node. Not clean: as a killed process, its journal is closed without the clean
@@ -90,7 +99,10 @@ final class SimNode {
         guard running else { return }
         running = false
         link.detach(side)
+        healer.requestStop()
         catchUp.stop()
+        // Its threads end once their requests in flight failed with the link.
+        healer.stop()
         service.applier.releaseAll()
         journal.close(cleanShutdown: clean)
     }
@@ -98,7 +110,7 @@ final class SimNode {
     /// A start after `stop`: everything reopened from disk.
     func restart() throws {
         precondition(!running)
-        (local, journal, volume, service, catchUp) = try Self.open(side, dir: dir, link: link, log: log)
+        (local, journal, volume, service, catchUp, healer) = try Self.open(side, dir: dir, link: link, log: log)
         running = true
     }
 
@@ -110,10 +122,20 @@ final class SimNode {
 
     func kind(_ rel: String) -> EntryKind? { (try? local.brick.lstat(rel))?.kind }
 
-    /// Nothing owed either way as far as this node knows, and live.
+    /// Nothing owed either way as far as this node knows, live, and nothing left to heal
+    /// (what `twinfs status` reports as HEALTHY or SPLIT-BRAIN, not HEALING).
     var settled: Bool {
         guard running, volume.mode == .live, let b = try? journal.peerBacklog() else { return false }
-        return b.ops == 0 && b.files == 0 && !volume.peerOwesUs
+        return b.ops == 0 && b.files == 0 && !volume.peerOwesUs && !healing
+    }
+
+    /// The healer has work left. A file the peer holds in split brain stays awaited here until
+    /// an admin resolves it (the healer's `.split`: never served as an empty file), which is
+    /// the split brain's visible state, not healing left undone.
+    var healing: Bool {
+        guard healer.busy else { return false }
+        let rows = (try? journal.healPending(limit: 1000)) ?? []
+        return rows.isEmpty || rows.contains { !volume.isSplit($0.id) }
     }
 }
 
