@@ -181,7 +181,7 @@ extension Healer {
             return
         case .push:
             log.warning("heal: the peer's copy of \(rel.debugDescription) does not match its journal; sending this node's good copy")
-            let r = v.pushFile(l.id, verify: [])
+            let r = v.pushFile(l.id, verify: .journalHash)
             if r == .ok { recordRate(bytes: l.size, files: 1); bumpHealed(l.size) } else { noteProblem("sending \(rel): \(r)") }
         case .splitBrain:
             v.recordSplitBrain(id: l.id, path: rel, reason: "the two nodes hold different content and each matches its own journal")
@@ -266,7 +266,7 @@ extension Healer {
             guard let t = try? v.local.readlink(NodeRef(id: l.id, path: rel)) else { return nil }
             outcome = v.channel.call(.symlink(parentPath: parent, name: name, target: t, uid: l.uid, gid: l.gid, stableID: l.id))
         case .file:
-            let r = v.pushFile(l.id, verify: [])
+            let r = v.pushFile(l.id, verify: .journalHash)
             if r == .ok { recordRate(bytes: l.size, files: 1); bumpHealed(l.size) } else { noteProblem("sending \(rel): \(r)") }
             return nil
         case .other:

@@ -435,7 +435,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
         guard v.channel.isUp else { return .retry("peer unreachable") }
         // The sender checks its bytes against its own current journal hash, not the one this
         // node saw when it listed the directory: the file may have changed legitimately since.
-        switch v.channel.call(.healFile(stableID: id, expected: [UInt8](repeating: 0, count: 16)), timeout: .seconds(600)) {
+        switch v.channel.call(.healFile(stableID: id, expected: PeerMessage.journalHashOnPeer), timeout: .seconds(600)) {
         case .ok: return .ok
         case .refused(ENOENT): return .gone
         case .refused(ENODATA): return .noCompleteCopy

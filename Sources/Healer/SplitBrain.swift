@@ -96,7 +96,7 @@ extension Healer {
             case .unreachable(let w): return result(false, "", "the peer became unreachable: \(w)")
             }
             v.winSplit(r.id)
-            let p = v.pushFile(r.id, verify: [])
+            let p = v.pushFile(r.id, verify: .journalHash)
             guard p == .ok else {
                 try? v.oweFile(r.id)
                 return result(false, node, "this node's copy could not be sent yet (\(p)); it stays owed and is sent when possible")

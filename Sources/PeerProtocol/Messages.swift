@@ -41,6 +41,16 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case stageWhole = 41
 }
 
+/// renameat2's flags, as a rename message carries them.
+public struct RenameFlags: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let noReplace = RenameFlags(rawValue: 1)
+    /// The two names swap their entries (both must exist).
+    public static let exchange = RenameFlags(rawValue: 2)
+    public static let whiteout = RenameFlags(rawValue: 4)
+}
+
 /// The attribute changes of a mirrored setattr. Times are absolute nanoseconds since the epoch:
 /// the sender resolves "now" to the time it applied, so both bricks end up identical.
 public struct AttrUpdate: Sendable, Equatable {
@@ -136,6 +146,9 @@ public enum PeerMessage: Sendable, Equatable {
     public static let nonceSize = 32
     public static let proofSize = 32
     public static let digestSize = 16
+    /// `healFile`'s `expected` meaning "whatever your journal records" (16 zero bytes: no
+    /// XXH3-128 of real data is expected to be all zeros).
+    public static let journalHashOnPeer = [UInt8](repeating: 0, count: digestSize)
     public static let maxWriteChunk = 4 << 20
     /// Linux's XATTR_SIZE_MAX and XATTR_NAME_MAX.
     public static let maxXattrValue = 65536

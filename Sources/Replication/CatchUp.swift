@@ -109,7 +109,7 @@ public final class CatchUp: @unchecked Sendable {
                 }
                 let change = m.unguarded
                 // An exchange the peer may already have made would be undone by a replay.
-                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, flags & 2 != 0 {
+                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, RenameFlags(rawValue: flags).contains(.exchange) {
                     drops.append(.dropPeerOp(seq: r.seq))
                     v.recordSplitBrainOnBoth(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")

@@ -69,7 +69,7 @@ extension ReplicatedVolume {
         case let .unlink(p, n), let .rmdir(p, n):
             return !exists(Brick.join(p, n))
         case let .rename(fp, fn, tp, tn, flags):
-            return exists(Brick.join(tp, tn)) && (flags & 2 != 0 || !exists(Brick.join(fp, fn)))
+            return exists(Brick.join(tp, tn)) && (RenameFlags(rawValue: flags).contains(.exchange) || !exists(Brick.join(fp, fn)))
         case let .link(path, np, nn):
             let id = brick.readID(rel: path)
             return id != nil && brick.readID(rel: Brick.join(np, nn)) == id

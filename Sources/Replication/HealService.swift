@@ -24,7 +24,8 @@ extension ReplicatedVolume {
                 return reply(EIO)
             }
         case let .healFile(id, expected):
-            return reply(sendForHeal(id, expected: expected.allSatisfy { $0 == 0 } ? [] : expected))
+            // 16 zero bytes on the wire: "to your journal's hash".
+            return reply(sendForHeal(id, verify: expected.allSatisfy { $0 == 0 } ? .journalHash : .hash(expected)))
         case let .fileState(id, rehash):
             return reply(0, fileState(id, rehash: rehash).encode())
         case let .volumeInfo(ordinal):
@@ -41,7 +42,7 @@ extension ReplicatedVolume {
                 return reply(0)
             }
             winSplit(id)
-            return reply(sendForHeal(id, expected: []))
+            return reply(sendForHeal(id, verify: .journalHash))
         default:
             return reply(EINVAL)
         }
@@ -90,15 +91,15 @@ extension ReplicatedVolume {
         return r
     }
 
-    /// Sends file `id` whole to the peer for a heal, verified against `expected` (empty: this
-    /// journal's hash) before anything leaves. Answers an errno for the asking peer.
-    func sendForHeal(_ id: UInt64, expected: [UInt8]) -> Int32 {
+    /// Sends file `id` whole to the peer for a heal, its bytes checked (`verify`) before
+    /// anything leaves. Answers an errno for the asking peer.
+    func sendForHeal(_ id: UInt64, verify: SourceCheck) -> Int32 {
         if isSplit(id) { return splitBrainErrno }
         // Only part of the file the peer was sending reached this node: no copy to give.
         // (A file this node changed while apart or owes is its own copy, whatever marks it.)
         if (try? journal.healPendingRow(id))??.kind == .incompleteReplica, !isOwed(id), !changedWhileApart(id) { return ENODATA }
         let gen = (try? journal.peerFile(id))??.generation
-        switch pushFile(id, verify: expected) {
+        switch pushFile(id, verify: verify) {
         case .ok:
             if let g = gen { settledChecked(id, generation: g) }
             return 0

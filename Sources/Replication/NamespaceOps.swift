@@ -149,7 +149,7 @@ extension ReplicatedVolume {
     func beginRename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) -> NameChangeFinish {
         try prepare(parent.path, newParent.path)
         let from = Brick.join(parent.path, name), to = Brick.join(newParent.path, newName)
-        let exchange = flags & 2 != 0
+        let exchange = RenameFlags(rawValue: flags).contains(.exchange)
         let moved = handles.with { $0.values.filter { rh in
             rh.with { Self.renamed($0.path, from: from, to: to, exchange: exchange) != nil }
         } }

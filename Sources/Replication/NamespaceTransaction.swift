@@ -180,7 +180,7 @@ extension ReplicatedVolume {
         switch m {
         case let .unlink(p, n):
             return seen(Brick.join(p, n)).map { [$0] } ?? []
-        case let .rename(fp, fn, tp, tn, flags) where flags & 2 == 0:
+        case let .rename(fp, fn, tp, tn, flags) where !RenameFlags(rawValue: flags).contains(.exchange):
             return [seen(Brick.join(fp, fn)), seen(Brick.join(tp, tn))].compactMap { $0 }
         default:
             return []

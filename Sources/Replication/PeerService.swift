@@ -199,7 +199,7 @@ public final class PeerService: Sendable {
             return id(p).map { [.removed(parent: $0, name: n)] } ?? []
         case let .rename(fp, fn, tp, tn, flags):
             guard let a = id(fp), let b = id(tp) else { return [] }
-            return [.renamed(parent: a, name: fn, newParent: b, newName: tn, exchange: flags & 2 != 0)]
+            return [.renamed(parent: a, name: fn, newParent: b, newName: tn, exchange: RenameFlags(rawValue: flags).contains(.exchange))]
         default:
             return []
         }

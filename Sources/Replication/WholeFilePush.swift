@@ -12,6 +12,16 @@ import Volume
 
 /// The whole-file push: catch-up, pulls, heal sends and the repair of a refused commit.
 extension ReplicatedVolume {
+    /// What a push checks of this node's bytes before a single one leaves.
+    public enum SourceCheck: Sendable, Equatable {
+        /// Nothing: the file is this node's newest (a commit's repair, catch-up, a pull).
+        case none
+        /// Its bytes must hash to this journal's clean XXH3-128 (a heal: never spread a bad copy).
+        case journalHash
+        /// Its bytes must hash to this XXH3-128 (what the asking peer expects).
+        case hash([UInt8])
+    }
+
     public enum PushResult: Sendable, Equatable {
         case ok, gone, unreachable, splitBrain
         case failed(String)
@@ -25,9 +35,8 @@ extension ReplicatedVolume {
     /// against its own hash of the bytes it received before it swaps them in.
     /// One push per file at a time; on node 2 the content lock is also taken on node 1, so two
     /// pushes of one file in opposite directions cannot cross.
-    /// `verify`: before a single byte leaves, re-read the file and check it hashes to `verify`
-    /// (or, when empty, to this journal's hash): a heal never spreads a bad copy.
-    public func pushFile(_ id: UInt64, verify: [UInt8]? = nil) -> PushResult {
+    /// `verify`: what to check of the bytes, re-read, before a single one leaves.
+    public func pushFile(_ id: UInt64, verify: SourceCheck = .none) -> PushResult {
         guard beginPush(id) else { return .failed("the file is being written; its own close sends it") }
         defer { endPush(id) }
         if isSplit(id) { return .splitBrain }
@@ -42,7 +51,7 @@ extension ReplicatedVolume {
         guard local.brick.readID(rel: path) == id else { return .gone }
         var st = stat()
         guard fstat(fd, &st) == 0, st.kind == .file else { return .gone }
-        if let want = verify, let bad = checkSource(fd, id: id, path: path, size: Int64(st.st_size), want: want) { return bad }
+        if let bad = checkSource(fd, id: id, path: path, size: Int64(st.st_size), verify) { return bad }
         let push = Push(id: id, path: path, volume: self)
         // Staged at the peer: its readers keep the old version whole until the verified commit.
         if let r = push.outcome(channel.call(.stageWhole(parentPath: push.parent, name: push.name, mode: UInt32(st.st_mode),
@@ -79,16 +88,19 @@ extension ReplicatedVolume {
         pushCond.unlock()
     }
 
-    /// nil when the file's bytes hash to `want` (empty: to the journal's clean hash).
-    func checkSource(_ fd: Int32, id: UInt64, path: String, size: Int64, want: [UInt8]) -> PushResult? {
+    /// nil when the file's bytes pass `check`.
+    func checkSource(_ fd: Int32, id: UInt64, path: String, size: Int64, _ check: SourceCheck) -> PushResult? {
         let expected: [UInt8]
-        if want.isEmpty {
+        switch check {
+        case .none:
+            return nil
+        case .journalHash:
             guard let rec = try? journal.inode(id), !rec.dirty, let h = rec.hash else {
                 return .failed("no clean hash in the journal yet (being written?)")
             }
             expected = h
-        } else {
-            expected = want
+        case .hash(let h):
+            expected = h
         }
         guard let (digest, n) = try? XXH128Hasher.hash(fd: fd) else { return .failed("read: \(FSError.last)") }
         guard digest.bytes == expected, n == size else {
