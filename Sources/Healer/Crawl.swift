@@ -124,7 +124,7 @@ extension Healer {
                         if let dir = createLocally(p, parent: path, rel: rel, full: full) { subdirs.append(dir) }
                         continue
                     }
-                    v.recordSplitBrain(id: 0, path: rel, reason: "the two nodes hold different entries under this name (ids \(l.id) and \(p.id))")
+                    v.recordSplitBrain(.name, path: rel, reason: "the two nodes hold different entries under this name (ids \(l.id) and \(p.id))")
                     continue
                 }
                 switch (l.kind, p.kind) {
@@ -134,10 +134,10 @@ extension Healer {
                     compareFile(l, p, rel: rel, full: full)
                 case (.symlink, .symlink):
                     if let t = try? v.local.readlink(NodeRef(id: l.id, path: rel)), t != p.target {
-                        v.recordSplitBrain(id: l.id, path: rel, reason: "the symlink points at \(t.debugDescription) here and at \(p.target.debugDescription) on the peer")
+                        v.recordSplitBrain(.entry(l.id), path: rel, reason: "the symlink points at \(t.debugDescription) here and at \(p.target.debugDescription) on the peer")
                     }
                 default:
-                    v.recordSplitBrain(id: l.id, path: rel, reason: "a \(l.kind) here and a \(p.kind) on the peer under the same id")
+                    v.recordSplitBrain(.entry(l.id), path: rel, reason: "a \(l.kind) here and a \(p.kind) on the peer under the same id")
                 }
             } else {
                 if let dir = createLocally(p, parent: path, rel: rel, full: full) { subdirs.append(dir) }
@@ -184,7 +184,7 @@ extension Healer {
             let r = v.pushFile(l.id, verify: .journalHash)
             if r == .ok { recordRate(bytes: l.size, files: 1); bumpHealed(l.size) } else { noteProblem("sending \(rel): \(r)") }
         case .splitBrain:
-            v.recordSplitBrain(id: l.id, path: rel, reason: "the two nodes hold different content and each matches its own journal")
+            v.recordSplitBrain(.entry(l.id), path: rel, reason: "the two nodes hold different content and each matches its own journal")
         case .badOnBoth:
             noteProblem("\(rel) (id \(l.id)): neither node's copy matches its recorded XXH3-128; left as it is")
             try? journal.submit([.scrubFinding(ScrubFinding(id: l.id, path: rel, state: .badOnBothNodes,

@@ -482,7 +482,7 @@ public final class Healer: HealHooks, @unchecked Sendable {
             // is recorded here too, so the mount answers EIO and `status` lists it.
             let path = (try? journal.path(of: id)) ?? "<id \(id)>"
             if !v.isSplit(id) {
-                v.recordSplitBrain(id: id, path: path, reason: "the peer holds this file in split brain; this node has no copy of it yet")
+                v.recordSplitBrain(.entry(id), path: path, reason: "the peer holds this file in split brain; this node has no copy of it yet")
             }
             cond.lock()
             retryAt[id] = .now + .seconds(60)

@@ -103,7 +103,7 @@ public final class CatchUp: @unchecked Sendable {
                 after = r.seq
                 guard let m = try? ReplicatedVolume.decodeOp(r.message) else {
                     log.error("owed change \(r.seq) in the journal cannot be decoded; recorded as split brain")
-                    v.recordSplitBrain(id: 0, path: "journal peer_ops seq \(r.seq)", reason: "undecodable owed change")
+                    v.recordSplitBrain(.name, path: "journal peer_ops seq \(r.seq)", reason: "undecodable owed change")
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
@@ -111,7 +111,7 @@ public final class CatchUp: @unchecked Sendable {
                 // An exchange the peer may already have made would be undone by a replay.
                 if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, RenameFlags(rawValue: flags).contains(.exchange) {
                     drops.append(.dropPeerOp(seq: r.seq))
-                    v.recordSplitBrainOnBoth(id: 0, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
+                    v.recordSplitBrainOnBoth(.name, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
                     continue
                 }
@@ -131,7 +131,7 @@ public final class CatchUp: @unchecked Sendable {
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
                     if e == splitBrainErrno, case .guarded = m {
-                        v.recordSplitBrain(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                        v.recordSplitBrain(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
                                            reason: "this node's \(change.type) of it, made while the nodes were apart, reached the peer after the peer changed it: both versions are kept")
                         continue
                     }
@@ -157,7 +157,7 @@ public final class CatchUp: @unchecked Sendable {
                         case .splitBrain, .failed, .badSource: break
                         }
                     }
-                    v.recordSplitBrainOnBoth(id: ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                    v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
                                        reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
                 }
             }

@@ -91,7 +91,7 @@ extension ReplicatedVolume {
             c.rh.with { $0.live = false }
             try owe(id)
         case .refused(let e) where e == splitBrainErrno:
-            recordSplitBrain(id: id, path: c.path, reason: "the peer changed this file too while the nodes were apart")
+            recordSplitBrain(.entry(id), path: c.path, reason: "the peer changed this file too while the nodes were apart")
         case .refused(let e):
             // The peer's bytes differ (a lost write, or writers on both nodes): send the whole file.
             log.warning("peer refused the commit of \(c.path.debugDescription) (errno \(e)); sending the whole file")

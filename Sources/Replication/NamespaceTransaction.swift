@@ -145,7 +145,7 @@ extension ReplicatedVolume {
                 markDegraded(why)
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
-                recordSplitBrainOnBoth(id: Self.entryID(msg), path: Self.describe(msg),
+                recordSplitBrainOnBoth(Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return
             case .unreachable(let why):
@@ -217,12 +217,14 @@ extension ReplicatedVolume {
         }
     }
 
-    static func entryID(_ m: PeerMessage) -> UInt64 {
-        if case let .guarded(expect, _) = m, let first = expect.first { return first.stableID }
+    /// The entry a change's split brain is recorded for: the entry it creates or (guarded)
+    /// expects, else its name.
+    static func entryID(_ m: PeerMessage) -> SplitSubject {
+        if case let .guarded(expect, _) = m, let first = expect.first { return .entry(first.stableID) }
         switch m {
         case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),
-             let .stageWhole(_, _, _, _, _, id, _): return id
-        default: return 0
+             let .stageWhole(_, _, _, _, _, id, _): return .entry(id)
+        default: return .name
         }
     }
 }

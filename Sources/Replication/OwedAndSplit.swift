@@ -10,16 +10,43 @@ import PeerProtocol
 import TwinCore
 import Volume
 
+/// What a split brain is recorded for.
+public enum SplitSubject: Sendable, Equatable, CustomStringConvertible {
+    /// An entry both nodes hold under one stable id, in two versions.
+    case entry(UInt64)
+    /// A name the two nodes hold different entries under (or a change known by its path only):
+    /// no one id describes it.
+    case name
+
+    /// As `noteSplit` carries it: id 0 for a name.
+    public init(wireID: UInt64) { self = wireID == 0 ? .name : .entry(wireID) }
+    public var wireID: UInt64 {
+        if case .entry(let id) = self { return id }
+        return 0
+    }
+    /// The journal's key: one row per entry, or per path for a name.
+    func key(path: String) -> String {
+        if case .entry(let id) = self { return "id:\(id)" }
+        return "path:\(path)"
+    }
+    public var description: String {
+        if case .entry(let id) = self { return "id \(id)" }
+        return "by name"
+    }
+}
+
 /// What this node owes the peer (files, in the journal and in memory) and the entries in split
 /// brain; name locks and heal-send figures for the status.
 extension ReplicatedVolume {
-    public func recordSplitBrain(id: UInt64, path: String, reason: String) {
-        log.critical("SPLIT BRAIN: \(path.debugDescription) (id \(id)): \(reason); both copies are kept; see `twinfs status`")
-        let key = id != 0 ? "id:\(id)" : "path:\(path)"
-        try? journal.submit([.splitBrain(key: key, id: id, path: path, reason: reason),
-                             .dropPeerFile(id: id, generation: .max)], wait: .durable)
+    public func recordSplitBrain(_ subject: SplitSubject, path: String, reason: String) {
+        log.critical("SPLIT BRAIN: \(path.debugDescription) (\(subject)): \(reason); both copies are kept; see `twinfs status`")
+        let id = subject.wireID
+        var rows: [JournalOp] = [.splitBrain(key: subject.key(path: path), id: id, path: path, reason: reason)]
+        if case .entry = subject { rows.append(.dropPeerFile(id: id, generation: .max)) }
+        try? journal.submit(rows, wait: .durable)
+        guard case .entry = subject else { return }
         state.with { s in
-            if id != 0 { s.split.insert(id) }
+            s.split.insert(id)
             s.owed.remove(id)
             s.changedApart.remove(id)
         }
@@ -28,10 +55,10 @@ extension ReplicatedVolume {
     /// A split brain this node found from a refusal the peer does not know is one (a replayed
     /// or live change it could not apply, a whole-file send of a name it holds otherwise):
     /// recorded here and told to the peer, so both nodes list it.
-    func recordSplitBrainOnBoth(id: UInt64, path: String, reason: String) {
-        recordSplitBrain(id: id, path: path, reason: reason)
+    func recordSplitBrainOnBoth(_ subject: SplitSubject, path: String, reason: String) {
+        recordSplitBrain(subject, path: path, reason: reason)
         let r = String(decoding: Array(reason.utf8.prefix(PeerMessage.maxReasonBytes - 32)), as: UTF8.self)
-        channel.start(.noteSplit(stableID: id, path: path, reason: r)) { _ in }
+        channel.start(.noteSplit(stableID: subject.wireID, path: path, reason: r)) { _ in }
     }
 
     /// File `id` must reach the peer in full; durable before the caller returns.

@@ -52,7 +52,7 @@ public final class PeerService: Sendable {
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
             if let why = volume.expectationFails(expect, change: change) {
-                volume.recordSplitBrain(id: expect[0].stableID, path: ReplicatedVolume.describe(change),
+                volume.recordSplitBrain(.entry(expect[0].stableID), path: ReplicatedVolume.describe(change),
                                         reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
                 return reply(requestID, splitBrainErrno)
             }
@@ -73,7 +73,7 @@ public final class PeerService: Sendable {
             return reply(requestID, 0)
         case let .noteSplit(id, path, reason):
             if id == 0 || !volume.isSplit(id) {
-                volume.recordSplitBrain(id: id, path: path, reason: "reported by the peer: \(reason)")
+                volume.recordSplitBrain(SplitSubject(wireID: id), path: path, reason: "reported by the peer: \(reason)")
             }
             return reply(requestID, 0)
         case let .catchUpState(ops, files):
@@ -113,7 +113,7 @@ public final class PeerService: Sendable {
         }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
-                volume.recordSplitBrain(id: id, path: ReplicatedVolume.describe(m),
+                volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
             }
             return reply(requestID, splitBrainErrno)

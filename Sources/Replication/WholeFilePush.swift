@@ -130,11 +130,11 @@ extension ReplicatedVolume {
             case .ok: return nil
             case .unreachable(let why): volume.markDegraded(why); return .unreachable
             case .refused(let e) where e == splitBrainErrno:
-                volume.recordSplitBrain(id: id, path: path, reason: "changed on both nodes while they could not talk")
+                volume.recordSplitBrain(.entry(id), path: path, reason: "changed on both nodes while they could not talk")
                 return .splitBrain
             case .refused(let e) where e == EEXIST && what == "create":
                 if volume.yieldName(parent: parent, name: name, id: id) { return .gone }
-                volume.recordSplitBrainOnBoth(id: id, path: path, reason: "the peer has another entry under this name")
+                volume.recordSplitBrainOnBoth(.entry(id), path: path, reason: "the peer has another entry under this name")
                 return .splitBrain
             case .refused(let e): return .failed("peer refused \(what): errno \(e)")
             }
