@@ -58,6 +58,26 @@ public final class PeerService: Sendable {
             }
             return handleBlocking(change, requestID: requestID)
         }
+        if let answer = coordinate(m, requestID: requestID) { return answer }
+        if let errno = refusalBeforeApplying(m) { return reply(requestID, errno) }
+        if let hooks = volume.healHooks {
+            switch m {
+            case let .write(_, id, _, _), let .create(_, _, _, _, _, id): hooks.noteIngest(id: id)
+            default: break
+            }
+        }
+        let before = changeBefore(m)
+        let r = applier.apply(m, requestID: requestID)
+        if case let .reply(_, errno, _) = r, errno == 0 {
+            for c in before + changeAfter(m) { notify(c) }
+            if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
+        }
+        return r
+    }
+
+    /// The messages that coordinate the pair rather than change this brick (locks, pulls,
+    /// catch-up state, split-brain notes, heal requests): their answer, or nil for a change.
+    func coordinate(_ m: PeerMessage, requestID: UInt64) -> PeerMessage? {
         switch m {
         case let .lock(token, keys, leaseMs):
             guard volume.ordinal == 1, token < 1 << 63 else { return reply(requestID, EINVAL) }
@@ -89,14 +109,20 @@ public final class PeerService: Sendable {
         case .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
             return volume.serveHeal(m, requestID: requestID)
         default:
-            break
+            return nil
         }
+    }
+
+    /// What is settled before a change of the peer is applied: a directory listed from the
+    /// peer first (while rebuilding), a name given up, or the change refused because this
+    /// node owns the file (changed it apart, or split). An errno to answer, or nil to apply.
+    func refusalBeforeApplying(_ m: PeerMessage) -> Int32? {
         // While this brick is rebuilt, a directory the peer changes is listed from the peer first.
         if let hooks = volume.healHooks {
             do {
                 for d in parents(m) { try hooks.prepareDirectory(path: d) }
             } catch {
-                return reply(requestID, error.errno)
+                return error.errno
             }
         }
         // The peer creates a name where this node holds a file it made just before it stopped
@@ -109,28 +135,16 @@ public final class PeerService: Sendable {
         // writes are refused below), so no receiving handle and no incomplete-replica mark.
         if case let .create(p, n, _, _, _, id) = m, volume.changedWhileApart(id) || volume.isSplit(id),
            volume.local.brick.readID(rel: Brick.join(p, n)) == id {
-            return reply(requestID, 0)
+            return 0
         }
         if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
             }
-            return reply(requestID, splitBrainErrno)
+            return splitBrainErrno
         }
-        if let hooks = volume.healHooks {
-            switch m {
-            case let .write(_, id, _, _), let .create(_, _, _, _, _, id): hooks.noteIngest(id: id)
-            default: break
-            }
-        }
-        let before = changeBefore(m)
-        let r = applier.apply(m, requestID: requestID)
-        if case let .reply(_, errno, _) = r, errno == 0 {
-            for c in before + changeAfter(m) { notify(c) }
-            if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
-        }
-        return r
+        return nil
     }
 
     /// Applies a change the healer decided on (an entry the peer has and this node lacks), with
