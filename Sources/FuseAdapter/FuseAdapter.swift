@@ -199,8 +199,24 @@ public final class FuseAdapter: Sendable {
             }
         }
         ops.mknod = { req, parent, name, mode, rdev in
-            // PACS and Samba need regular files only; device nodes and FIFOs are refused.
-            fuse_reply_err(req, EPERM)
+            let a = FuseAdapter.adapter(req)
+            a.namespace.shared {
+                do {
+                    let n = try FuseAdapter.name(name)
+                    let p = try a.node(parent)
+                    let st: stat
+                    if mode & S_IFMT == S_IFREG || mode & S_IFMT == 0 {
+                        // `mknod name f`: an empty regular file, made and committed as a create.
+                        let (s, h) = try a.volume.create(parent: p, name: n, mode: mode & 0o7777, flags: O_WRONLY | O_EXCL,
+                                                         ctx: FuseAdapter.context(req))
+                        try a.volume.release(handle: h)
+                        st = s
+                    } else {
+                        st = try a.volume.mknod(parent: p, name: n, mode: mode, rdev: UInt64(rdev), ctx: FuseAdapter.context(req))
+                    }
+                    a.replyEntry(req, parent: parent, name: n, st)
+                } catch { FuseAdapter.fail(req, error) }
+            }
         }
         ops.mkdir = { req, parent, name, mode in
             let a = FuseAdapter.adapter(req)

@@ -136,6 +136,10 @@ extension Healer {
                     if let t = try? v.local.readlink(NodeRef(id: l.id, path: rel)), t != p.target {
                         v.recordSplitBrain(.entry(l.id), path: rel, reason: "the symlink points at \(t.debugDescription) here and at \(p.target.debugDescription) on the peer")
                     }
+                case (.other, .special):
+                    if let h = l.hash, !p.hash.isEmpty, h != p.hash {
+                        v.recordSplitBrain(.entry(l.id), path: rel, reason: "a special file of another type or device number on each node")
+                    }
                 default:
                     v.recordSplitBrain(.entry(l.id), path: rel, reason: "a \(l.kind) here and a \(p.kind) on the peer under the same id")
                 }
@@ -231,6 +235,8 @@ extension Healer {
             r = service.applyHealed(.mkdir(parentPath: parent, name: p.name, mode: p.mode, uid: p.uid, gid: p.gid, stableID: p.id))
         case .symlink:
             r = service.applyHealed(.symlink(parentPath: parent, name: p.name, target: p.target, uid: p.uid, gid: p.gid, stableID: p.id))
+        case .special:
+            r = service.applyHealed(.mknod(parentPath: parent, name: p.name, mode: p.mode, rdev: p.rdev, uid: p.uid, gid: p.gid, stableID: p.id))
         case .file:
             // Awaited first (the journal row, written for the whole directory by the caller),
             // then the placeholder: a crash in between leaves a row whose file the send creates.
@@ -270,7 +276,9 @@ extension Healer {
             if r == .ok { recordRate(bytes: l.size, files: 1); bumpHealed(l.size) } else { noteProblem("sending \(rel): \(r)") }
             return nil
         case .other:
-            return nil
+            guard let st = try? brick.lstat(rel), SpecialFile(mode: UInt32(st.st_mode)) != nil else { return nil }
+            outcome = v.channel.call(.mknod(parentPath: parent, name: name, mode: UInt32(st.st_mode), rdev: UInt64(st.st_rdev),
+                                            uid: l.uid, gid: l.gid, stableID: l.id))
         }
         log.notice("heal: \(rel.debugDescription) was missing on \(peer); sent")
         guard outcome.isOK else { noteProblem("sending \(rel): \(outcome)"); return nil }

@@ -11,7 +11,7 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
     public enum Op: Int, CaseIterable, Sendable {
         case lookup, getattr, setattr, readlink, mkdir, symlink, link, unlink, rmdir, rename, create, open, read, write
         case flush, fsync, release, fallocate, opendir, readdir, releasedir, statfs, fsyncdir, getxattr, setxattr
-        case listxattr, removexattr
+        case listxattr, removexattr, mknod
 
         var label: String { String(describing: self) }
     }
@@ -90,6 +90,10 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
     public func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError) {
         try timed(.rename) { () throws(FSError) in try inner.rename(parent: parent, name: name, newParent: newParent, newName: newName, flags: flags) }
     }
+    public func mknod(parent: NodeRef, name: String, mode: mode_t, rdev: UInt64, ctx: RequestContext) throws(FSError) -> stat {
+        try timed(.mknod) { () throws(FSError) in try inner.mknod(parent: parent, name: name, mode: mode, rdev: rdev, ctx: ctx) }
+    }
+
     /// Both steps are timed together, under the change's own operation.
     public func beginNameChange(_ change: NameChange) throws(FSError) -> NameChangeFinish {
         let op: Op

@@ -497,6 +497,7 @@ extension PeerMessage {
         case let .removexattr(path, name): return s(path) + s(name)
         case let .syncDir(path): return s(path)
         case let .stageWhole(parent, name, _, _, _, _, _): return s(parent) + s(name)
+        case let .mknod(parent, name, _, _, _, _, _): return s(parent) + s(name)
         case let .noteSplit(_, path, reason): return s(path) + s(reason)
         case let .guarded(expect, change): return expect.reduce(0) { $0 + s($1.path) + 32 } + change.variablePayloadSize + 8
         case let .reply(_, _, payload): return 4 + (payload?.readableBytes ?? 0)

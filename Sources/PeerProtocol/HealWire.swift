@@ -6,7 +6,7 @@ import NIOCore
 
 /// One entry of a directory as the sender's journal has it.
 public struct ListedEntry: Sendable, Equatable {
-    public enum Kind: UInt8, Sendable { case file = 1, directory = 2, symlink = 3 }
+    public enum Kind: UInt8, Sendable { case file = 1, directory = 2, symlink = 3, special = 4 }
     public var name: String
     public var id: UInt64
     public var kind: Kind
@@ -21,11 +21,14 @@ public struct ListedEntry: Sendable, Equatable {
     public var target: String
     /// Being written, or its last change has not reached the receiver yet: not comparable now.
     public var busy: Bool
+    /// A special file's device number (0 unless a device; on the wire for specials only).
+    public var rdev: UInt64
 
     public init(name: String, id: UInt64, kind: Kind, mode: UInt32, uid: UInt32, gid: UInt32, size: Int64,
-                mtimeNs: Int64, hash: [UInt8], target: String = "", busy: Bool = false) {
+                mtimeNs: Int64, hash: [UInt8], target: String = "", busy: Bool = false, rdev: UInt64 = 0) {
         self.name = name; self.id = id; self.kind = kind; self.mode = mode; self.uid = uid; self.gid = gid
         self.size = size; self.mtimeNs = mtimeNs; self.hash = hash; self.target = target; self.busy = busy
+        self.rdev = rdev
     }
 }
 
@@ -49,6 +52,7 @@ public struct DirListing: Sendable, Equatable {
             w.string(e.name); w.integer(e.id); w.integer(e.kind.rawValue); w.integer(e.mode); w.integer(e.uid)
             w.integer(e.gid); w.integer(e.size); w.integer(e.mtimeNs); w.bytes(e.hash); w.string(e.target)
             w.integer(UInt8(e.busy ? 1 : 0))
+            if e.kind == .special { w.integer(e.rdev) }
         }
         return w.buffer
     }
@@ -64,7 +68,7 @@ public struct DirListing: Sendable, Equatable {
             let name = try PeerPath.validateName(utf8: r.bytes("name", max: PeerPath.maxNameBytes))
             let id = try r.stableID()
             guard let kind = ListedEntry.Kind(rawValue: try r.integer("kind", as: UInt8.self)) else {
-                throw r.malformed("kind", "not a file, directory or symlink")
+                throw r.malformed("kind", "not a file, directory, symlink or special file")
             }
             let mode = try r.integer("mode", as: UInt32.self)
             guard mode <= 0o177777 else { throw r.malformed("mode", "not a file mode") }
@@ -77,8 +81,9 @@ public struct DirListing: Sendable, Equatable {
             let target = try r.text("target", max: PeerMessage.maxSymlinkTarget)
             guard kind == .symlink ? !target.isEmpty : target.isEmpty else { throw r.malformed("target", "does not fit the kind") }
             let busy = try r.bool("busy")
+            let rdev = kind == .special ? try r.integer("rdev", as: UInt64.self) : 0
             out.append(ListedEntry(name: name, id: id, kind: kind, mode: mode, uid: uid, gid: gid, size: size,
-                                   mtimeNs: mtime, hash: hash, target: target, busy: busy))
+                                   mtimeNs: mtime, hash: hash, target: target, busy: busy, rdev: rdev))
         }
         try r.finish()
         return DirListing(entries: out, more: more)

@@ -1,4 +1,5 @@
 import NIOCore
+import TwinCore
 
 /// Payload layout of every message: `encode` and `decode` list the same fields in the same
 /// order, one case each. Decoding enforces every per-field limit; the frame limit comes first.
@@ -72,6 +73,8 @@ extension PeerMessage {
             w.string(path)
         case let .noteSplit(id, path, reason):
             w.integer(id); w.string(path); w.string(reason)
+        case let .mknod(parent, name, mode, rdev, uid, gid, id):
+            w.string(parent); w.string(name); w.integer(mode); w.integer(rdev); w.integer(uid); w.integer(gid); w.integer(id)
         case let .stageWhole(parent, name, mode, uid, gid, id, size):
             w.string(parent); w.string(name); w.integer(mode); w.integer(uid); w.integer(gid); w.integer(id); w.integer(size)
         case let .guarded(expect, change):
@@ -179,6 +182,12 @@ extension PeerMessage {
             m = .resolveSplit(stableID: id, role: role)
         case .syncDir:
             m = .syncDir(path: try r.path("path"))
+        case .mknod:
+            let (parent, name) = try r.entry("parentPath", "name")
+            let mode = try r.mode("mode")
+            guard SpecialFile(mode: mode) != nil else { throw r.malformed("mode", "0o\(String(mode, radix: 8)) is not a FIFO, socket or device") }
+            m = .mknod(parentPath: parent, name: name, mode: mode, rdev: try r.integer("rdev", as: UInt64.self),
+                       uid: try r.integer("uid", as: UInt32.self), gid: try r.integer("gid", as: UInt32.self), stableID: try r.stableID())
         case .stageWhole:
             let (parent, name) = try r.entry("parentPath", "name")
             let (mode, uid, gid, id) = (try r.mode("mode"), try r.integer("uid", as: UInt32.self),

@@ -39,6 +39,7 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case guarded = 39
     case noteSplit = 40
     case stageWhole = 41
+    case mknod = 42
 }
 
 /// renameat2's flags, as a rename message carries them.
@@ -140,6 +141,8 @@ public enum PeerMessage: Sendable, Equatable {
     /// live file in one rename at the verified `commit`. Until then readers keep the old
     /// version whole; a send that breaks off leaves the live file as it was.
     case stageWhole(parentPath: String, name: String, mode: UInt32, uid: UInt32, gid: UInt32, stableID: UInt64, size: Int64)
+    /// A special file (FIFO, socket, character or block device) with its device number.
+    case mknod(parentPath: String, name: String, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32, stableID: UInt64)
     /// The answer to request `requestID`: errno 0 for success, with an optional result.
     case reply(requestID: UInt64, errno: Int32, payload: ByteBuffer?)
 
@@ -197,6 +200,7 @@ public enum PeerMessage: Sendable, Equatable {
         case .guarded: return .guarded
         case .noteSplit: return .noteSplit
         case .stageWhole: return .stageWhole
+        case .mknod: return .mknod
         }
     }
 }

@@ -58,6 +58,7 @@ extension ReplicatedVolume {
         for (name, r) in rows.prefix(limit) {
             let kind: ListedEntry.Kind
             var target = ""
+            var rdev: UInt64 = 0
             switch r.kind {
             case .file: kind = .file
             case .directory: kind = .directory
@@ -65,12 +66,15 @@ extension ReplicatedVolume {
                 kind = .symlink
                 target = (try? local.readlink(NodeRef(id: r.id, path: Brick.join(dirPath, name)))) ?? ""
                 if target.isEmpty { continue }
-            case .other: continue
+            case .other:
+                kind = .special
+                guard let st = try? local.brick.lstat(Brick.join(dirPath, name)), SpecialFile(mode: UInt32(st.st_mode)) != nil else { continue }
+                rdev = UInt64(st.st_rdev)
             }
             let busy = r.dirty || isOwed(r.id) || isSplit(r.id) || (try? journal.healPendingRow(r.id)) != nil
             out.append(ListedEntry(name: name, id: r.id, kind: kind, mode: r.mode, uid: r.uid, gid: r.gid,
                                    size: r.kind == .directory ? 0 : r.size, mtimeNs: r.mtimeNs, hash: r.hash ?? [],
-                                   target: target, busy: busy))
+                                   target: target, busy: busy, rdev: rdev))
         }
         return DirListing(entries: out, more: rows.count > limit)
     }

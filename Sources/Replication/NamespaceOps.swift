@@ -107,6 +107,18 @@ extension ReplicatedVolume {
         }
     }
 
+    public func mknod(parent: NodeRef, name: String, mode: mode_t, rdev: UInt64, ctx: RequestContext) throws(FSError) -> stat {
+        try checkCurrent()
+        try prepare(parent.path)
+        let id = try local.allocateID()
+        let pre = PeerMessage.mknod(parentPath: parent.path, name: name, mode: UInt32(mode), rdev: rdev, uid: ctx.uid, gid: ctx.gid, stableID: id)
+        return try replicate(keys: [Self.key(parent.id, name)], pre: pre) { () throws(FSError) -> stat in
+            try local.mknod(parent: parent, name: name, mode: mode, rdev: rdev, ctx: ctx, id: id)
+        } message: { st in
+            .mknod(parentPath: parent.path, name: name, mode: UInt32(st.st_mode), rdev: rdev, uid: st.st_uid, gid: st.st_gid, stableID: id)
+        }
+    }
+
     public func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat {
         try checkCurrent()
         try prepare(newParent.path)

@@ -206,7 +206,7 @@ extension ReplicatedVolume {
     public static func describe(_ m: PeerMessage) -> String {
         switch m.unguarded {
         case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
-             let .unlink(p, n), let .rmdir(p, n), let .stageWhole(p, n, _, _, _, _, _):
+             let .unlink(p, n), let .rmdir(p, n), let .stageWhole(p, n, _, _, _, _, _), let .mknod(p, n, _, _, _, _, _):
             return Brick.join(p, n)
         case let .rename(fp, fn, tp, tn, _): return "\(Brick.join(fp, fn)) -> \(Brick.join(tp, tn))"
         case let .link(_, np, nn): return Brick.join(np, nn)
@@ -223,7 +223,7 @@ extension ReplicatedVolume {
         if case let .guarded(expect, _) = m, let first = expect.first { return .entry(first.stableID) }
         switch m {
         case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),
-             let .stageWhole(_, _, _, _, _, id, _): return .entry(id)
+             let .stageWhole(_, _, _, _, _, id, _), let .mknod(_, _, _, _, _, _, id): return .entry(id)
         default: return .name
         }
     }

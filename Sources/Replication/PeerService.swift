@@ -171,7 +171,7 @@ public final class PeerService: Sendable {
     private func parents(_ m: PeerMessage) -> [String] {
         switch m {
         case let .mkdir(p, _, _, _, _, _), let .create(p, _, _, _, _, _), let .symlink(p, _, _, _, _, _),
-             let .unlink(p, _), let .rmdir(p, _), let .stageWhole(p, _, _, _, _, _, _):
+             let .unlink(p, _), let .rmdir(p, _), let .stageWhole(p, _, _, _, _, _, _), let .mknod(p, _, _, _, _, _, _):
             return [p]
         case let .rename(fp, _, tp, _, _): return [fp, tp]
         case let .link(_, np, _): return [np]
@@ -222,7 +222,7 @@ public final class PeerService: Sendable {
     private func changeAfter(_ m: PeerMessage) -> [PeerChange] {
         switch m {
         case let .mkdir(p, n, _, _, _, _), let .create(p, n, _, _, _, _), let .symlink(p, n, _, _, _, _),
-             let .stageWhole(p, n, _, _, _, _, _):
+             let .stageWhole(p, n, _, _, _, _, _), let .mknod(p, n, _, _, _, _, _):
             return id(p).map { [.entry(parent: $0, name: n)] } ?? []
         case let .link(path, np, nn):
             var out: [PeerChange] = id(np).map { [.entry(parent: $0, name: nn)] } ?? []

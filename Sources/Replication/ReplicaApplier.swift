@@ -172,6 +172,9 @@ public final class ReplicaApplier: Sendable {
             try removexattr(path, name)
         case let .syncDir(path):
             try syncDir(path)
+        case let .mknod(parentPath, name, mode, rdev, uid, gid, stableID):
+            try mknod(parentPath, name, mode: mode, rdev: rdev, uid: uid, gid: gid, id: stableID)
+            try durable(parentPath)
         case let .stageWhole(parent, name, mode, uid, gid, id, size):
             try stageWhole(parent, name, mode: mode, uid: uid, gid: gid, id: id, size: size)
         case .hello, .authChallengeResponse, .authOK, .authFailed, .ping, .pong, .reply,
@@ -343,6 +346,27 @@ public final class ReplicaApplier: Sendable {
             }
         } catch {
             throw failed(.symlink, rel, error)
+        }
+    }
+
+    private func mknod(_ parent: String, _ name: String, mode: UInt32, rdev: UInt64, uid: UInt32, gid: UInt32, id: UInt64) throws(FSError) {
+        let rel = try checked(.mknod, parent: parent, name: name)
+        try checkedID(.mknod, id)
+        do throws(FSError) {
+            try shared { () throws(FSError) in
+                if let (st, found) = try existing(rel) {
+                    // Already applied: the same id, and a special file of the same type.
+                    if found == id && st.st_mode & S_IFMT == mode_t(mode) & S_IFMT { return }
+                    throw FSError.exists
+                }
+                let p = try node(parent)
+                try withClaim(.mknod, rel, id) { () throws(FSError) in
+                    _ = try volume.mknod(parent: p, name: name, mode: mode_t(mode), rdev: rdev,
+                                         ctx: Self.context(uid: uid, gid: gid), id: id)
+                }
+            }
+        } catch {
+            throw failed(.mknod, rel, error)
         }
     }
 

@@ -20,6 +20,33 @@ public enum StableID {
     }
 }
 
+/// The special files a brick keeps (journal kind `other`): no bytes, only a type and, for a
+/// device, its number. The journal's XXH3-128 of one is the hash of `identity`, so replication,
+/// heal and verify compare them as they compare a file's bytes.
+public enum SpecialFile: Sendable, Equatable {
+    case fifo, socket, characterDevice, blockDevice
+
+    public init?(mode: UInt32) {
+        switch mode & 0o170000 {
+        case 0o010000: self = .fifo
+        case 0o140000: self = .socket
+        case 0o020000: self = .characterDevice
+        case 0o060000: self = .blockDevice
+        default: return nil
+        }
+    }
+
+    public var isDevice: Bool { self == .characterDevice || self == .blockDevice }
+
+    /// The bytes its hash covers: the file type bits and the device number (0 unless a device),
+    /// little-endian.
+    public static func identity(mode: UInt32, rdev: UInt64) -> [UInt8] {
+        let type = mode & 0o170000
+        let dev = SpecialFile(mode: mode)?.isDevice == true ? rdev : 0
+        return withUnsafeBytes(of: type.littleEndian) { Array($0) } + withUnsafeBytes(of: dev.littleEndian) { Array($0) }
+    }
+}
+
 /// What kind of entry a journal row describes.
 public enum EntryKind: Int, Sendable, Codable {
     case file = 1

@@ -208,6 +208,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             close(fd)
         } else if st.kind == .symlink {
             hash = (try? readlink(NodeRef(id: id, path: rel))).map { XXH128Hasher.hash(Array($0.utf8)).bytes }
+        } else if st.kind == .other {
+            hash = Self.specialHash(st)
         }
         log.notice("adopted \(rel) found in the brick without a TwinFS id (id \(id))")
         try submit([.putAttributes(Self.record(st, id: id, hash: hash)), .link(parent: parent.id, name: name, id: id),
@@ -388,6 +390,25 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let hash = XXH128Hasher.hash(Array(target.utf8)).bytes
         return try makeEntry(parent: parent, name: name, ctx: ctx, id: given, hash: hash, removeFlags: 0) { (d, n) throws(FSError) in
             _ = try sys { symlinkat(target, d, n) }
+        }
+    }
+
+    /// The journal's XXH3-128 of a special file (see `SpecialFile.identity`); nil for others.
+    public static func specialHash(_ st: stat) -> [UInt8]? {
+        guard SpecialFile(mode: UInt32(st.st_mode)) != nil else { return nil }
+        return XXH128Hasher.hash(SpecialFile.identity(mode: UInt32(st.st_mode), rdev: UInt64(st.st_rdev))).bytes
+    }
+
+    public func mknod(parent: NodeRef, name: String, mode: mode_t, rdev: UInt64, ctx: RequestContext) throws(FSError) -> stat {
+        try mknod(parent: parent, name: name, mode: mode, rdev: rdev, ctx: ctx, id: nil)
+    }
+
+    /// `id`: the stable id to give the entry (a replica applying its peer's mknod); nil allocates one.
+    public func mknod(parent: NodeRef, name: String, mode: mode_t, rdev: UInt64, ctx: RequestContext, id given: UInt64?) throws(FSError) -> stat {
+        guard SpecialFile(mode: UInt32(mode)) != nil else { throw FSError.invalid }
+        let hash = XXH128Hasher.hash(SpecialFile.identity(mode: UInt32(mode), rdev: rdev)).bytes
+        return try makeEntry(parent: parent, name: name, ctx: ctx, id: given, hash: hash, removeFlags: 0) { (d, n) throws(FSError) in
+            _ = try sys { mknodat(d, n, mode, dev_t(rdev)) }
         }
     }
 

@@ -62,6 +62,8 @@ public protocol VolumeOperations: AnyObject, Sendable {
     func mkdir(parent: NodeRef, name: String, mode: mode_t, ctx: RequestContext) throws(FSError) -> stat
     func symlink(parent: NodeRef, name: String, target: String, ctx: RequestContext) throws(FSError) -> stat
     func link(_ node: NodeRef, newParent: NodeRef, newName: String) throws(FSError) -> stat
+    /// A FIFO, socket or device node (`SpecialFile`); regular files come through `create`.
+    func mknod(parent: NodeRef, name: String, mode: mode_t, rdev: UInt64, ctx: RequestContext) throws(FSError) -> stat
     func unlink(parent: NodeRef, name: String) throws(FSError)
     func rmdir(parent: NodeRef, name: String) throws(FSError)
     func rename(parent: NodeRef, name: String, newParent: NodeRef, newName: String, flags: UInt32) throws(FSError)

@@ -111,7 +111,10 @@ public struct Verifier {
                         problem(.mismatch, rel, "symlink target differs from the journal")
                     }
                 case .other:
-                    break
+                    report.filesChecked += 1
+                    if let h = rec.hash, LocalVolume.specialHash(st) != h {
+                        problem(.mismatch, rel, "special file type or device number differs from the journal")
+                    }
                 }
             }
             for (name, _) in known.sorted(by: { $0.key < $1.key }) {
@@ -215,7 +218,7 @@ public struct JournalRebuilder {
                 case .directory:
                     result.directories += 1
                 case .other:
-                    break
+                    hash = LocalVolume.specialHash(st)
                 }
                 ops.append(.insertInode(LocalVolume.record(st, id: id, hash: hash)))
                 if let p = parent { ops.append(.link(parent: p, name: name, id: id)) }

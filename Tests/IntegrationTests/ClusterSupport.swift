@@ -255,6 +255,8 @@ private struct BrickEntry {
     var size: Int64
     var linkTarget: String?
     var id: String
+    /// A special file's type bits and device number.
+    var special: String = ""
 }
 
 private func kindName(_ k: EntryKind) -> String {
@@ -295,7 +297,8 @@ private func walkBrick(_ root: String) -> [String: BrickEntry] {
             target = n >= 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
         }
         return BrickEntry(kind: kind, mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid,
-                          size: Int64(st.st_size), linkTarget: target, id: idXattr(abs))
+                          size: Int64(st.st_size), linkTarget: target, id: idXattr(abs),
+                          special: kind == .other ? "type 0o\(String(st.st_mode & S_IFMT, radix: 8)) rdev \(st.st_rdev)" : "")
     }
     guard let r = entry(root) else { return out }
     out[""] = r
@@ -371,6 +374,9 @@ func compareBricks(_ a: String, _ b: String) -> [String] {
                 let hb = (try? xxh128(path: b + "/" + rel))?.hex ?? "unreadable"
                 if ha != hb || ha == "unreadable" { out.append("\(p): content differs: xxh128 a=\(ha) b=\(hb)") }
             }
+        }
+        if x.kind == .other && x.special != y.special {
+            out.append("\(p): special file differs: a=\(x.special) b=\(y.special)")
         }
         if x.kind == .symlink && x.linkTarget != y.linkTarget {
             out.append("\(p): symlink target differs: a=\(x.linkTarget ?? "?") b=\(y.linkTarget ?? "?")")

@@ -160,6 +160,51 @@ final class FileSemanticsTests: XCTestCase {
         XCTAssertNil(try n.journalRecord("open.bin"))
     }
 
+    /// Issue 15, case 1: mkfifo, mknod (FIFO, character and block devices, and `mknod name f`
+    /// for a regular file) and a bound unix socket, on the mount and replicated, made while the
+    /// peer is down too, then verified and compared on both bricks. Before, each was EPERM.
+    func testSpecialFilesAreMadeReplicatedAndHealed() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let m = c.a.mnt
+        XCTAssertEqual(mkdir(m + "/sp", 0o755), 0)
+        XCTAssertEqual(mkfifo(m + "/sp/fifo", 0o640), 0, String(cString: strerror(errno)))
+        XCTAssertEqual(mknod(m + "/sp/null", S_IFCHR | 0o666, devNumber(1, 3)), 0, String(cString: strerror(errno)))
+        XCTAssertEqual(mknod(m + "/sp/blk", S_IFBLK | 0o600, devNumber(7, 42)), 0, String(cString: strerror(errno)))
+        XCTAssertEqual(mknod(m + "/sp/regular", S_IFREG | 0o644, 0), 0, String(cString: strerror(errno)))
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let path = Array((m + "/sp/sock").utf8CString)
+        withUnsafeMutableBytes(of: &addr.sun_path) { buf in for (i, ch) in path.enumerated() where i < buf.count { buf[i] = UInt8(bitPattern: ch) } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(bound, 0, String(cString: strerror(errno)))
+        close(fd)
+        var st = stat()
+        XCTAssertEqual(lstat(m + "/sp/fifo", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO)
+        XCTAssertEqual(lstat(m + "/sp/null", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFCHR)
+        XCTAssertEqual(st.st_rdev, devNumber(1, 3))
+        XCTAssertEqual(lstat(m + "/sp/regular", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFREG)
+        XCTAssertEqual(lstat(c.b.brick + "/sp/blk", &st), 0, "on b's brick, a plain special file")
+        XCTAssertEqual(st.st_rdev, devNumber(7, 42))
+        // Made while the peer is down: owed, and replayed when it is back.
+        c.cut(.reset)
+        waitUntil("a DEGRADED", timeout: 30) { state(c.a) == "DEGRADED" }
+        XCTAssertEqual(mkfifo(m + "/sp/apart", 0o600), 0)
+        c.restore()
+        waitHealthy(c)
+        XCTAssertEqual(lstat(c.b.brick + "/sp/apart", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO)
+        for n in [c.a, c.b] {
+            let v = n.twinfs(["verify", "--config", n.configPath])
+            XCTAssertEqual(v.status, 0, "verify on \(n.name): \(v.stdout) \(v.stderr)")
+        }
+        try assertReplicasIdentical(c)
+    }
+
     func testSymlinkReadlinkAndHardLinks() throws {
         let n = try startedNode()
         let m = n.mnt
@@ -361,4 +406,9 @@ final class FileSemanticsTests: XCTestCase {
         XCTAssertEqual(stat(n.brick + "/shared/sub", &st), 0)
         XCTAssertEqual(st.st_gid, 777)
     }
+}
+
+/// glibc's makedev (a macro Swift does not import).
+func devNumber(_ major: UInt64, _ minor: UInt64) -> dev_t {
+    dev_t(((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff))
 }

@@ -255,9 +255,14 @@ final class HealTests: XCTestCase {
         XCTAssertEqual(mkdir(c.a.brick + "/imported", 0o755), 0)
         try put(c.a.brick + "/imported/old-study.dcm", pseudoRandomBytes(700_000, seed: 42))
         XCTAssertEqual(symlink("f1.dcm", c.b.brick + "/latest"), 0)
+        // Special files too (issue 15): a FIFO on a's brick, a device node on b's.
+        XCTAssertEqual(mkfifo(c.a.brick + "/imported/queue", 0o600), 0)
+        XCTAssertEqual(mknod(c.b.brick + "/console", S_IFCHR | 0o600, devNumber(5, 1)), 0)
         var st = stat()
         XCTAssertEqual(stat(c.a.mnt + "/imported/old-study.dcm", &st), 0)
+        XCTAssertEqual(lstat(c.a.mnt + "/imported/queue", &st), 0)
         XCTAssertEqual(lstat(c.b.mnt + "/latest", &st), 0)
+        XCTAssertEqual(lstat(c.b.mnt + "/console", &st), 0)
         XCTAssertEqual(stat(c.b.mnt + "/imported", &st), -1, "the peer must not have it before the full heal")
         // Not a terminal: plain progress lines, exit 0 when done.
         let r = c.b.twinfs(["heal", "full", "--wait", "--config", c.b.configPath], timeout: 300)
@@ -265,6 +270,10 @@ final class HealTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("full heal done"), r.stdout)
         XCTAssertEqual(try readFile(c.b.mnt + "/imported/old-study.dcm"), pseudoRandomBytes(700_000, seed: 42))
         XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: c.a.mnt + "/latest"), "f1.dcm")
+        XCTAssertEqual(lstat(c.b.brick + "/imported/queue", &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO)
+        XCTAssertEqual(lstat(c.a.brick + "/console", &st), 0)
+        XCTAssertEqual(st.st_rdev, devNumber(5, 1))
         waitHealthy(c)
         try assertReplicasIdentical(c)
     }

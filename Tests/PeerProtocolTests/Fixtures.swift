@@ -52,6 +52,8 @@ enum Fixtures {
         .syncDir(path: ""),
         .noteSplit(stableID: id + 7, path: "st/P.dcm", reason: "changed on both nodes while apart"),
         .noteSplit(stableID: 0, path: "a/x -> b/y", reason: "the peer could not apply rename"),
+        .mknod(parentPath: "tmp", name: "fifo", mode: 0o010644, rdev: 0, uid: 0, gid: 0, stableID: id + 9),
+        .mknod(parentPath: "dev", name: "null", mode: 0o020666, rdev: 0x103, uid: 0, gid: 0, stableID: id + 10),
         .stageWhole(parentPath: "st", name: "CT1.dcm", mode: 0o100644, uid: 1000, gid: 1000, stableID: id + 8, size: 400 << 20),
         .guarded(expect: [EntryExpectation(path: "st/P.dcm", stableID: id + 4, xxh128: Array(0..<16))],
                  change: .unlink(parentPath: "st", name: "P.dcm")),
