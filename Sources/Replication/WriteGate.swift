@@ -20,7 +20,7 @@ extension ReplicatedVolume {
     /// `cutOff` says the peer could not be told; nil: the mode says (degraded = out of reach,
     /// or its disk refuses changes: catching up means the peer is reachable and is told later).
     func permitApart(cutOff: Bool? = nil) throws(FSError) {
-        guard cutOff ?? (gate.mode == .degraded), let g = writeGate else { return }
+        guard let g = writeGate, cutOff ?? (gate.mode == .degraded) else { return }
         try g.permitApart()
     }
 }

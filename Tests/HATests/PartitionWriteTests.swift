@@ -112,7 +112,7 @@ final class PartitionWriteTests: HATestCase {
                 .map { "\($0.value.count) \(String(cString: strerror($0.key)))" }.joined(separator: ", ")
         }
         let firstEROFS = tries[1].first { $0.errno == EROFS }.map { String(format: "%.1f s", $0.ended.timeIntervalSince(cutAt)) } ?? "never"
-        print("partition (witness: \(witness)): a \(summary(aCut)); b \(summary(bCut)); overall a \(summary(tries[0])), b \(summary(tries[1])); b's first EROFS \(firstEROFS) after the cut; address on both nodes at once: \(p.maxHolders.with { $0 } > 1)")
+        print("partition (witness: \(witness)): a \(summary(aCut)); b \(summary(bCut)); overall a \(summary(tries[0])), b \(summary(tries[1])); b's first EROFS \(firstEROFS) after the cut; address on both nodes at once: \(p.maxHolders.with { $0 } > 1); after the heal a \(summary(tries[0].filter { $0.started > healAt })), b \(summary(tries[1].filter { $0.started > healAt }))")
         XCTAssertGreaterThan(aCut.filter { $0.errno == 0 }.count, 0, "a (the address and lease holder) stored nothing while cut off", file: file, line: line)
         XCTAssertEqual(tries[0].filter { $0.errno == EROFS }.count, 0, "a refused writes", file: file, line: line)
         if witness {
