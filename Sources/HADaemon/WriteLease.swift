@@ -106,7 +106,8 @@ public final class WriteLease: @unchecked Sendable {
     let transport: any WitnessTransport
     let clock: @Sendable () -> ContinuousClock.Instant
     let log: Logger
-    /// Guards `state`, `asking` and `stopping`. A leaf: never held across a send or receive.
+    /// Guards `state`, `asking`, `stopping` and `logged`. A leaf: never held across a send, a
+    /// receive or a log call; `thread` is set once, before the renewer runs.
     private let lock = MonotonicCondition()
     private var state: WriteLeaseState
     /// One exchange with the witness at a time (the transport is not shared); others wait.
