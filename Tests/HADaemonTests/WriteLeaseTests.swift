@@ -212,3 +212,19 @@ final class FailbackRuleTests: XCTestCase {
         }
     }
 }
+
+/// Issue 14: a monitor script's exit 75 is "healthy, but not caught up", for `monitor` only.
+final class NotCurrentExitTests: XCTestCase {
+    func testMonitorExit75IsHealthyButNotCurrentAndElsewhereAFailure() throws {
+        let d = NSTemporaryDirectory() + "twinfs-events-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        for (name, body) in [("10.ok", "exit 0"), ("50.twinfs", "exit 75")] {
+            try ("#!/bin/sh\n" + body + "\n").write(toFile: d + "/" + name, atomically: true, encoding: .utf8)
+            chmod(d + "/" + name, 0o755)
+        }
+        let r = EventRunner(dir: d, timeout: 5, environment: [:], logPath: d + "/events.log")
+        XCTAssertEqual(r.run("monitor"), .init(ok: true, failures: [], notCurrent: ["50.twinfs"]))
+        XCTAssertEqual(r.run("takeip", ["eth0", "10.0.0.50", "24"]), .init(ok: false, failures: ["50.twinfs: exit 75"]))
+    }
+}
