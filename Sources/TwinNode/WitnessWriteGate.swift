@@ -31,9 +31,13 @@ final class WitnessWriteGate: WriteGate {
         guard lease.permit() else { throw FSError(EROFS) }
     }
 
-    /// Renews the lease while the volume is cut off from its peer.
+    /// Renews the lease while the volume is cut off from its peer and serves. An OUTDATED node
+    /// takes no writes anyway: it must not hold the lease the serving node needs.
     func start(volume: ReplicatedVolume) {
-        lease.start { [weak volume] in volume?.mode == .degraded }
+        lease.start { [weak volume] in
+            guard let v = volume else { return false }
+            return v.mode == .degraded && v.currencyState != .outdated
+        }
     }
 
     /// Why writes are refused now (the volume is cut off and the lease is not held), or nil.
