@@ -90,7 +90,7 @@ extension ReplicatedVolume {
             markDegraded(why)
             c.rh.with { $0.live = false }
             try owe(id)
-            // Durable here and owed, not acknowledged without the lease (see `replicate`).
+            // Durable here and owed, not acknowledged without the lease (see `finishTransaction`).
             try permitApart(cutOff: true)
         case .refused(let e) where e == splitBrainErrno:
             recordSplitBrain(.entry(id), path: c.path, reason: "the peer changed this file too while the nodes were apart")
