@@ -3,10 +3,11 @@
 ///
 /// Rules:
 /// - **Connected** (a valid beat within the dead interval): the holder keeps the addresses while
-///   healthy; the preferred node takes them back only after being healthy for the failback
-///   delay; with no healthy holder, the preferred node if healthy, else the other. A node takes
-///   only when both nodes' choices name it and the peer says it holds nothing, so two connected
-///   nodes never both take.
+///   healthy; the preferred node takes them back only after being healthy and caught up with
+///   its peer (`healthyFor` > 0: its monitor said so) for the failback delay; with no healthy
+///   holder, the preferred node if healthy, else the other. A node takes only when both
+///   nodes' choices name it and the peer says it holds nothing, so two connected nodes never
+///   both take.
 /// - **Peer silent**: with a witness, a node holds only while it holds the witness's lease
 ///   (the other node cannot get the lease meanwhile). With or without one, a node takes only
 ///   once an ARP probe finds the address unused: a silent peer's kernel may still answer for it
@@ -60,7 +61,7 @@ public struct Arbiter: Sendable {
         // preferred node keeps it, on both sides' reckoning.
         let holder = holding && peer.holds ? preferred : (holding ? me : (peer.holds ? peerName : ""))
         if !holder.isEmpty, isHealthy(holder) {
-            if holder != preferred, isHealthy(preferred), upFor(preferred) >= failbackDelay { return preferred }
+            if holder != preferred, isHealthy(preferred), upFor(preferred) > 0, upFor(preferred) >= failbackDelay { return preferred }
             return holder
         }
         if isHealthy(preferred) { return preferred }

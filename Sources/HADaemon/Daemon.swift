@@ -47,6 +47,9 @@ public final class HADaemon: @unchecked Sendable {
         var move: Move?
         var healthy = false
         var healthySince: ContinuousClock.Instant?
+        /// The monitor found the service caught up with its peer (no script said `notCurrentExit`):
+        /// only then does the failback clock (`healthyFor`) run.
+        var current = true
         /// Names of public interfaces without carrier (checked every beat): no node holds an
         /// address on a dead link, and such a node is not healthy.
         var linksDown: [String] = []
@@ -304,8 +307,9 @@ public final class HADaemon: @unchecked Sendable {
     /// Healthy by the monitor and with carrier on every public link. Caller holds `lock`.
     private var healthyNow: Bool { st.healthy && st.linksDown.isEmpty }
 
+    /// How long this node has been healthy and caught up (0 while catching up: no failback).
     private func healthyFor() -> Double {
-        guard healthyNow, let since = st.healthySince else { return 0 }
+        guard healthyNow, st.current, let since = st.healthySince else { return 0 }
         let d = ContinuousClock.now - since
         return max(0, Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
     }
@@ -604,8 +608,15 @@ public final class HADaemon: @unchecked Sendable {
             let o = events.run("monitor", [], extraEnv: heldEnv(extra: nil))
             lock.withLock {
                 if o.ok {
-                    if !st.healthy { st.healthySince = ContinuousClock.now }
+                    let current = o.notCurrent.isEmpty
+                    // The failback clock starts when the node is healthy AND caught up.
+                    if !st.healthy || (current && !st.current) { st.healthySince = ContinuousClock.now }
                     if !st.healthy { recordLocked("healthy", "monitor passed") }
+                    if current != st.current {
+                        recordLocked(current ? "caught-up" : "catching-up",
+                                     current ? "the service is caught up with its peer" : "\(o.notCurrent.joined(separator: ", ")): still catching up with its peer; no failback to this node until it is")
+                    }
+                    st.current = current
                     st.healthy = true
                     st.monitorFailures = 0
                 } else {
@@ -708,6 +719,8 @@ public final class HADaemon: @unchecked Sendable {
         public var fencings: Int?
         /// Times the beat loop found it had not run for longer than the fence's hold.
         public var stalls: Int?
+        /// Healthy and caught up with its peer (the monitor said so): failback may come here.
+        public var caughtUp: Bool?
         public var transitions: [Transition]
 
         enum CodingKeys: String, CodingKey {
@@ -723,6 +736,7 @@ public final class HADaemon: @unchecked Sendable {
             case beatsReceived = "beats_received"
             case packetsDropped = "packets_dropped"
             case fencings, stalls
+            case caughtUp = "caught_up"
         }
     }
 
@@ -740,7 +754,7 @@ public final class HADaemon: @unchecked Sendable {
                           leaseValidMs: st.leaseUntil.map { max(0, ms($0 - now)) },
                           lastMonitorError: st.lastMonitorError, beatsSent: st.beatsSent, beatsReceived: st.beatsReceived,
                           packetsDropped: st.dropped, fencings: st.fencings, stalls: st.stalls,
-                          transitions: Array(st.history.suffix(20)))
+                          caughtUp: healthyNow && st.current, transitions: Array(st.history.suffix(20)))
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]

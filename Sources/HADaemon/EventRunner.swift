@@ -9,7 +9,13 @@ public struct EventRunner: Sendable {
         public var ok: Bool
         /// "NN.name: exit 3", "NN.name: timed out after 5 s (killed)", ...
         public var failures: [String]
+        /// `monitor` only: scripts that exited with `notCurrentExit` (healthy, but still
+        /// catching up: no failback to this node yet).
+        public var notCurrent: [String] = []
     }
+
+    /// A `monitor` script's "this node serves, but is not caught up with its peer" (EX_TEMPFAIL).
+    public static let notCurrentExit: Int32 = 75
 
     public let dir: String
     public let timeout: Double
@@ -36,11 +42,12 @@ public struct EventRunner: Sendable {
     }
 
     public func run(_ event: String, _ args: [String] = [], extraEnv: [String: String] = [:]) -> Outcome {
-        var failures: [String] = []
+        var failures: [String] = [], notCurrent: [String] = []
         for s in scripts() {
-            if let f = runOne(dir + "/" + s, [event] + args, extraEnv: extraEnv) { failures.append("\(s): \(f)") }
+            guard let f = runOne(dir + "/" + s, [event] + args, extraEnv: extraEnv) else { continue }
+            if event == "monitor" && f == Self.exitText(Self.notCurrentExit) { notCurrent.append(s) } else { failures.append("\(s): \(f)") }
         }
-        return Outcome(ok: failures.isEmpty, failures: failures)
+        return Outcome(ok: failures.isEmpty, failures: failures, notCurrent: notCurrent)
     }
 
     /// nil on success, else why it failed.
@@ -93,6 +100,8 @@ public struct EventRunner: Sendable {
         }
         let code = (status >> 8) & 0xFF, sig = status & 0x7F
         if sig != 0 { return "killed by signal \(sig)" }
-        return code == 0 ? nil : "exit \(code)"
+        return code == 0 ? nil : Self.exitText(code)
     }
+
+    static func exitText(_ code: Int32) -> String { "exit \(code)" }
 }

@@ -130,9 +130,9 @@ public enum Packets {
         mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.bigEndian) { bytes += $0 } }
         mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.bigEndian) { bytes += $0 } }
         mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.bigEndian) { bytes += $0 } }
-        /// At most 64 bytes (node names): longer is cut.
+        /// At most 72 bytes (node names of up to 64, and a node's askers "name/fs"): longer is cut.
         mutating func text(_ s: String) {
-            let b = Array(s.utf8.prefix(64))
+            let b = Array(s.utf8.prefix(72))
             u8(UInt8(b.count)); bytes += b
         }
     }
@@ -155,7 +155,7 @@ public enum Packets {
         mutating func u32() -> UInt32? { int(UInt32.self) }
         mutating func u64() -> UInt64? { int(UInt64.self) }
         mutating func text() -> String? {
-            guard let n = u8(), n <= 64, let s = take(Int(n)) else { return nil }
+            guard let n = u8(), n <= 72, let s = take(Int(n)) else { return nil }
             let str = String(decoding: s, as: UTF8.self)
             guard Array(str.utf8) == Array(s), str.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) || s.isEmpty else { return nil }
             return str

@@ -13,9 +13,8 @@ public final class WitnessServer: @unchecked Sendable {
     let secret: [UInt8]
     let lease: Duration
     let log: Logger
-    private var holder = ""
-    private var expires = ContinuousClock.now
-    private let quietUntil: ContinuousClock.Instant
+    /// Who holds the lease (only the `run` thread touches it: no lock).
+    private var table: LeaseTable
     public private(set) var dropped = 0
 
     public init(listen: String, secret: [UInt8], lease: Double, logger: Logger) throws(AdminError) {
@@ -35,7 +34,7 @@ public final class WitnessServer: @unchecked Sendable {
         self.secret = secret
         self.lease = .milliseconds(Int64(lease * 1000))
         log = logger
-        quietUntil = ContinuousClock.now + self.lease
+        table = LeaseTable(lease: self.lease, quietUntil: ContinuousClock.now + self.lease)
     }
 
     public func run() -> Never {
@@ -58,22 +57,61 @@ public final class WitnessServer: @unchecked Sendable {
     }
 
     func handle(_ q: WitnessRequest, now: ContinuousClock.Instant) -> WitnessReply {
-        if now >= expires { holder = "" }
+        let before = table.holder
+        let reply = table.handle(q, now: now)
+        if table.holder != before {
+            log.notice(table.holder.isEmpty ? "lease of \(before) released or expired" : "lease granted to \(table.holder)")
+        }
+        return reply
+    }
+}
+
+/// The witness's lease, pure (the clock is an argument): unit-tested.
+///
+/// The lease belongs to a node. A node asks for it from two processes: its twinfs-ha (node
+/// name "a", for the public addresses) and its twinfs node ("a/fs", for writes while cut off
+/// from its peer). Each asker holds its own claim with its own expiry, and the node holds the
+/// lease while any claim of it runs: a release (twinfs-ha's clean stop) ends only that
+/// asker's claim, never the lease another process of the node still counts on.
+struct LeaseTable: Sendable {
+    let lease: Duration
+    /// Nothing is granted before this (one lease after the witness's start): a lease granted
+    /// by a previous run must run out first.
+    let quietUntil: ContinuousClock.Instant
+    /// The node holding the lease ("" = nobody).
+    private(set) var holder = ""
+    /// The holder's claims: asker -> expiry.
+    private var claims: [String: ContinuousClock.Instant] = [:]
+
+    init(lease: Duration, quietUntil: ContinuousClock.Instant) {
+        self.lease = lease
+        self.quietUntil = quietUntil
+    }
+
+    /// "a/fs" -> "a": the node an asker belongs to.
+    static func node(of asker: String) -> String {
+        String(asker.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+    }
+
+    mutating func handle(_ q: WitnessRequest, now: ContinuousClock.Instant) -> WitnessReply {
+        claims = claims.filter { $0.value > now }
+        if claims.isEmpty { holder = "" }
+        let node = Self.node(of: q.node)
         var granted = false
         switch q.op {
         case .acquire:
-            if now >= quietUntil && (holder.isEmpty || holder == q.node) {
-                if holder != q.node { log.notice("lease granted to \(q.node)") }
-                holder = q.node
-                expires = now + lease
+            if now >= quietUntil && (holder.isEmpty || holder == node) {
+                holder = node
+                claims[q.node] = now + lease
                 granted = true
             }
         case .release:
-            if holder == q.node { holder = ""; log.notice("lease released by \(q.node)") }
+            if holder == node { claims[q.node] = nil }
+            if claims.isEmpty { holder = "" }
         case .query:
             break
         }
-        let left = holder.isEmpty ? Duration.zero : expires - now
+        let left = claims.values.max().map { $0 - now } ?? .zero
         let ms = UInt32(max(0, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
         return WitnessReply(granted: granted, holder: holder, remainingMs: ms, nonce: q.nonce)
     }

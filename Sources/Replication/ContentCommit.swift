@@ -31,7 +31,7 @@ extension ReplicatedVolume {
         guard live, !apart, gate.mode == .live else {
             try localCommit()
             try owe(rh.id, changedApart: apart)
-            return
+            return try permitApart()
         }
         // A write or truncate the peer did not apply (a fallocate, which has no message): the
         // commit cannot settle it.
@@ -90,6 +90,8 @@ extension ReplicatedVolume {
             markDegraded(why)
             c.rh.with { $0.live = false }
             try owe(id)
+            // Durable here and owed, not acknowledged without the lease (see `finishTransaction`).
+            try permitApart(cutOff: true)
         case .refused(let e) where e == splitBrainErrno:
             recordSplitBrain(.entry(id), path: c.path, reason: "the peer changed this file too while the nodes were apart")
         case .refused(let e):
@@ -114,7 +116,9 @@ extension ReplicatedVolume {
             // The peer holds the file as it is: this handle's next writes stream again,
             // unless one ran meanwhile (the push may have missed it).
             c.rh.with { if $0.writes == c.seen { $0.broken = false } }
-        case .unreachable: try owe(id)
+        case .unreachable:
+            try owe(id)
+            try permitApart(cutOff: true)
         case .splitBrain: break
         case .failed(let why), .badSource(let why):
             log.error("could not bring the peer's copy of \(c.path.debugDescription) up to date: \(why); it stays owed")

@@ -102,6 +102,13 @@ extension ReplicatedVolume {
     /// on is settled against the brick at the next start).
     func beginTransaction(keys: [String], pre: PeerMessage) throws(FSError) -> Transaction {
         let entered = gate.enter()
+        // Cut off already: refused before anything is written, so the brick stays untouched.
+        if entered == .degraded {
+            do throws(FSError) { try permitApart(cutOff: true) } catch {
+                gate.leave()
+                throw error
+            }
+        }
         let release: () -> Void
         do throws(FSError) { release = try takeLocks(keys, live: entered == .live) } catch {
             gate.leave()
@@ -160,6 +167,11 @@ extension ReplicatedVolume {
             throw FSError.io
         }
         gate.wakeCatchUp()
+        // The peer turned out unreachable after the change was applied here: it is durable
+        // and owed, but without the witness's lease it is not acknowledged (EROFS). Safe: the
+        // client was told it failed, and its replay at the peer meets split-brain detection
+        // (a name or file the lease holder changed meanwhile is kept in both versions).
+        try permitApart()
     }
 
     /// The entries an owed unlink or rename will remove or replace at the peer, as this node

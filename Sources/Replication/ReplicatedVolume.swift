@@ -40,9 +40,10 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     //   gate's condition -> the journal's (switchToLive's `ready` reads the backlog)
     //   pushCond -> pushLocks
     //   handles -> a RepHandle's cond (rename finds the open files under a name)
-    //   state, pushLocks, hooksBox, sendSamples, currency, localApplyBox: leaves, held for
-    //   one dictionary or field access. Cluster name locks (`locks`) are logical locks held
-    //   across a change and its peer call; they block only changes of the same names.
+    //   state, pushLocks, hooksBox, sendSamples, currency, localApplyBox, writeGateBox: leaves,
+    //   held for one dictionary or field access. Cluster name locks (`locks`) are logical locks
+    //   held across a change and its peer call (and the write gate's witness round trip); they
+    //   block only changes of the same names.
     /// Orders peer steps behind removals' and renames' (see `RemoteOrder`).
     let remoteOrder = RemoteOrder()
     /// Guards its mode, the changes inside it and catch-up's wake-ups (see `ModeGate`).
@@ -64,6 +65,8 @@ public final class ReplicatedVolume: VolumeOperations, @unchecked Sendable {
     let sendSamples = Locked<[(ContinuousClock.Instant, Int64)]>([])
     /// Whether this node may serve (see `DataCurrency`). Leaf.
     let currency = Locked(CurrencyState())
+    /// Guards the write gate (see `WriteGate`; set once at start). Leaf.
+    let writeGateBox = Locked<(any WriteGate)?>(nil)
     public var healHooks: (any HealHooks)? {
         get { hooksBox.with { $0 } }
         set { hooksBox.with { $0 = newValue } }

@@ -45,6 +45,7 @@ extension ReplicatedVolume {
         try checkNotSplit(node.id)
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
         if writable { keepName(node.id) }
+        if writable && flags & O_TRUNC != 0 { try permitApart() }
         let h = try local.open(node, flags: flags)
         if writable {
             let rh = RepHandle(id: node.id, path: node.path)
@@ -99,6 +100,7 @@ extension ReplicatedVolume {
 
     public func write(handle: UInt64, offset: Int64, data: UnsafeRawBufferPointer) throws(FSError) -> Int {
         guard let rh = handles.with({ $0[handle] }) else { return try local.write(handle: handle, offset: offset, data: data) }
+        try permitApart()
         healHooks?.noteIngest(id: 0)
         markTouched(rh)
         let n = try local.write(handle: handle, offset: offset, data: data)
@@ -196,6 +198,7 @@ extension ReplicatedVolume {
         guard let rh = handles.with({ $0[handle] }) else {
             return try local.fallocate(handle: handle, mode: mode, offset: offset, length: length)
         }
+        try permitApart()
         markTouched(rh)
         guard mode == 0 || mode == Self.fallocKeepSize else {
             rh.with { $0.broken = true }

@@ -19,6 +19,8 @@ final class ClusterMember: @unchecked Sendable {
     let service: PeerService
     let catchUp: CatchUp
     let healer: Healer
+    /// The witness mode of writes (nil: no witness, active-active).
+    let writeGate: WitnessWriteGate?
     private let fuse = Locked<(FuseSession, FuseAdapter)?>(nil)
     private let invalidations = DispatchQueue(label: "twinfs.invalidate")
 
@@ -34,6 +36,10 @@ final class ClusterMember: @unchecked Sendable {
         cc.backoff = ReconnectBackoff(initial: .milliseconds(100), maximum: .seconds(1))
         client = PeerClient(configuration: cc, logger: log)
         let channel = PeerChannel(client: client, timeout: timeout)
+        do { writeGate = try WitnessWriteGate.make(haConfig: cfg.haConfig, log: log) } catch {
+            Self.shutdown(client)
+            throw error
+        }
         do {
             volume = try ReplicatedVolume(local: local, channel: channel, ordinal: ordinal, logger: log)
         } catch {
@@ -102,6 +108,8 @@ final class ClusterMember: @unchecked Sendable {
                              fix: "check the journal's disk; `twinfs journal rebuild` rebuilds it from the brick")
         }
         volume.healHooks = healer
+        volume.writeGate = writeGate
+        writeGate?.start(volume: volume)
         catchUp.start()
         healer.start()
     }
@@ -124,6 +132,7 @@ final class ClusterMember: @unchecked Sendable {
 
     func stop() {
         fuse.with { $0 = nil }
+        writeGate?.lease.stop()
         healer.requestStop()
         catchUp.stop()
         let sem = DispatchSemaphore(value: 0)

@@ -91,9 +91,14 @@ public struct ReplicationStatus: Codable, Sendable {
     /// What the peer reported it still owes this node.
     public var peerPendingChanges: UInt64
     public var peerPendingFiles: UInt64
+    /// The witness (address) gating writes while cut off from the peer; nil: active-active.
+    public var witness: String? = nil
+    /// Why this node refuses writes now (cut off, without the witness's lease); nil: it does not.
+    public var writesRefused: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case link, mode
+        case link, mode, witness
+        case writesRefused = "writes_refused"
         case peerNode = "peer_node"
         case peerAddress = "peer_address"
         case pendingChanges = "pending_changes"
@@ -407,7 +412,8 @@ public final class Node: @unchecked Sendable {
                 splitBrainCount: r.backlog.splitBrain,
                 splitBrain: r.splitBrain.map { .init(path: $0.path, id: $0.id, reason: $0.reason, detected: $0.detected) },
                 lastLinkError: r.lastLinkError, peerPendingChanges: r.peerCatchingUpOps,
-                peerPendingFiles: r.peerCatchingUpFiles)
+                peerPendingFiles: r.peerCatchingUpFiles, witness: m.writeGate?.lease.witness,
+                writesRefused: m.writeGate?.refusal(volume: m.volume))
             let hi = m.healer.summary()
             let sc = m.healer.scrubber.current()
             heal = HealStatus(filesAwaited: hi.filesAwaited, bytesAwaited: hi.bytesAwaited, rebuilding: m.healer.isRebuilding,

@@ -76,7 +76,7 @@ struct Status: ParsableCommand {
         guard resp.ok, let body = resp.body else { fail(AdminError(problem: "the daemon answered with an error: \(resp.error ?? "?")", fix: "check its log")) }
         if json { out(body); return }
         guard let s = try? JSONDecoder().decode(HADaemon.Status.self, from: Data(body.utf8)) else { out(body); return }
-        out("Node \(s.node)  state \(s.state)  \(s.healthy ? "healthy" : "UNHEALTHY")\(s.lastMonitorError.isEmpty || s.healthy ? "" : " (\(s.lastMonitorError))")")
+        out("Node \(s.node)  state \(s.state)  \(s.healthy ? (s.caughtUp == false ? "healthy, catching up (no failback here yet)" : "healthy") : "UNHEALTHY")\(s.lastMonitorError.isEmpty || s.healthy ? "" : " (\(s.lastMonitorError))")")
         out("  holds       \(s.holds.isEmpty ? "nothing" : s.holds.joined(separator: ", "))   (addresses \(s.addresses.joined(separator: ", ")), preferred \(s.preferred))")
         out("  peer \(s.peer)      \(s.peerAlive ? "alive" : "NOT HEARD")\(s.peerAlive ? (s.peerHolds ? ", holds the addresses" : ", holds nothing") + (s.peerHealthy ? ", healthy" : ", unhealthy") : "")\(s.peerLastBeatMs.map { "  (last beat \($0) ms ago)" } ?? "")")
         if let w = s.witness {

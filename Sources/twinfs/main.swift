@@ -150,6 +150,12 @@ struct Status: ParsableCommand {
                 out("  peer owes   \(r.peerPendingChanges) changes, \(r.peerPendingFiles) files to this node")
             }
             if !r.lastLinkError.isEmpty && r.mode != "live" { out("  last error  \(r.lastLinkError)") }
+            if let why = r.writesRefused {
+                out("  WRITES REFUSED (EROFS): \(why); reads are still served")
+                out("              way out: reconnect the peer (writes resume at once), or stop the node holding the lease (this node gets it when it runs out)")
+            } else if let w = r.witness {
+                out("  writes      witness mode (\(w)): \(r.mode == "degraded" ? "accepted, this node holds the witness's lease" : "while cut off from the peer, only with the witness's lease")")
+            }
             if r.splitBrainCount > 0 {
                 out("  SPLIT BRAIN \(r.splitBrainCount) entries changed on both nodes while apart (both copies kept):")
                 for e in r.splitBrain { out("              \(e.path)  (id \(e.id), \(e.detected)): \(e.reason)") }

@@ -11,71 +11,7 @@ import XCTest
 /// ingest; the modality retries until each instance is acknowledged. When the dead node is back
 /// and healed, every acknowledged instance is on both bricks, element for element.
 final class PACSFailoverTests: HATestCase {
-    static var twinfs: String { ProcessInfo.processInfo.environment["TWINFS_BIN"] ?? repoRoot + "/.build/debug/twinfs" }
     static let script = repoRoot + "/Tests/IntegrationTests/pacs/pacs_e2e.py"
-
-    struct FSNode {
-        let name: String
-        let dir: String
-        var brick: String { dir + "/brick" }
-        var mnt: String { dir + "/mnt" }
-        var config: String { dir + "/node.toml" }
-        var log: String { dir + "/node.log" }
-    }
-
-    func mounted(_ path: String) -> Bool {
-        ((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "")
-            .split(separator: "\n").contains { $0.split(separator: " ").count > 4 && $0.split(separator: " ")[4] == path }
-    }
-
-    func state(_ n: FSNode) -> String {
-        let r = runCommand([Self.twinfs, "status", "--config", n.config, "--json"], timeout: 10)
-        return ((try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any])?["state"] as? String ?? "?"
-    }
-
-
-    /// TwinFS nodes a and b in the pair's namespaces (the peer link between them), started and
-    /// HEALTHY; `startNode(i)` starts node i again (after a kill).
-    func twinfsPair(_ p: Pair) throws -> ([FSNode], (Int) throws -> Void) {
-        let topo = p.topo
-        let secret = topo.workDir + "/secret"
-        let nodes = [FSNode(name: "a", dir: topo.workDir + "/fs-a"), FSNode(name: "b", dir: topo.workDir + "/fs-b")]
-        let children = Locked<[String: Child]>([:])
-        addTeardownBlock {
-            for c in children.with({ Array($0.values) }) where c.isRunning { _ = c.stop(signal: SIGKILL, timeout: 5) }
-            for n in nodes where self.mounted(n.mnt) { _ = runCommand(["umount", "-l", n.mnt]) }
-        }
-        for (i, n) in nodes.enumerated() {
-            let me: NetnsTopology.Node = i == 0 ? .a : .b, other: NetnsTopology.Node = i == 0 ? .b : .a
-            for d in [n.brick, n.mnt, n.dir + "/state"] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-            try """
-            volume = "pacs"
-            node = "\(n.name)"
-            brick = "\(n.brick)"
-            journal = "\(n.dir)/state/journal.db"
-            mountpoint = "\(n.mnt)"
-            control_socket = "\(n.dir)/state/control.sock"
-            listen = "\(topo.address(me)):7780"
-            [peer]
-            node = "\(i == 0 ? "b" : "a")"
-            address = "\(topo.address(other)):7780"
-            secret_file = "\(secret)"
-            timeout = 2.0
-            """.write(toFile: n.config, atomically: true, encoding: .utf8)
-        }
-        // The node enters only the namespace's network: its FUSE mount stays visible to all.
-        let startNode = { (i: Int) throws in
-            let n = nodes[i], ns = topo.namespace(i == 0 ? .a : .b)
-            let c = try Child(["nsenter", "--net=/var/run/netns/\(ns)", Self.twinfs, "node", "--config", n.config],
-                              stdout: n.log, stderr: n.log)
-            children.with { $0[n.name] = c }
-        }
-        try startNode(0)
-        try startNode(1)
-        XCTAssertTrue(waitUntil(60) { nodes.allSatisfy { self.state($0) == "HEALTHY" } },
-                      "pair not HEALTHY: \(nodes.map { state($0) })\n" + ((try? String(contentsOfFile: nodes[0].log, encoding: .utf8)) ?? ""))
-        return (nodes, startNode)
-    }
 
     /// Kills everything in node a's namespace `delay` µs from now, in the background, and
     /// records when (after the kill: nothing node a sends can arrive from then on).
