@@ -110,34 +110,7 @@ final class InodeTable: Sendable {
     var count: Int { state.read { $0.entries.count } }
 }
 
-/// A writer-preferring readers-writer lock (renames must not starve under a stream of reads).
-final class NamespaceLock: @unchecked Sendable {
-    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-
-    init() {
-        var attr = pthread_rwlockattr_t()
-        pthread_rwlockattr_init(&attr)
-        pthread_rwlockattr_setkind_np(&attr, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
-        pthread_rwlock_init(lock, &attr)
-        pthread_rwlockattr_destroy(&attr)
-    }
-
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
-    }
-
-    @inline(__always)
-    func shared<R>(_ body: () -> R) -> R {
-        pthread_rwlock_rdlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return body()
-    }
-
-    @inline(__always)
-    func exclusive<R>(_ body: () -> R) -> R {
-        pthread_rwlock_wrlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return body()
-    }
-}
+/// The adapter's namespace lock: shared by every request that resolves a path, exclusive for
+/// the local step of removals and renames; writer-preferring, so renames do not starve under a
+/// stream of reads.
+typealias NamespaceLock = WriterPreferringLock

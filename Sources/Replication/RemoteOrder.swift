@@ -1,4 +1,4 @@
-import Glibc
+import TwinCore
 
 /// Orders changes' peer steps behind the removals and renames whose peer step is under way
 /// (see `ReplicatedVolume.changeInTwoSteps`): those hold it exclusively from their local step
@@ -7,28 +7,4 @@ import Glibc
 /// thread that locks it unlocks it (the FUSE adapter runs both steps on one thread).
 /// Lock order: outermost of the replicated volume's (before the gate and the name locks);
 /// taken inside the FUSE adapter's namespace lock.
-final class RemoteOrder: @unchecked Sendable {
-    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
-
-    init() {
-        var attr = pthread_rwlockattr_t()
-        pthread_rwlockattr_init(&attr)
-        pthread_rwlockattr_setkind_np(&attr, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
-        pthread_rwlock_init(lock, &attr)
-        pthread_rwlockattr_destroy(&attr)
-    }
-
-    deinit {
-        pthread_rwlock_destroy(lock)
-        lock.deallocate()
-    }
-
-    func shared<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_rwlock_rdlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return try body()
-    }
-
-    func lockExclusive() { pthread_rwlock_wrlock(lock) }
-    func unlock() { pthread_rwlock_unlock(lock) }
-}
+typealias RemoteOrder = WriterPreferringLock
