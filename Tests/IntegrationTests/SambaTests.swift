@@ -15,16 +15,21 @@ final class SambaServer: @unchecked Sendable {
     private var process: Child?
     var conf: String { dir + "/smb.conf" }
 
-    /// `shares`: name -> path. Every share gets the settings of ctdb-like/smb.conf.example.
-    init(shares: [(String, String)]) throws {
+    let user: String
+    var log: String { (try? String(contentsOfFile: dir + "/smbd.out", encoding: .utf8)) ?? "" }
+
+    /// `shares`: name -> path, every share with the settings of `profile` (by default those of
+    /// ctdb-like/smb.conf.example). Clients log on as the profile's user.
+    init(shares: [(String, String)], profile: SambaShareProfile = .recommended) throws {
         for tool in ["smbd", "smbclient", "smbpasswd"] where runCommand(["which", tool]).status != 0 {
             throw XCTSkip("\(tool) is not installed (apt-get install samba smbclient)")
         }
         dir = TestEnv.prefix + "/samba-" + UUID().uuidString.prefix(8).lowercased()
         port = freeLoopbackPort()
-        let text = try SambaConfig.render(dir: dir, port: port, shares: shares, repoRoot: TestEnv.repoRoot)
+        user = profile.user
+        let text = try SambaConfig.render(dir: dir, port: port, shares: shares, repoRoot: TestEnv.repoRoot, profile: profile, smb1: true)
         try text.write(toFile: conf, atomically: true, encoding: .utf8)
-        let pw = sh("printf '%s\\n%s\\n' '\(password)' '\(password)' | smbpasswd -c '\(conf)' -a -s root")
+        let pw = sh("printf '%s\\n%s\\n' '\(password)' '\(password)' | smbpasswd -c '\(conf)' -a -s \(user)")
         guard pw.status == 0 else { throw SpawnError(description: "smbpasswd failed: \(pw.stderr)") }
         // In a session of its own: smbd signals its whole process group when it stops.
         process = try Child(["setsid", "smbd", "--foreground", "--no-process-group", "-s", conf, "--debug-stdout", "-d", "1"],
@@ -39,20 +44,30 @@ final class SambaServer: @unchecked Sendable {
     }
 
     func smbclient(share: String, _ commands: String, timeout: Int = 300) -> CommandResult {
-        runCommand(["smbclient", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "root%\(password)", "-c", commands], timeout: timeout)
+        runCommand(["smbclient", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "\(user)%\(password)", "-c", commands], timeout: timeout)
     }
 
-    /// Runs smbtorture `tests` against `share`; returns the names of the tests that failed or erred.
-    func torture(share: String, _ tests: [String]) -> (failed: Set<String>, passed: Set<String>, output: String) {
-        let r = runCommand(["smbtorture", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "root%\(password)"] + tests, timeout: 900)
+    struct TortureResult {
         var failed = Set<String>(), passed = Set<String>()
+        var output = ""
+        var seconds = 0.0
+    }
+
+    /// Runs smbtorture `tests` against `share`: the names of the tests that passed and those
+    /// that failed or erred.
+    func torture(share: String, _ tests: [String]) -> TortureResult {
+        let started = Date()
+        let r = runCommand(["smbtorture", "//127.0.0.1/\(share)", "-p", "\(port)", "-U", "\(user)%\(password)"] + tests, timeout: 900)
+        var t = TortureResult(output: r.stdout + r.stderr, seconds: Date().timeIntervalSince(started))
         for line in r.stdout.split(separator: "\n") {
-            if line.hasPrefix("success: ") { passed.insert(String(line.dropFirst(9))) }
+            if line.hasPrefix("success: ") { t.passed.insert(String(line.dropFirst(9))) }
             if line.hasPrefix("failure: ") || line.hasPrefix("error: ") {
-                failed.insert(String(line.split(separator: " ", maxSplits: 1)[1]).replacingOccurrences(of: " [", with: ""))
+                t.failed.insert(String(line.split(separator: " ", maxSplits: 1)[1]).replacingOccurrences(of: " [", with: ""))
             }
         }
-        return (failed, passed, r.stdout + r.stderr)
+        // A crash or timeout with no verdict line still fails.
+        if r.status != 0 && t.failed.isEmpty { t.failed.insert("\(tests.joined(separator: ",")) (exit \(r.status))") }
+        return t
     }
 
     func stop() {
