@@ -180,6 +180,42 @@ final class SambaTests: XCTestCase {
         try assertReplicasIdentical(c)
     }
 
+    /// smbd's xattr calls on a file deleted while open (delete-on-close with another handle
+    /// open, smbtorture's base.delete and base.unlink): the DOS attributes and the NT ACL are
+    /// read and written through its descriptor, as on a plain file system. The kernel asks by
+    /// inode, and the node answered ESTALE (no path left) before it went through the handle.
+    func testXattrsOfAFileDeletedWhileOpenAnswerThroughItsDescriptor() throws {
+        let c = try cluster()
+        waitHealthy(c)
+        let path = c.a.mnt + "/deleted-while-open.dat"
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        let pathref = open(path, twin_O_PATH())  // smbd's pathref fsp; xattrs go through /proc/self/fd
+        XCTAssertGreaterThanOrEqual(pathref, 0)
+        defer { close(pathref) }
+        XCTAssertEqual(unlink(path), 0)
+        let dos = [UInt8](repeating: 0x11, count: 64), acl = [UInt8](repeating: 0x22, count: 300)
+        XCTAssertEqual(twin_fsetxattr(fd, "user.DOSATTRIB", dos, dos.count, 0), 0, "fsetxattr: \(String(cString: strerror(errno)))")
+        XCTAssertEqual(twin_setxattr("/proc/self/fd/\(pathref)", "security.NTACL", acl, acl.count, 0), 0,
+                       "setxattr via /proc/self/fd: \(String(cString: strerror(errno)))")
+        var buf = [UInt8](repeating: 0, count: 512)
+        XCTAssertEqual(twin_fgetxattr(fd, "user.DOSATTRIB", &buf, buf.count), dos.count, String(cString: strerror(errno)))
+        XCTAssertEqual(Array(buf[0..<dos.count]), dos)
+        XCTAssertEqual(twin_getxattr("/proc/self/fd/\(pathref)", "security.NTACL", &buf, buf.count), acl.count)
+        var names = [CChar](repeating: 0, count: 512)
+        let n = twin_listxattr("/proc/self/fd/\(fd)", &names, names.count)
+        XCTAssertGreaterThan(n, 0, String(cString: strerror(errno)))
+        let listed = names[0..<max(n, 0)].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        XCTAssertEqual(Set(listed), ["user.DOSATTRIB", "security.NTACL"])
+        XCTAssertEqual(twin_removexattr("/proc/self/fd/\(fd)", "user.DOSATTRIB"), 0, String(cString: strerror(errno)))
+        // Nothing landed on a named entry (the root) of either brick.
+        for node in [c.a, c.b] {
+            XCTAssertLessThan(twin_getxattr(node.brick, "user.DOSATTRIB", &buf, buf.count), 0, node.name)
+            XCTAssertLessThan(twin_getxattr(node.brick, "security.NTACL", &buf, buf.count), 0, node.name)
+        }
+    }
+
     /// smbtorture's SMB2 tests against a plain directory and against TwinFS, side by side:
     /// none may fail on TwinFS that passes on the plain directory.
     func testSmbtortureFindsNothingOnTwinFSThatAPlainDirectoryPasses() throws {
