@@ -22,7 +22,8 @@ final class SmbtortureSuiteTests: XCTestCase {
 
     func compareSuites(_ profile: SambaShareProfile) throws {
         guard runCommand(["which", "smbtorture"]).status == 0 else { throw XCTSkip("smbtorture not installed (apt-get install samba-testsuite)") }
-        let c = try cluster()
+        // A run takes 3-6 minutes; the nodes' watchdog (600 s by default) must outlast them all.
+        let c = try startedCluster(peerExtra: "timeout = 2.0\n", watchdog: 900 + 600 * Double(Self.runs))
         waitHealthy(c)
         let plain = TestEnv.prefix + "/plain-" + UUID().uuidString.prefix(8).lowercased()
         try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
