@@ -191,7 +191,7 @@ public final class Brick: Sendable {
         var st = stat()
         guard fstatat(dirFD, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
         var v: UInt64 = 0
-        let n = twin_lgetxattr("/proc/self/fd/\(dirFD)/\(name)", Brick.idXattr, &v, 8)
+        let n = twin_getxattr_at(dirFD, name, Brick.idXattr, &v, 8)
         return (st, n == 8 ? UInt64(littleEndian: v) : nil)
     }
 

@@ -7,6 +7,8 @@
 #include <linux/openat2.h>
 #include <linux/falloc.h>
 #include <sys/xattr.h>
+#include <errno.h>
+#include <stdatomic.h>
 
 int twin_O_PATH(void) { return O_PATH; }
 int twin_O_DIRECT(void) { return O_DIRECT; }
@@ -48,3 +50,24 @@ long twin_getxattr(const char *path, const char *name, void *value, size_t size)
 int twin_setxattr(const char *path, const char *name, const void *value, size_t size, int flags) { return setxattr(path, name, value, size, flags); }
 long twin_listxattr(const char *path, char *list, size_t size) { return listxattr(path, list, size); }
 int twin_removexattr(const char *path, const char *name) { return removexattr(path, name); }
+
+/* getxattrat(2) (Linux 6.13): an entry's xattr by directory fd and name, without the walk
+ * through /proc/self/fd/N/name that lgetxattr needs (most of a large readdir's time). The
+ * same number on every architecture; older kernels answer ENOSYS, then the /proc path is used. */
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+struct twin_xattr_args { uint64_t value; uint32_t size; uint32_t flags; };
+static atomic_int twin_no_getxattrat; /* set once on ENOSYS */
+
+long twin_getxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size) {
+    if (!twin_no_getxattrat) {
+        struct twin_xattr_args args = { (uint64_t)(uintptr_t)value, (uint32_t)size, 0 };
+        long n = syscall(__NR_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, attr, &args, sizeof(args));
+        if (n >= 0 || errno != ENOSYS) return n;
+        twin_no_getxattrat = 1;
+    }
+    char path[64 + 256];
+    if (snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dirfd, name) >= (int)sizeof(path)) { errno = ENAMETOOLONG; return -1; }
+    return lgetxattr(path, attr, value, size);
+}

@@ -54,6 +54,16 @@ public final class FuseAdapter: Sendable {
         return NodeRef(id: ino, path: p)
     }
 
+    /// Where an xattr request on `ino` goes: its path, or, for a file unlinked while open, an
+    /// open handle of it (a plain file system serves a deleted open file's xattrs too).
+    enum XattrTarget { case node(NodeRef), handle(UInt64) }
+
+    func xattrTarget(_ ino: fuse_ino_t) throws(FSError) -> XattrTarget {
+        if let p = inodes.path(of: ino) { return .node(NodeRef(id: ino, path: p)) }
+        if let h = volume.openHandle(for: ino) { return .handle(h) }
+        throw FSError(ESTALE)
+    }
+
     static func name(_ p: UnsafePointer<CChar>?) throws(FSError) -> String {
         guard let p, let s = String(validatingCString: p) else { throw FSError(EILSEQ) }
         return s
@@ -411,7 +421,11 @@ public final class FuseAdapter: Sendable {
             a.namespace.shared {
                 do {
                     let n = try FuseAdapter.name(name)
-                    try a.volume.setxattr(try a.node(ino), name: n, value: UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                    let v = UnsafeRawBufferPointer(start: value, count: size)
+                    switch try a.xattrTarget(ino) {
+                    case .node(let node): try a.volume.setxattr(node, name: n, value: v, flags: flags)
+                    case .handle(let h): try a.volume.setxattr(handle: h, name: n, value: v, flags: flags)
+                    }
                     fuse_reply_err(req, 0)
                 } catch { FuseAdapter.fail(req, error) }
             }
@@ -421,13 +435,19 @@ public final class FuseAdapter: Sendable {
             a.namespace.shared {
                 do {
                     let n = try FuseAdapter.name(name)
-                    let node = try a.node(ino)
+                    let target = try a.xattrTarget(ino)
+                    func get(_ buf: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+                        switch target {
+                        case .node(let node): return try a.volume.getxattr(node, name: n, into: buf)
+                        case .handle(let h): return try a.volume.getxattr(handle: h, name: n, into: buf)
+                        }
+                    }
                     if size == 0 {
-                        fuse_reply_xattr(req, try a.volume.getxattr(node, name: n, into: nil))
+                        fuse_reply_xattr(req, try get(nil))
                     } else {
                         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 8)
                         defer { buf.deallocate() }
-                        let got = try a.volume.getxattr(node, name: n, into: buf)
+                        let got = try get(buf)
                         fuse_reply_buf(req, buf.baseAddress?.assumingMemoryBound(to: CChar.self), got)
                     }
                 } catch { FuseAdapter.fail(req, error) }
@@ -437,7 +457,11 @@ public final class FuseAdapter: Sendable {
             let a = FuseAdapter.adapter(req)
             a.namespace.shared {
                 do {
-                    let names = try a.volume.listxattr(try a.node(ino))
+                    let names: [String]
+                    switch try a.xattrTarget(ino) {
+                    case .node(let node): names = try a.volume.listxattr(node)
+                    case .handle(let h): names = try a.volume.listxattr(handle: h)
+                    }
                     var bytes: [CChar] = []
                     for n in names { bytes.append(contentsOf: n.utf8CString) }
                     if size == 0 {
@@ -455,7 +479,10 @@ public final class FuseAdapter: Sendable {
             a.namespace.shared {
                 do {
                     let n = try FuseAdapter.name(name)
-                    try a.volume.removexattr(try a.node(ino), name: n)
+                    switch try a.xattrTarget(ino) {
+                    case .node(let node): try a.volume.removexattr(node, name: n)
+                    case .handle(let h): try a.volume.removexattr(handle: h, name: n)
+                    }
                     fuse_reply_err(req, 0)
                 } catch { FuseAdapter.fail(req, error) }
             }

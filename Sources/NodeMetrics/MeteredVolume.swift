@@ -155,4 +155,14 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
         try timed(.removexattr) { () throws(FSError) in try inner.removexattr(node, name: name) }
     }
     public func openHandle(for id: UInt64) -> UInt64? { inner.openHandle(for: id) }
+    public func getxattr(handle: UInt64, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        try inner.getxattr(handle: handle, name: name, into: buffer)
+    }
+    public func setxattr(handle: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        try timed(.setxattr) { () throws(FSError) in try inner.setxattr(handle: handle, name: name, value: value, flags: flags) }
+    }
+    public func listxattr(handle: UInt64) throws(FSError) -> [String] { try timed(.listxattr) { () throws(FSError) in try inner.listxattr(handle: handle) } }
+    public func removexattr(handle: UInt64, name: String) throws(FSError) {
+        try timed(.removexattr) { () throws(FSError) in try inner.removexattr(handle: handle, name: name) }
+    }
 }

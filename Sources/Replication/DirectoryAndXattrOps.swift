@@ -78,4 +78,14 @@ extension ReplicatedVolume {
     }
 
     public func openHandle(for id: UInt64) -> UInt64? { local.openHandle(for: id) }
+
+    // A file unlinked while open: local only (the unlink already reached the peer).
+    public func getxattr(handle: UInt64, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        try local.getxattr(handle: handle, name: name, into: buffer)
+    }
+    public func setxattr(handle: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        try local.setxattr(handle: handle, name: name, value: value, flags: flags)
+    }
+    public func listxattr(handle: UInt64) throws(FSError) -> [String] { try local.listxattr(handle: handle) }
+    public func removexattr(handle: UInt64, name: String) throws(FSError) { try local.removexattr(handle: handle, name: name) }
 }

@@ -865,9 +865,11 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         if name.hasPrefix(RealName.xattrPrefix) {
             return try realName(node, String(name.dropFirst(RealName.xattrPrefix.count)), into: buffer)
         }
-        return try brick.withInode(node.path) { (proc, _) throws(FSError) -> Int in
-            try sys { twin_getxattr(proc, name, buffer?.baseAddress, buffer?.count ?? 0) }
-        }
+        return try brick.withInode(node.path) { (proc, _) throws(FSError) -> Int in try Self.getxattr(proc, name, buffer) }
+    }
+
+    static func getxattr(_ proc: String, _ name: String, _ buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        try sys { twin_getxattr(proc, name, buffer?.baseAddress, buffer?.count ?? 0) }
     }
 
     /// The stored spelling of `wanted` in directory `node` (see `RealName`), NUL-terminated as
@@ -895,12 +897,13 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func listxattr(_ node: NodeRef) throws(FSError) -> [String] {
-        let (buf, size) = try brick.withInode(node.path) { (p, _) throws(FSError) -> ([CChar], Int) in
-            let want = try sys { twin_listxattr(p, nil, 0) }
-            var buf = [CChar](repeating: 0, count: max(want, 1))
-            let got = try sys { twin_listxattr(p, &buf, buf.count) }
-            return (buf, got)
-        }
+        try brick.withInode(node.path) { (p, _) throws(FSError) -> [String] in try Self.listxattr(p) }
+    }
+
+    static func listxattr(_ p: String) throws(FSError) -> [String] {
+        let want = try sys { twin_listxattr(p, nil, 0) }
+        var buf = [CChar](repeating: 0, count: max(want, 1))
+        let size = try sys { twin_listxattr(p, &buf, buf.count) }
         var names: [String] = []
         var start = 0
         for i in 0..<size where buf[i] == 0 {
@@ -916,5 +919,31 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         try brick.withInode(node.path) { (proc, _) throws(FSError) in _ = try sys { twin_removexattr(proc, name) } }
         let st = try brick.lstat(node.path)
         try submit([.putAttributes(Self.record(st, id: node.id))], wait: .queued)
+    }
+
+    // A file unlinked while open keeps its xattrs until the last close, and a plain file system
+    // serves them through the descriptor (smbd reads and writes user.DOSATTRIB and security.NTACL
+    // of a file it deleted while open). The kernel then asks by inode, which has no path here:
+    // these answer through the open handle's descriptor. The file has no journal row left.
+
+    func procPath(handle: UInt64) throws(FSError) -> String { "/proc/self/fd/\(try file(handle).fd)" }
+
+    public func getxattr(handle: UInt64, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int {
+        if name.hasPrefix(Brick.privateXattrPrefix) || name.hasPrefix(RealName.xattrPrefix) { throw FSError.noData }
+        return try Self.getxattr(procPath(handle: handle), name, buffer)
+    }
+
+    public func setxattr(handle: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError) {
+        try checkXattr(name)
+        let p = try procPath(handle: handle)
+        _ = try sys { twin_setxattr(p, name, value.baseAddress, value.count, flags) }
+    }
+
+    public func listxattr(handle: UInt64) throws(FSError) -> [String] { try Self.listxattr(procPath(handle: handle)) }
+
+    public func removexattr(handle: UInt64, name: String) throws(FSError) {
+        try checkXattr(name)
+        let p = try procPath(handle: handle)
+        _ = try sys { twin_removexattr(p, name) }
     }
 }

@@ -92,6 +92,12 @@ public protocol VolumeOperations: AnyObject, Sendable {
     func removexattr(_ node: NodeRef, name: String) throws(FSError)
     /// Any open handle of `id`: the kernel may ask about a file unlinked while open.
     func openHandle(for id: UInt64) -> UInt64?
+    /// The xattrs of a file unlinked while open, through an open handle of it (no name is left
+    /// to replicate by: the peer's copy went with the name).
+    func getxattr(handle: UInt64, name: String, into buffer: UnsafeMutableRawBufferPointer?) throws(FSError) -> Int
+    func setxattr(handle: UInt64, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FSError)
+    func listxattr(handle: UInt64) throws(FSError) -> [String]
+    func removexattr(handle: UInt64, name: String) throws(FSError)
 }
 
 /// A removal or a rename, for `VolumeOperations.beginNameChange`.

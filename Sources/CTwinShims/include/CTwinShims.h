@@ -25,6 +25,8 @@ int twin_open_beneath(int dirfd, const char *path, int flags, unsigned int mode)
 int twin_close_from(unsigned int first);
 /* xattr calls (sys/xattr.h is not in Swift's Glibc module). */
 long twin_lgetxattr(const char *path, const char *name, void *value, size_t size);
+/* An entry of directory `dirfd`: getxattrat(2), or lgetxattr through /proc before Linux 6.13. */
+long twin_getxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size);
 long twin_fgetxattr(int fd, const char *name, void *value, size_t size);
 int twin_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
 int twin_fsetxattr(int fd, const char *name, const void *value, size_t size, int flags);
