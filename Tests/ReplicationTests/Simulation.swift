@@ -19,6 +19,9 @@ final class Simulation {
         var partitions = true
         /// How long the pair may take to owe nothing after the faults end.
         var settleTimeout: Duration = .seconds(10)
+        /// Wait between steps until the pair did what it can without a client (`quiesce`);
+        /// false (TWINFS_RACY=1): steps race catch-up and the healer, as clients do.
+        var quiesce = true
     }
 
     /// A write whose close returned success, where its bytes now live (renames follow it).
@@ -105,6 +108,8 @@ final class Simulation {
             step = s
             beginStep()
             if chance(0.2) { fault() } else { operation() }
+            if settings.quiesce { quiesce() }
+            if let w = ProcessInfo.processInfo.environment["TWINFS_WATCH"] { watch(w) }
         }
         step = settings.steps + 1
         note("faults end: link restored, every node up")
@@ -170,6 +175,52 @@ final class Simulation {
         return false
     }
 
+    /// What the pair is doing, to tell when it stopped (see `quiesce`).
+    struct Activity: Equatable {
+        var nodes: [String]
+        var delivered: Int
+        var inFlight: Int
+    }
+
+    var activity: Activity {
+        Activity(nodes: nodes.map { n in
+            guard n.running else { return "down" }
+            let b = try? n.journal.peerBacklog()
+            return "\(n.volume.mode) \(b?.ops ?? -1) \(b?.files ?? -1) \(n.volume.peerOwesUs) \(n.healer.busy) \(n.service.applier.openFiles)"
+        }, delivered: link.stats.delivered, inFlight: link.requestsInFlight)
+    }
+
+    /// After a step: waits until the pair finished what it does without a client (catch-up's
+    /// replay and sends, heals, background writes, a reconnect, noticing a cut link), so the
+    /// next step meets the same state on every run of the seed instead of racing those
+    /// threads. Done when the pair is settled, or the link cannot carry and every node up went
+    /// degraded, or nothing moved for 50 ms (a backoff, a split brain awaited), at most 2 s.
+    func quiesce() {
+        let deadline = ContinuousClock.now + .seconds(2)
+        var last: Activity?
+        var calm = 0
+        while ContinuousClock.now < deadline {
+            let now = activity
+            if now.inFlight == 0 && !link.reconnecting {
+                if pairSettled { return }
+                if !link.canCarry && nodes.allSatisfy({ !$0.running || $0.volume.mode == .degraded }) { return }
+            }
+            calm = now == last ? calm + 1 : 0
+            if calm >= 5 { return }
+            last = now
+            usleep(10_000)
+        }
+    }
+
+    /// TWINFS_WATCH=path: after each step, what each node holds at `path` and owes (debugging).
+    func watch(_ path: String) {
+        note("watch \(path): " + nodes.map { n in
+            let size = (try? readBytes(n.local.brick.absolute(path)))?.count
+            let b = try? n.journal.peerBacklog()
+            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") \(size.map(String.init) ?? "-") bytes, \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
+        }.joined(separator: "; "))
+    }
+
     // MARK: - Faults
 
     func fault() {
@@ -193,11 +244,12 @@ final class Simulation {
             }
         case 45..<60:
             let side = pick(LinkSide.allCases)
-            link.script(.loseReply, towards: side)
+            // A client's change, not a timer's message: which one it meets must not depend on time.
+            link.script(.loseReply, towards: side) { !InProcessLink.isBackground($0) }
             note("the next reply from \(side) is lost")
         case 60..<70:
             let side = pick(LinkSide.allCases)
-            link.script(.dropRequest, towards: side)
+            link.script(.dropRequest, towards: side) { !InProcessLink.isBackground($0) }
             note("the next request to \(side) is lost")
         case 70..<80:
             var r = FaultRates()
