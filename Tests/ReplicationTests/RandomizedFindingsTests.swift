@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Journal
 import Replication
 import ReplicationTesting
 import TwinCore
@@ -58,6 +59,49 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         waitSettled()
         XCTAssertEqual(try a.journal.splitBrains().map(\.path), [])
         XCTAssertNil(b.kind("f"), "the file deleted on a is deleted on b")
+    }
+
+    /// Seed 25: apart, both nodes rewrite g, and a renames f onto g. a's replayed rename passes
+    /// its guard on b (a owed g, so it expects no content) and is refused by b's check of the
+    /// target it changed apart, which records nothing when g is split already; a recorded
+    /// the rename under f's id. Before, that row was listed on a only.
+    func testARenameRefusedForItsTargetIsListedOnBothNodes() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "g", payload(5000, seed: 3))
+        try write(b, "g", payload(6000, seed: 4))
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        // b's disk refuses the first replay of the rename: a retries it after a backoff, by
+        // which time b's send of g was refused by a, and b holds g in split brain already.
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertFalse(rows(a).isEmpty, "the rename onto a file both rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+
+    /// Seed 28: apart, a renames f to g while b renames it to h and then changes its mode. The
+    /// two renames are a split brain (listed on both). b's replayed chmod of h then finds no h
+    /// on a (ENOENT) and was recorded as another split brain, of h, which a never touched:
+    /// the entry is in split brain already, b's mode is in b's copy, which is kept.
+    func testAChmodAfterARenameInSplitBrainAddsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
+        _ = try b.volume.setattr(XCTUnwrap(b.ref("h")), handle: nil, changes: AttrChanges(mode: 0o600))
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        let all = rows(a) + rows(b)
+        XCTAssertTrue(all.contains { $0.path.contains("f ->") }, "the two renames of f: \(all.map(\.path))")
+        XCTAssertFalse(all.contains { $0.reason.contains("setattr") }, "\(all.map { "\($0.path): \($0.reason)" })")
     }
 }
 
