@@ -126,6 +126,13 @@ final class OneSidedSplitBrainTests: InProcessPairTestCase {
         XCTAssertTrue(listed(a), "a lists the refused rmdir of d")
         XCTAssertTrue(listed(b), "b lists it too: \((try? b.journal.splitBrains().map(\.path)) ?? [])")
     }
+
+    /// Seed 96: the same, with the note to b lost with the link (the request dropped). Before,
+    /// the note was sent once and forgotten: b never listed d.
+    func testARefusedReplayIsListedOnBothNodesWhenTheNoteIsLost() throws {
+        link.script(.dropRequest, towards: .b) { $0.type == .noteSplit }
+        try testARefusedReplayIsListedOnBothNodes()
+    }
 }
 
 /// Seeds 1, 3, 5, 7 (with the healer): a file created and deleted (or renamed over) while
