@@ -243,12 +243,25 @@ extension ReplicatedVolume {
             guard found == e.stableID else {
                 return "\(e.path.debugDescription) is now another entry (id \(found.map { String($0) } ?? "none"), expected \(e.stableID))"
             }
-            guard st.kind == .file, !e.xxh128.isEmpty else { continue }
+            guard st.kind == .file else { continue }
+            // A version this node has not sent yet (the peer expects no content: it owed the
+            // file too) would be lost with the name the change removes.
+            if isOwed(e.stableID), e.path == Self.removed(by: change) { return "\(e.path.debugDescription) was rewritten here and not sent yet" }
+            guard !e.xxh128.isEmpty else { continue }
             guard let rec = try? journal.inode(e.stableID), !rec.dirty, rec.hash == e.xxh128 else {
                 return "\(e.path.debugDescription) was rewritten here"
             }
         }
         return nil
+    }
+
+    /// The name whose entry an unlink or a rename removes or replaces (nil for any other change).
+    static func removed(by change: PeerMessage?) -> String? {
+        switch change {
+        case let .unlink(p, n)?: return Brick.join(p, n)
+        case let .rename(_, _, tp, tn, flags)? where flags & 2 == 0: return Brick.join(tp, tn)
+        default: return nil
+        }
     }
 
     /// Where a rename puts its entry (nil for any other change).

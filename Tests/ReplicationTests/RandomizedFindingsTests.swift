@@ -103,6 +103,31 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertTrue(all.contains { $0.path.contains("f ->") }, "the two renames of f: \(all.map(\.path))")
         XCTAssertFalse(all.contains { $0.reason.contains("setattr") }, "\(all.map { "\($0.path): \($0.reason)" })")
     }
+
+    /// Seed 24 (a variant of it): apart, b rewrites f and deletes it; its owed unlink waits (a's
+    /// disk refuses it once). Meanwhile a, in step again, rewrites f: b cannot take it (f is
+    /// gone there), so a owes it and its close acknowledges. Then b's replayed unlink,
+    /// expecting f's id only (b owed f's bytes), deleted a's acknowledged version on a: lost
+    /// on both nodes.
+    func testAnOwedUnlinkDoesNotDeleteAWriteThePeerAcknowledgedLater() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try write(b, "f", payload(4000, seed: 2))
+        try b.volume.unlink(parent: .root, name: "f")
+        link.script(.refuse(ENOSPC), towards: .a) { $0.type == .guarded || $0.type == .unlink }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        // a in step, and told that b owes it a file: a's open of f asks b for it first (pull),
+        // b has nothing to send (f is gone there) and stops owing it.
+        while !(a.volume.mode == .live && a.volume.peerOwesUs) && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(5000, seed: 3)
+        try write(a, "f", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        let onA = try? readBytes(a.local.brick.absolute("f")), onB = try? readBytes(b.local.brick.absolute("f"))
+        XCTAssertTrue(onA == mine && onB == mine || listed(a) && listed(b) && (onA == mine || onB == mine),
+                      "a's acknowledged write: on a \(onA == mine), on b \(onB == mine); a has f: \(onA != nil), b has f: \(onB != nil)")
+    }
 }
 
 /// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
