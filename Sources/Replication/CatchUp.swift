@@ -115,6 +115,14 @@ public final class CatchUp: @unchecked Sendable {
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
                     continue
                 }
+                // The entry this node removed is back under that name: the peer sent its newer
+                // version since. Deleting it there now would leave only this node with it.
+                if case let .guarded(expect, .unlink(p, n)) = m, let e = expect.first,
+                   v.local.brick.readID(rel: Brick.join(p, n)) == e.stableID {
+                    log.notice("owed unlink of \(Brick.join(p, n).debugDescription) dropped: the peer sent that file again since; both hold it")
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    continue
+                }
                 switch v.channel.call(m) {
                 case .ok:
                     drops.append(.dropPeerOp(seq: r.seq))

@@ -110,10 +110,25 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
     /// expecting f's id only (b owed f's bytes), deleted a's acknowledged version on a: lost
     /// on both nodes.
     func testAnOwedUnlinkDoesNotDeleteAWriteThePeerAcknowledgedLater() throws {
+        try owedUnlinkMeetsALaterWrite(restartB: false)
+    }
+
+    /// Seed 24 itself: the same, but b restarted while apart, so it takes a's rewrite of f
+    /// (it no longer remembers creating f's id) and holds it again under f. b's replayed
+    /// unlink then deleted it on a only: a's acknowledged write on b alone, nothing listed.
+    func testAnOwedUnlinkOfAnEntryTheNodeHoldsAgainIsDropped() throws {
+        try owedUnlinkMeetsALaterWrite(restartB: true)
+    }
+
+    func owedUnlinkMeetsALaterWrite(restartB: Bool) throws {
         try write(a, "f", payload(3000, seed: 1))
         link.setPartitioned(true)
         try write(b, "f", payload(4000, seed: 2))
         try b.volume.unlink(parent: .root, name: "f")
+        if restartB {
+            b.stop(clean: false)
+            try b.restart()
+        }
         link.script(.refuse(ENOSPC), towards: .a) { $0.type == .guarded || $0.type == .unlink }
         link.setPartitioned(false)
         let deadline = ContinuousClock.now + .seconds(5)
