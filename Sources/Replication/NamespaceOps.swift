@@ -64,9 +64,11 @@ extension ReplicatedVolume {
                 case .at(let ts): return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
                 }
             }
+            // A truncate sets the mtime to this node's "now": the peer takes that one, not its own.
+            let mtime = changes.mtime ?? (changes.size != nil ? .now : nil)
             return .setattr(path: node.path, changes: AttrUpdate(
                 mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
-                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(changes.mtime, mtimeNow)))
+                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(mtime, mtimeNow)))
         }
         // The tentative row carries the change itself (times "now" as of before it), so that
         // a crash between the local change and the peer's answer replays it, not a no-op.

@@ -216,8 +216,9 @@ final class Simulation {
     func watch(_ path: String) {
         note("watch \(path): " + nodes.map { n in
             let size = (try? readBytes(n.local.brick.absolute(path)))?.count
+            let mtime = (try? n.local.brick.lstat(path))?.mtimeNs
             let b = try? n.journal.peerBacklog()
-            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") \(size.map(String.init) ?? "-") bytes, \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
+            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") \(size.map(String.init) ?? "-") bytes, mtime \(mtime.map(String.init) ?? "-"), \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
         }.joined(separator: "; "))
     }
 
