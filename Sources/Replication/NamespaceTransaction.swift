@@ -162,6 +162,10 @@ extension ReplicatedVolume {
         gate.wakeCatchUp()
     }
 
+    /// The id an expectation names for "no entry here": never allocated (ordinal byte 0xFF),
+    /// so a receiver of an older release finds no such entry and refuses to replace another.
+    static let absentID = UInt64.max
+
     /// The entries an owed unlink or rename will remove or replace at the peer, as this node
     /// sees them now: the replay is refused (a split brain, both kept) if the peer changed them
     /// meanwhile, instead of deleting a version this node never saw.
@@ -181,7 +185,10 @@ extension ReplicatedVolume {
         case let .unlink(p, n):
             return seen(Brick.join(p, n)).map { [$0] } ?? []
         case let .rename(fp, fn, tp, tn, flags) where flags & 2 == 0:
-            return [seen(Brick.join(fp, fn)), seen(Brick.join(tp, tn))].compactMap { $0 }
+            // No entry at the target: expected absent, so a replay does not replace an entry the
+            // peer's client created there meanwhile.
+            let to = Brick.join(tp, tn)
+            return [seen(Brick.join(fp, fn)), seen(to) ?? EntryExpectation(path: to, stableID: Self.absentID, xxh128: [])].compactMap { $0 }
         default:
             return []
         }

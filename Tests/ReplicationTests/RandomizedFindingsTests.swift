@@ -158,6 +158,40 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertEqual(try b.local.brick.lstat("f").st_size, 1000)
         XCTAssertEqual(ma, mb)
     }
+
+    /// Seed 156: apart, a renames f to g and g to h. While a's replays wait (b's disk refused
+    /// the first), b, in step, creates g and its close acknowledges (a has no g then, so it
+    /// takes it live). a's replayed rename f -> g, which saw no g, replaced b's g on b: b's
+    /// acknowledged write was left on a only, nothing listed.
+    func testAnOwedRenameDoesNotReplaceANameCreatedSince() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try a.volume.rename(parent: .root, name: "g", newParent: .root, newName: "h", flags: 0)
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while b.volume.mode != .live && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(5000, seed: 2)
+        try write(b, "g", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("g") } }
+        let onA = try? readBytes(a.local.brick.absolute("g")), onB = try? readBytes(b.local.brick.absolute("g"))
+        XCTAssertTrue(onA == mine && onB == mine || listed(a) && listed(b) && (onA == mine || onB == mine),
+                      "b's acknowledged write: on a \(onA == mine), on b \(onB == mine); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+        XCTAssertEqual(onA == mine, onB == mine, "g differs between the nodes")
+    }
+
+    /// The same guard, for a replayed rename the peer applied already (its answer lost): the
+    /// entry at the target is the rename's own, not one created meanwhile.
+    func testAReplayedRenameThePeerAppliedBeforeIsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.script(.loseReply, towards: .b) { $0.type == .rename }
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
+    }
 }
 
 /// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
