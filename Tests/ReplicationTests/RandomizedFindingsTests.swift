@@ -1,3 +1,4 @@
+import Fixity
 import Foundation
 import Glibc
 import Journal
@@ -191,6 +192,29 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         waitSettled()
         XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
         XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
+    }
+
+    /// Seed 34: apart, a truncates f while b rewrites f and renames it to g. b's replayed
+    /// rename (b owed f, so it expects no content) moved a's truncated f to g on a, and b's
+    /// send of f then replaced it there: a truncate made apart did not count as a change of
+    /// the file's content made apart, and a's acknowledged truncate was lost.
+    func testATruncateMadeApartIsKeptAgainstThePeersRewrite() throws {
+        let original = payload(3000, seed: 1)
+        try write(a, "f", original)
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(size: 1000))
+        try write(b, "f", payload(4000, seed: 2))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        let truncated = Array(original.prefix(1000))
+        let names = ["f", "g"]
+        let kept = names.contains { (try? readBytes(a.local.brick.absolute($0))) == truncated }
+            || names.contains { (try? readBytes(b.local.brick.absolute($0))) == truncated }
+            || ((try? a.journal.quarantine()) ?? []).contains { hexString($0.hash) == XXH128Hasher.hash(truncated).hex }
+        XCTAssertTrue(kept, "a's truncated f is kept somewhere")
+        XCTAssertFalse(try a.journal.splitBrains().isEmpty, "listed on a")
+        XCTAssertFalse(try b.journal.splitBrains().isEmpty, "listed on b")
     }
 }
 

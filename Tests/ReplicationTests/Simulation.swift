@@ -170,6 +170,7 @@ final class Simulation {
                 // within seconds anyway (keeps a seed short; changes no outcome).
                 for n in nodes where n.running { n.healer.kick() }
             }
+            if let w = ProcessInfo.processInfo.environment["TWINFS_WATCH"] { watch(w) }
             usleep(20_000)
         }
         return false
@@ -214,13 +215,17 @@ final class Simulation {
 
     /// TWINFS_WATCH=path: after each step, what each node holds at `path` and owes (debugging).
     func watch(_ path: String) {
-        note("watch \(path): " + nodes.map { n in
+        let line = "watch \(path): " + nodes.map { n in
             let size = (try? readBytes(n.local.brick.absolute(path)))?.count
             let mtime = (try? n.local.brick.lstat(path))?.mtimeNs
             let b = try? n.journal.peerBacklog()
             return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") \(size.map(String.init) ?? "-") bytes, mtime \(mtime.map(String.init) ?? "-"), \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
-        }.joined(separator: "; "))
+        }.joined(separator: "; ")
+        if line != lastWatch { note(line) }
+        lastWatch = line
     }
+
+    var lastWatch = ""
 
     // MARK: - Faults
 
