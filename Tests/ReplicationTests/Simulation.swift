@@ -38,6 +38,16 @@ final class Simulation {
         var contestedBy: [String] = []
         /// Tells writes apart (for `heldNow`).
         var serial: Int
+        /// The file's stable id on the writer's brick when its close returned.
+        var id: UInt64?
+    }
+
+    /// A directory rename that succeeded (or may have) while the pair was apart.
+    struct DirRename {
+        var node: LinkSide
+        var window: Int
+        var from: String
+        var to: String
     }
 
     /// Paths a node changed (or may have: unknown outcome) while the pair was apart, i.e. not
@@ -64,6 +74,7 @@ final class Simulation {
     /// (see `seen`).
     var heldNow: Set<Int> = []
     var touches: [Touch] = []
+    var dirRenames: [DirRename] = []
     var window = 0
     /// Whether the current window saw the pair apart, and the pair settled at this step's start.
     var apartInWindow = false
@@ -372,6 +383,7 @@ final class Simulation {
     /// create (or open with O_TRUNC), writes, close (flush + release): acknowledged if flush succeeded.
     func writeFile(_ n: SimNode, path: String) {
         hold(n, [path])
+        let rewritten = rewrittenHere(n, path)
         let (p, name) = split(path)
         let size = chance(0.1) ? Int.random(in: 200_000...400_000, using: &rng) : Int.random(in: 0...40_000, using: &rng)
         let bytes = payload(size, seed: rng.next())
@@ -416,11 +428,26 @@ final class Simulation {
         if closed || unknown {
             apart = touch(n, [path], nil)
             supersede(path, by: n, paths: [path])
+            acked.removeAll { rewritten.contains($0.serial) }
         }
         if closed {
-            acked.append(AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
-                                    serial: acked.count + step * 1000))
+            var w = AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
+                               serial: acked.count + step * 1000, id: n.local.brick.readID(rel: path))
+            // Written beneath a directory the other node renamed apart: the write may end under
+            // the new name (it moves with the directory's replay), on both nodes.
+            for r in dirRenames where r.window == window && r.node != n.side && apart && isWithin(path, r.from) {
+                w.contestedBy += [r.from, r.to]
+            }
+            acked.append(w)
         }
+    }
+
+    /// The writes `n` rewrites by opening `path` with O_TRUNC: those whose file (same id) it
+    /// holds there with their bytes. Its client saw them, whatever name the model follows
+    /// them under (a rename of a directory above, made apart by the other node, moved it).
+    func rewrittenHere(_ n: SimNode, _ path: String) -> Set<Int> {
+        guard let id = n.local.brick.readID(rel: path), let have = try? readBytes(n.local.brick.absolute(path)) else { return [] }
+        return Set(acked.filter { $0.id == id && $0.bytes == have }.map(\.serial))
     }
 
     func mkdir(_ n: SimNode, _ path: String) {
@@ -463,7 +490,10 @@ final class Simulation {
             try n.volume.rename(parent: a, name: fn, newParent: b, newName: tn, flags: 0)
         }
         record(n, "rename \(from) -> \(to)", err, touching: [from, to])
-        if err.map({ !Self.notApplied.contains($0.errno) }) ?? true { alias(from, to) }
+        if err.map({ !Self.notApplied.contains($0.errno) }) ?? true {
+            alias(from, to)
+            if Self.dirs.contains(to), !settledAtStart || !inStep { dirRenames.append(DirRename(node: n.side, window: window, from: from, to: to)) }
+        }
         guard err == nil, from != to else { return }
         // The target is replaced; what was under the source is now under the target (writes
         // `n` had not seen stay where they were written, contested).
