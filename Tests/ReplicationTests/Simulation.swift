@@ -442,9 +442,9 @@ final class Simulation {
         }
     }
 
-    /// The writes `n` rewrites by opening `path` with O_TRUNC: those whose file (same id) it
-    /// holds there with their bytes. Its client saw them, whatever name the model follows
-    /// them under (a rename of a directory above, made apart by the other node, moved it).
+    /// The writes whose file (same id) `n` holds at `path` with their bytes: its client sees
+    /// them there, whatever name the model follows them under (a rename the other node made
+    /// apart moved them on `n`), so its rewrite, unlink or rename of `path` is theirs.
     func rewrittenHere(_ n: SimNode, _ path: String) -> Set<Int> {
         guard let id = n.local.brick.readID(rel: path), let have = try? readBytes(n.local.brick.absolute(path)) else { return [] }
         return Set(acked.filter { $0.id == id && $0.bytes == have }.map(\.serial))
@@ -472,6 +472,7 @@ final class Simulation {
 
     func unlink(_ n: SimNode, _ path: String) {
         hold(n, [path])
+        let held = rewrittenHere(n, path)
         let (p, name) = split(path)
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
@@ -479,11 +480,15 @@ final class Simulation {
             try n.volume.unlink(parent: parent, name: name)
         }
         record(n, "unlink \(path)", err, touching: [path])
-        if err == nil { supersede(path, by: n, paths: [path]) }
+        if err == nil {
+            supersede(path, by: n, paths: [path])
+            acked.removeAll { held.contains($0.serial) }
+        }
     }
 
     func rename(_ n: SimNode, _ from: String, _ to: String) {
         hold(n, [from, to])
+        let (moved, replaced) = (rewrittenHere(n, from), rewrittenHere(n, to))
         let (fp, fn) = split(from), (tp, tn) = split(to)
         let err = attempt { () throws(FSError) in
             guard let a = n.ref(fp), let b = n.ref(tp) else { throw FSError.notFound }
@@ -498,7 +503,9 @@ final class Simulation {
         // The target is replaced; what was under the source is now under the target (writes
         // `n` had not seen stay where they were written, contested).
         supersede(to, by: n, paths: [from, to])
-        for i in acked.indices where isWithin(acked[i].path, from) {
+        acked.removeAll { replaced.contains($0.serial) && !moved.contains($0.serial) }
+        for i in acked.indices where moved.contains(acked[i].serial) { acked[i].path = to }
+        for i in acked.indices where isWithin(acked[i].path, from) && !moved.contains(acked[i].serial) {
             if seen(acked[i], by: n) {
                 acked[i].path = to + acked[i].path.dropFirst(from.count)
             } else {
