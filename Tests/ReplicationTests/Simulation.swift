@@ -332,9 +332,10 @@ final class Simulation {
     }
 
     /// Whether node `n` had write `w` when it changed its name: its own, or replicated live,
-    /// or the pair settled since.
+    /// or the pair settled since (unless it is in a split brain), or it holds its bytes.
     func seen(_ w: AckedWrite, by n: SimNode) -> Bool {
-        w.node == n.side || !w.apart || w.window < window || heldNow.contains(w.serial)
+        // In a split brain the other node's copy is its own, whatever the windows say.
+        w.node == n.side || heldNow.contains(w.serial) || (!w.apart || w.window < window) && !inSplit(w.path)
     }
 
     /// Before a change by `n` of `paths`: the writes beneath them `n` holds with their bytes
@@ -359,10 +360,21 @@ final class Simulation {
     @discardableResult
     func touch(_ n: SimNode, _ paths: [String], _ err: FSError?) -> Bool {
         if let e = err, Self.notApplied.contains(e.errno) { return false }
-        guard !settledAtStart || !inStep else { return false }
+        guard !settledAtStart || !inStep || paths.contains(where: inSplit) else { return false }
         apartInWindow = true
         touches.append(Touch(node: n.side, window: window, paths: Set(paths)))
         return true
+    }
+
+    /// Whether the entry at `path` is in a split brain listed on a node: a change of it stays
+    /// on the node that made it until an admin resolves it (each copy is kept as it is), so it
+    /// is made apart however in step the pair is otherwise (seed 20).
+    func inSplit(_ path: String) -> Bool {
+        nodes.contains { n in
+            guard n.running, let rows = try? n.journal.splitBrains(), !rows.isEmpty else { return false }
+            let id = n.local.brick.readID(rel: path)
+            return rows.contains { r in (id != nil && r.id == id) || Self.paths(of: r).contains(path) }
+        }
     }
 
     /// A directory renamed in this window: changes noted beneath its old name are also
@@ -531,7 +543,7 @@ final class Simulation {
             guard n.kind(path) == .file else { throw FSError(EISDIR) }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(size: Int64(size)))
         }
-        let apart = !settledAtStart || !inStep
+        let apart = !settledAtStart || !inStep || inSplit(path)
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
         for i in acked.indices where acked[i].path == path && !seen(acked[i], by: n) { acked[i].contestedBy.append(path) }
