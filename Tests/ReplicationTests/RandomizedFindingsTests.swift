@@ -216,6 +216,24 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertFalse(try a.journal.splitBrains().isEmpty, "listed on a")
         XCTAssertFalse(try b.journal.splitBrains().isEmpty, "listed on b")
     }
+
+    /// Seed 20: the same split brain of f (renamed to g on a, to h on b, apart); back in step,
+    /// b deletes h, its copy. a has no h (ENOENT): another split brain was recorded, of h,
+    /// which a never touched, for an entry listed in split brain already.
+    func testAnUnlinkOfACopyInSplitBrainAddsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertFalse(rows(b).isEmpty, "the two renames of f are a split brain")
+        try b.volume.unlink(parent: .root, name: "h")
+        waitSettled()
+        let all = rows(a) + rows(b)
+        XCTAssertFalse(all.contains { $0.reason.contains("unlink") }, "\(all.map { "\($0.path): \($0.reason)" })")
+    }
 }
 
 /// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
