@@ -230,7 +230,7 @@ final class Simulation {
             let size = (try? readBytes(n.local.brick.absolute(path)))?.count
             let mtime = (try? n.local.brick.lstat(path))?.mtimeNs
             let b = try? n.journal.peerBacklog()
-            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") \(size.map(String.init) ?? "-") bytes, mtime \(mtime.map(String.init) ?? "-"), \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
+            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") id \(n.local.brick.readID(rel: path).map(String.init) ?? "-") \(size.map(String.init) ?? "-") bytes, mtime \(mtime.map(String.init) ?? "-"), \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
         }.joined(separator: "; ")
         if line != lastWatch { note(line) }
         lastWatch = line
