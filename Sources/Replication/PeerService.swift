@@ -278,6 +278,9 @@ extension ReplicatedVolume {
     /// The peer is about to serve file `id`: if this node owes it, send it now.
     func servePull(_ id: UInt64) {
         guard isOwed(id), !isSplit(id) else { return }
+        // Files go after the owed namespace changes (as catch-up sends them): a file sent now
+        // would let an owed truncate of it, replayed later, cut what the peer wrote since.
+        guard ((try? journal.peerBacklog().ops) ?? 1) == 0 else { return }
         let gen = (try? journal.peerFile(id))??.generation ?? .max
         switch pushFile(id) {
         case .ok, .gone:

@@ -234,6 +234,27 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         let all = rows(a) + rows(b)
         XCTAssertFalse(all.contains { $0.reason.contains("unlink") }, "\(all.map { "\($0.path): \($0.reason)" })")
     }
+
+    /// Seed 51: apart, a truncates f. Its replay waits (b's disk refused it once) while b, in
+    /// step, opens f: its pull made a send f whole before a's owed truncate, b rewrote f, and
+    /// a's truncate, replayed last, cut b's newer f on b only (the bricks differ, b's write
+    /// lost on b).
+    func testAPullDoesNotOvertakeAnOwedTruncate() throws {
+        try write(a, "f", payload(30_000, seed: 1))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(size: 20_000))
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .setattr }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !(b.volume.mode == .live && b.volume.peerOwesUs) && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(40_000, seed: 2)
+        try write(b, "f", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        let onA = try readBytes(a.local.brick.absolute("f")), onB = try readBytes(b.local.brick.absolute("f"))
+        XCTAssertTrue(onA == onB || listed(a) && listed(b), "f differs between the nodes, nothing listed")
+        XCTAssertTrue(onA == mine || onB == mine, "b's acknowledged write is kept")
+    }
 }
 
 /// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
