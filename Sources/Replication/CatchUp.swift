@@ -115,6 +115,14 @@ public final class CatchUp: @unchecked Sendable {
                                        reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
                     continue
                 }
+                // The entry this node removed is back under that name: the peer sent its newer
+                // version since. Deleting it there now would leave only this node with it.
+                if case let .guarded(expect, .unlink(p, n)) = m, let e = expect.first,
+                   v.local.brick.readID(rel: Brick.join(p, n)) == e.stableID {
+                    log.notice("owed unlink of \(Brick.join(p, n).debugDescription) dropped: the peer sent that file again since; both hold it")
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    continue
+                }
                 switch v.channel.call(m) {
                 case .ok:
                     drops.append(.dropPeerOp(seq: r.seq))
@@ -131,7 +139,9 @@ public final class CatchUp: @unchecked Sendable {
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
                     if e == splitBrainErrno, case .guarded = m {
-                        v.recordSplitBrain(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                        // Told to the peer too: it records the failed guard itself, but not a
+                        // refusal for the target it changed apart (under that id, if not split yet).
+                        v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
                                            reason: "this node's \(change.type) of it, made while the nodes were apart, reached the peer after the peer changed it: both versions are kept")
                         continue
                     }
@@ -139,6 +149,10 @@ public final class CatchUp: @unchecked Sendable {
                     // client stored its file through the peer instead, which keeps the name.
                     if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = change, v.yieldName(parent: p, name: n, id: id) { continue }
                     if e == ENOENT, case .unlink = change { continue }
+                    // An attribute change of an entry in split brain here (an earlier owed rename
+                    // of it was refused): it lives in this node's copy, which is kept and listed.
+                    if e == ENOENT, [.setattr, .setxattr, .removexattr].contains(change.type),
+                       let id = v.local.brick.readID(rel: ReplicatedVolume.describe(change)), v.isSplit(id) { continue }
                     // The peer holds that entry (same id) under another name already: placed by
                     // a rebuild of its replaced disk, or by this very replay sent before (its
                     // answer lost) and renamed since. The owed renames that follow settle the name.

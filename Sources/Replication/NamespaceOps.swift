@@ -64,18 +64,24 @@ extension ReplicatedVolume {
                 case .at(let ts): return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
                 }
             }
+            // A truncate sets the mtime to this node's "now": the peer takes that one, not its own.
+            let mtime = changes.mtime ?? (changes.size != nil ? .now : nil)
             return .setattr(path: node.path, changes: AttrUpdate(
                 mode: changes.mode.map { UInt32($0) }, uid: changes.uid.map { UInt32($0) }, gid: changes.gid.map { UInt32($0) },
-                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(changes.mtime, mtimeNow)))
+                size: changes.size, atimeNs: ns(changes.atime, atimeNow), mtimeNs: ns(mtime, mtimeNow)))
         }
         // The tentative row carries the change itself (times "now" as of before it), so that
         // a crash between the local change and the peer's answer replays it, not a no-op.
         let before = Int64(Date().timeIntervalSince1970 * 1e9)
-        return try replicate(keys: [], pre: update(before, before)) { () throws(FSError) -> stat in
+        let st = try replicate(keys: [], pre: update(before, before)) { () throws(FSError) -> stat in
             try local.setattr(node, handle: handle, changes: changes)
         } message: { st in
             update(Int64(st.st_atim.tv_sec) * 1_000_000_000 + Int64(st.st_atim.tv_nsec), st.mtimeNs)
         }
+        // A truncate the peer did not get live changed the content apart: the file is owed, so
+        // the peer's own rewrite of it meanwhile is a split brain instead of replacing it here.
+        if changes.size != nil && gate.mode != .live && st.kind == .file { try owe(node.id) }
+        return st
     }
 
     public func readlink(_ node: NodeRef) throws(FSError) -> String {

@@ -152,6 +152,9 @@ extension ReplicatedVolume {
                 markDegraded(why)
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
+                // An entry in split brain here, which the peer holds under another name: the
+                // change is of this node's copy, listed already.
+                if e == ENOENT, let id = t.expect.first?.stableID, isSplit(id) { return }
                 recordSplitBrainOnBoth(Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return
@@ -174,6 +177,10 @@ extension ReplicatedVolume {
         try permitApart()
     }
 
+    /// The id an expectation names for "no entry here": never allocated (ordinal byte 0xFF),
+    /// so a receiver of an older release finds no such entry and refuses to replace another.
+    static let absentID = UInt64.max
+
     /// The entries an owed unlink or rename will remove or replace at the peer, as this node
     /// sees them now: the replay is refused (a split brain, both kept) if the peer changed them
     /// meanwhile, instead of deleting a version this node never saw.
@@ -193,7 +200,10 @@ extension ReplicatedVolume {
         case let .unlink(p, n):
             return seen(Brick.join(p, n)).map { [$0] } ?? []
         case let .rename(fp, fn, tp, tn, flags) where !RenameFlags(rawValue: flags).contains(.exchange):
-            return [seen(Brick.join(fp, fn)), seen(Brick.join(tp, tn))].compactMap { $0 }
+            // No entry at the target: expected absent, so a replay does not replace an entry the
+            // peer's client created there meanwhile.
+            let to = Brick.join(tp, tn)
+            return [seen(Brick.join(fp, fn)), seen(to) ?? EntryExpectation(path: to, stableID: Self.absentID, xxh128: [])].compactMap { $0 }
         default:
             return []
         }

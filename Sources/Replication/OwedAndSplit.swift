@@ -58,7 +58,14 @@ extension ReplicatedVolume {
     func recordSplitBrainOnBoth(_ subject: SplitSubject, path: String, reason: String) {
         recordSplitBrain(subject, path: path, reason: reason)
         let r = String(decoding: Array(reason.utf8.prefix(PeerMessage.maxReasonBytes - 32)), as: UTF8.self)
-        channel.start(.noteSplit(stableID: subject.wireID, path: path, reason: r)) { _ in }
+        let note = PeerMessage.noteSplit(stableID: subject.wireID, path: path, reason: r)
+        channel.start(note) { [self] outcome in
+            guard case .unreachable = outcome else { return }
+            // Lost with the link: owed (the peer takes it twice as once), so catch-up tells
+            // the peer when it is back instead of the split being listed here only.
+            try? journal.submit([.peerOp(seq: journal.nextPeerSeq(), message: Self.encodeOp(note), applied: true)], wait: .durable)
+            gate.wakeCatchUp()
+        }
     }
 
     /// File `id` must reach the peer in full; durable before the caller returns.

@@ -249,20 +249,38 @@ extension ReplicatedVolume {
                 // directory above it): the change would miss it (an unlink answered ENOENT is
                 // taken as done) and the two nodes would silently differ. Unless it is where
                 // the change itself puts it (a replayed rename this node already applied).
-                if let now = try? journal.path(of: e.stableID), now != Self.target(of: change) {
+                if e.stableID != Self.absentID, let now = try? journal.path(of: e.stableID), now != Self.target(of: change) {
                     return "\(e.path.debugDescription) is at \(now.debugDescription) here"
                 }
                 continue
             }
+            if e.stableID == Self.absentID {
+                // The rename's own entry there: this replay was applied before (its answer lost).
+                if expect.contains(where: { $0.stableID == found }) { continue }
+                return "\(e.path.debugDescription) was created here meanwhile (id \(found.map { String($0) } ?? "none"))"
+            }
             guard found == e.stableID else {
                 return "\(e.path.debugDescription) is now another entry (id \(found.map { String($0) } ?? "none"), expected \(e.stableID))"
             }
-            guard st.kind == .file, !e.xxh128.isEmpty else { continue }
+            guard st.kind == .file else { continue }
+            // A version this node has not sent yet (the peer expects no content: it owed the
+            // file too) would be lost with the name the change removes.
+            if isOwed(e.stableID), e.path == Self.removed(by: change) { return "\(e.path.debugDescription) was rewritten here and not sent yet" }
+            guard !e.xxh128.isEmpty else { continue }
             guard let rec = try? journal.inode(e.stableID), !rec.dirty, rec.hash == e.xxh128 else {
                 return "\(e.path.debugDescription) was rewritten here"
             }
         }
         return nil
+    }
+
+    /// The name whose entry an unlink or a rename removes or replaces (nil for any other change).
+    static func removed(by change: PeerMessage?) -> String? {
+        switch change {
+        case let .unlink(p, n)?: return Brick.join(p, n)
+        case let .rename(_, _, tp, tn, flags)? where !RenameFlags(rawValue: flags).contains(.exchange): return Brick.join(tp, tn)
+        default: return nil
+        }
     }
 
     /// Where a rename puts its entry (nil for any other change).
@@ -274,6 +292,9 @@ extension ReplicatedVolume {
     /// The peer is about to serve file `id`: if this node owes it, send it now.
     func servePull(_ id: UInt64) {
         guard isOwed(id), !isSplit(id) else { return }
+        // Files go after the owed namespace changes (as catch-up sends them): a file sent now
+        // would let an owed truncate of it, replayed later, cut what the peer wrote since.
+        guard ((try? journal.peerBacklog().ops) ?? 1) == 0 else { return }
         let gen = (try? journal.peerFile(id))??.generation ?? .max
         switch pushFile(id) {
         case .ok, .gone:

@@ -84,6 +84,9 @@ public final class InProcessLink: Sendable {
         /// Bumped whenever the connection breaks: an answer from an older connection is lost.
         var connection: UInt64 = 0
         var rng: SeededGenerator
+        /// For `isBackground` messages: their timing follows the wall clock (catch-up's and the
+        /// healer's passes), so their draws are kept out of `rng`'s sequence.
+        var backgroundRng: SeededGenerator
         var rates: [LinkSide: FaultRates] = [:]
         /// Disk refusals towards a node: (errno, probability per brick-changing request).
         var disk: [LinkSide: (errno: Int32, rate: Double)] = [:]
@@ -100,7 +103,7 @@ public final class InProcessLink: Sendable {
     public let reconnectDelay: Duration
 
     public init(seed: UInt64, reconnectDelay: Duration = .milliseconds(2)) {
-        state = Locked(State(rng: SeededGenerator(seed: seed ^ 0x5EED_11AC)))
+        state = Locked(State(rng: SeededGenerator(seed: seed ^ 0x5EED_11AC), backgroundRng: SeededGenerator(seed: seed ^ 0xBA6C_0000)))
         self.reconnectDelay = reconnectDelay
     }
 
@@ -169,6 +172,24 @@ public final class InProcessLink: Sendable {
 
     public var stats: LinkStats { state.with { $0.stats } }
 
+    /// Requests being applied on either node now.
+    public var requestsInFlight: Int { state.with { $0.inFlight.values.reduce(0, +) } }
+
+    /// Not partitioned and both nodes attached: requests get through once any reconnect is done.
+    public var canCarry: Bool { state.with { !$0.partitioned && $0.services.count == 2 } }
+
+    /// Can carry, but the client's reconnect after a torn-down connection is not done yet.
+    public var reconnecting: Bool {
+        state.with { !$0.partitioned && $0.services.count == 2 && ContinuousClock.now < $0.reconnectAt }
+    }
+
+    /// Messages sent on a timer or by a background pass (keepalive, catch-up's state, the
+    /// healer's questions), not as the direct effect of a client's request: when they leave
+    /// depends on the wall clock.
+    public static func isBackground(_ m: PeerMessage) -> Bool {
+        [.ping, .catchUpState, .listDir, .healFile, .fileState, .volumeInfo, .healInfo].contains(m.type)
+    }
+
     /// Blocks until no request is being applied on `side`.
     public func waitIdle(_ side: LinkSide) {
         idle.withLock {
@@ -224,17 +245,20 @@ public final class InProcessLink: Sendable {
             }) {
                 fault = s.script[to]!.remove(at: i).0
             } else {
+                let background = Self.isBackground(m)
+                var g = background ? s.backgroundRng : s.rng
+                defer { if background { s.backgroundRng = g } else { s.rng = g } }
                 let r = s.rates[to] ?? FaultRates()
-                let roll = Double.random(in: 0..<1, using: &s.rng)
+                let roll = Double.random(in: 0..<1, using: &g)
                 if roll < r.dropRequest {
                     fault = .dropRequest
                 } else if roll < r.dropRequest + r.loseReply {
                     fault = .loseReply
-                } else if let d = s.disk[to], changesBrick, Double.random(in: 0..<1, using: &s.rng) < d.rate {
+                } else if let d = s.disk[to], changesBrick, Double.random(in: 0..<1, using: &g) < d.rate {
                     fault = .refuse(d.errno)
-                } else if Double.random(in: 0..<1, using: &s.rng) < r.delay {
+                } else if Double.random(in: 0..<1, using: &g) < r.delay {
                     let us = Int64(Self.seconds(r.maxDelay) * 1e6)
-                    fault = .delay(.microseconds(Int64.random(in: 0...max(1, us), using: &s.rng)))
+                    fault = .delay(.microseconds(Int64.random(in: 0...max(1, us), using: &g)))
                 }
             }
             switch fault {

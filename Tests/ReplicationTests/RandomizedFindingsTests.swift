@@ -1,5 +1,7 @@
+import Fixity
 import Foundation
 import Glibc
+import Journal
 import Replication
 import ReplicationTesting
 import TwinCore
@@ -59,6 +61,200 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertEqual(try a.journal.splitBrains().map(\.path), [])
         XCTAssertNil(b.kind("f"), "the file deleted on a is deleted on b")
     }
+
+    /// Seed 25: apart, both nodes rewrite g, and a renames f onto g. a's replayed rename passes
+    /// its guard on b (a owed g, so it expects no content) and is refused by b's check of the
+    /// target it changed apart, which records nothing when g is split already; a recorded
+    /// the rename under f's id. Before, that row was listed on a only.
+    func testARenameRefusedForItsTargetIsListedOnBothNodes() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "g", payload(5000, seed: 3))
+        try write(b, "g", payload(6000, seed: 4))
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        // b's disk refuses the first replay of the rename: a retries it after a backoff, by
+        // which time b's send of g was refused by a, and b holds g in split brain already.
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertFalse(rows(a).isEmpty, "the rename onto a file both rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+
+    /// Seed 28: apart, a renames f to g while b renames it to h and then changes its mode. The
+    /// two renames are a split brain (listed on both). b's replayed chmod of h then finds no h
+    /// on a (ENOENT) and was recorded as another split brain, of h, which a never touched:
+    /// the entry is in split brain already, b's mode is in b's copy, which is kept.
+    func testAChmodAfterARenameInSplitBrainAddsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
+        _ = try b.volume.setattr(XCTUnwrap(b.ref("h")), handle: nil, changes: AttrChanges(mode: 0o600))
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        let all = rows(a) + rows(b)
+        XCTAssertTrue(all.contains { $0.path.contains("f ->") }, "the two renames of f: \(all.map(\.path))")
+        XCTAssertFalse(all.contains { $0.reason.contains("setattr") }, "\(all.map { "\($0.path): \($0.reason)" })")
+    }
+
+    /// Seed 24 (a variant of it): apart, b rewrites f and deletes it; its owed unlink waits (a's
+    /// disk refuses it once). Meanwhile a, in step again, rewrites f: b cannot take it (f is
+    /// gone there), so a owes it and its close acknowledges. Then b's replayed unlink,
+    /// expecting f's id only (b owed f's bytes), deleted a's acknowledged version on a: lost
+    /// on both nodes.
+    func testAnOwedUnlinkDoesNotDeleteAWriteThePeerAcknowledgedLater() throws {
+        try owedUnlinkMeetsALaterWrite(restartB: false)
+    }
+
+    /// Seed 24 itself: the same, but b restarted while apart, so it takes a's rewrite of f
+    /// (it no longer remembers creating f's id) and holds it again under f. b's replayed
+    /// unlink then deleted it on a only: a's acknowledged write on b alone, nothing listed.
+    func testAnOwedUnlinkOfAnEntryTheNodeHoldsAgainIsDropped() throws {
+        try owedUnlinkMeetsALaterWrite(restartB: true)
+    }
+
+    func owedUnlinkMeetsALaterWrite(restartB: Bool) throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try write(b, "f", payload(4000, seed: 2))
+        try b.volume.unlink(parent: .root, name: "f")
+        if restartB {
+            b.stop(clean: false)
+            try b.restart()
+        }
+        link.script(.refuse(ENOSPC), towards: .a) { $0.type == .guarded || $0.type == .unlink }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        // a in step, and told that b owes it a file: a's open of f asks b for it first (pull),
+        // b has nothing to send (f is gone there) and stops owing it.
+        while !(a.volume.mode == .live && a.volume.peerOwesUs) && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(5000, seed: 3)
+        try write(a, "f", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        let onA = try? readBytes(a.local.brick.absolute("f")), onB = try? readBytes(b.local.brick.absolute("f"))
+        XCTAssertTrue(onA == mine && onB == mine || listed(a) && listed(b) && (onA == mine || onB == mine),
+                      "a's acknowledged write: on a \(onA == mine), on b \(onB == mine); a has f: \(onA != nil), b has f: \(onB != nil)")
+    }
+
+    /// Bricks differing in a file's mtime only (seeds 4, 58, 100, 139, 184...): a truncate
+    /// sent no mtime, so the peer's brick took its own "now" when it applied it: a replay (or
+    /// a live send in another clock tick) left another mtime than this node's.
+    func testATruncateLeavesOneMtimeOnBothNodes() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(size: 1000))
+        usleep(20_000)
+        link.setPartitioned(false)
+        waitSettled()
+        let ma = try a.local.brick.lstat("f").mtimeNs, mb = try b.local.brick.lstat("f").mtimeNs
+        XCTAssertEqual(try b.local.brick.lstat("f").st_size, 1000)
+        XCTAssertEqual(ma, mb)
+    }
+
+    /// Seed 156: apart, a renames f to g and g to h. While a's replays wait (b's disk refused
+    /// the first), b, in step, creates g and its close acknowledges (a has no g then, so it
+    /// takes it live). a's replayed rename f -> g, which saw no g, replaced b's g on b: b's
+    /// acknowledged write was left on a only, nothing listed.
+    func testAnOwedRenameDoesNotReplaceANameCreatedSince() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try a.volume.rename(parent: .root, name: "g", newParent: .root, newName: "h", flags: 0)
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while b.volume.mode != .live && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(5000, seed: 2)
+        try write(b, "g", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("g") } }
+        let onA = try? readBytes(a.local.brick.absolute("g")), onB = try? readBytes(b.local.brick.absolute("g"))
+        XCTAssertTrue(onA == mine && onB == mine || listed(a) && listed(b) && (onA == mine || onB == mine),
+                      "b's acknowledged write: on a \(onA == mine), on b \(onB == mine); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+        XCTAssertEqual(onA == mine, onB == mine, "g differs between the nodes")
+    }
+
+    /// The same guard, for a replayed rename the peer applied already (its answer lost): the
+    /// entry at the target is the rename's own, not one created meanwhile.
+    func testAReplayedRenameThePeerAppliedBeforeIsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.script(.loseReply, towards: .b) { $0.type == .rename }
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
+    }
+
+    /// Seed 34: apart, a truncates f while b rewrites f and renames it to g. b's replayed
+    /// rename (b owed f, so it expects no content) moved a's truncated f to g on a, and b's
+    /// send of f then replaced it there: a truncate made apart did not count as a change of
+    /// the file's content made apart, and a's acknowledged truncate was lost.
+    func testATruncateMadeApartIsKeptAgainstThePeersRewrite() throws {
+        let original = payload(3000, seed: 1)
+        try write(a, "f", original)
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(size: 1000))
+        try write(b, "f", payload(4000, seed: 2))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        let truncated = Array(original.prefix(1000))
+        let names = ["f", "g"]
+        let kept = names.contains { (try? readBytes(a.local.brick.absolute($0))) == truncated }
+            || names.contains { (try? readBytes(b.local.brick.absolute($0))) == truncated }
+            || ((try? a.journal.quarantine()) ?? []).contains { hexString($0.hash) == XXH128Hasher.hash(truncated).hex }
+        XCTAssertTrue(kept, "a's truncated f is kept somewhere")
+        XCTAssertFalse(try a.journal.splitBrains().isEmpty, "listed on a")
+        XCTAssertFalse(try b.journal.splitBrains().isEmpty, "listed on b")
+    }
+
+    /// Seed 20: the same split brain of f (renamed to g on a, to h on b, apart); back in step,
+    /// b deletes h, its copy. a has no h (ENOENT): another split brain was recorded, of h,
+    /// which a never touched, for an entry listed in split brain already.
+    func testAnUnlinkOfACopyInSplitBrainAddsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertFalse(rows(b).isEmpty, "the two renames of f are a split brain")
+        try b.volume.unlink(parent: .root, name: "h")
+        waitSettled()
+        let all = rows(a) + rows(b)
+        XCTAssertFalse(all.contains { $0.reason.contains("unlink") }, "\(all.map { "\($0.path): \($0.reason)" })")
+    }
+
+    /// Seed 51: apart, a truncates f. Its replay waits (b's disk refused it once) while b, in
+    /// step, opens f: its pull made a send f whole before a's owed truncate, b rewrote f, and
+    /// a's truncate, replayed last, cut b's newer f on b only (the bricks differ, b's write
+    /// lost on b).
+    func testAPullDoesNotOvertakeAnOwedTruncate() throws {
+        try write(a, "f", payload(30_000, seed: 1))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(size: 20_000))
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .setattr }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !(b.volume.mode == .live && b.volume.peerOwesUs) && ContinuousClock.now < deadline { usleep(5_000) }
+        let mine = payload(40_000, seed: 2)
+        try write(b, "f", mine)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
+        let onA = try readBytes(a.local.brick.absolute("f")), onB = try readBytes(b.local.brick.absolute("f"))
+        XCTAssertTrue(onA == onB || listed(a) && listed(b), "f differs between the nodes, nothing listed")
+        XCTAssertTrue(onA == mine || onB == mine, "b's acknowledged write is kept")
+    }
 }
 
 /// A replayed change the peer refuses as a conflict is a split brain on both nodes: the
@@ -81,6 +277,13 @@ final class OneSidedSplitBrainTests: InProcessPairTestCase {
         while !(listed(a) && listed(b)) && ContinuousClock.now < deadline { usleep(20_000) }
         XCTAssertTrue(listed(a), "a lists the refused rmdir of d")
         XCTAssertTrue(listed(b), "b lists it too: \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+    }
+
+    /// Seed 96: the same, with the note to b lost with the link (the request dropped). Before,
+    /// the note was sent once and forgotten: b never listed d.
+    func testARefusedReplayIsListedOnBothNodesWhenTheNoteIsLost() throws {
+        link.script(.dropRequest, towards: .b) { $0.type == .noteSplit }
+        try testARefusedReplayIsListedOnBothNodes()
     }
 }
 

@@ -1,3 +1,4 @@
+import Fixity
 import Foundation
 import Glibc
 import XCTest
@@ -8,29 +9,37 @@ import XCTest
 ///
 /// TWINFS_SEED=K runs seed K alone (and prints its history); TWINFS_SEEDS=N runs seeds 1...N
 /// (TWINFS_SEED_BASE moves the start); TWINFS_STEPS sets the steps per seed. Needs root
-/// (trusted.* xattrs).
+/// (trusted.* xattrs). Debugging: TWINFS_WATCH=path notes each node's entry at path after every
+/// step; TWINFS_LOG_INFO=1 keeps info lines too, TWINFS_LOG_LINES=N the last N (400).
+/// Between steps the pair is left to finish its background work (`Simulation.quiesce`), which
+/// makes a seed's run much more reproducible; TWINFS_RACY=1 races the steps against it instead.
 final class RandomizedReplicationTests: XCTestCase {
-    /// With the healer running and the model of legitimate split brains, 72 of seeds 1...200
-    /// fail today (branch sim, issue 13), by what the check reports:
-    /// - did not settle (20): a receipt the peer never commits, a file awaited but not healed;
-    /// - acknowledged write lost (25): partly the model (a write contested by a change of the
-    ///   other node whose name it cannot follow), partly unexplained;
-    /// - split brain with no concurrent change in the model (10), mostly a replayed setattr
-    ///   the peer refuses with ENOENT (seed 28: b's chmod after its own rename, while apart);
-    /// - split brain listed on one node only (11): "the peer sent its copy, but this node
-    ///   changed the file too" recorded by the receiver of a replayed rename (seeds 22, 29);
-    /// - bricks differing in a file's mtime only (about 20), and a few in content or presence.
-    /// Runs are mostly, not fully, reproducible (thread interleaving): 16 of the 128 seeds that
-    /// passed once failed on a second run. CI runs the 112 seeds of 1...200 that passed twice
-    /// (about 1 s each, 2 min in all); one may still fail now and then, which is a finding to
-    /// rerun with TWINFS_SEED, not noise. TWINFS_SEEDS=N runs 1...N.
+    /// Branch sim2 (2026-12-07), after quiescing between steps and the fixes in
+    /// RandomizedFindingsTests, 28 of seeds 1...200 fail at least once in three runs
+    /// (26 in the third), by what the check reports (a seed may show several):
+    /// - split brain with no concurrent change in the model (11 in one run: 8, 12, 19, 27, 38, 51,
+    ///   111, 137, 149, 186, 194), e.g. seed 19: a replayed chmod of a name whose entry the
+    ///   peer had renamed, a rename the model does not count as concurrent (not analysed);
+    /// - did not settle (9: 20, 27, 41, 60, 76, 77, 84, 109, 200): a receipt the peer never
+    ///   commits, e.g. seed 20: a file the sender replaced by its own rename, created on the
+    ///   peer by its replayed create, whose replayed rename was refused as a split brain; a
+    ///   brick or journal difference (76, 77) is that open receipt's partial file;
+    /// - acknowledged write lost (5: 32, 93, 142, 156, 190): 32 and 93 are a directory renamed on
+    ///   one node while the other created a file in it (the create's replay lands in the new
+    ///   directory of that name: the open limitation in ARCHITECTURE.md); 142, 156, 190 are not
+    ///   analysed yet (142 looks like the model: both bricks agree).
+    /// Runs are much more reproducible than before (`Simulation.quiesce`): two runs of 1...200
+    /// differed in the history of 5 seeds and the outcome of 3. CI runs the first 120 of the
+    /// 172 seeds of 1...200 that passed all three runs (about 2 min on 2 busy cores); one
+    /// may still fail now and then, which is a finding to rerun with TWINFS_SEED, not noise.
+    /// TWINFS_SEEDS=N runs 1...N.
     static let ciSeeds: [UInt64] = [
-        1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 14, 16, 18, 21, 23, 24, 25, 30, 31, 34, 35, 37, 39, 40, 43, 47, 55,
-        56, 58, 62, 65, 66, 68, 70, 71, 73, 80, 81, 82, 83, 85, 86, 89, 91, 92, 95, 96, 97, 98, 100, 103,
-        105, 107, 108, 110, 112, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 128, 129,
-        130, 131, 135, 136, 139, 140, 144, 146, 147, 148, 150, 152, 153, 154, 155, 156, 158, 162, 163, 166,
-        168, 170, 171, 172, 173, 176, 178, 180, 182, 183, 184, 187, 188, 189, 193, 194, 195, 196, 197, 198,
-        199
+        1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26, 28, 29, 30, 31, 33,
+        35, 36, 37, 39, 40, 42, 43, 44, 45, 46, 47, 48, 49, 50, 52, 53, 54, 55, 56, 58, 59, 61, 62, 63, 64,
+        65, 66, 67, 68, 70, 71, 72, 73, 74, 75, 78, 79, 80, 81, 82, 83, 85, 86, 87, 88, 89, 90, 91, 92, 94,
+        95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 110, 112, 113, 114, 115, 116, 117,
+        118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135, 136, 138,
+        139, 140
     ]
 
     func testRandomOperationsUnderFaultsLoseNoAcknowledgedWrite() throws {
@@ -42,6 +51,7 @@ final class RandomizedReplicationTests: XCTestCase {
         let without = Set((env["TWINFS_FAULTS_OFF"] ?? "").split(separator: ",").map(String.init))
         settings.partitions = !without.contains("partitions")
         settings.crashes = !without.contains("crashes")
+        if env["TWINFS_RACY"] == "1" { settings.quiesce = false }
         let seeds: [UInt64]
         let single = env["TWINFS_SEED"].flatMap(UInt64.init)
         if let single {
@@ -61,6 +71,11 @@ final class RandomizedReplicationTests: XCTestCase {
         for seed in seeds {
             let sim = try Simulation(seed: seed, settings: settings, root: root)
             let problems = try sim.run()
+            // TWINFS_DIGEST=1: one line per seed naming its history, to compare two runs.
+            if env["TWINFS_DIGEST"] == "1" {
+                let digest = XXH128Hasher.hash(Array(sim.history.joined(separator: "\n").utf8)).hex.prefix(16)
+                print("seed \(seed) history \(digest) \(problems.isEmpty ? "passed" : "FAILED")")
+            }
             if single != nil || !problems.isEmpty {
                 print("seed \(seed): \(problems.isEmpty ? "passed" : "FAILED") (\(sim.link.stats))")
                 sim.history.forEach { print("  \($0)") }

@@ -15,7 +15,7 @@ import XCTest
 final class RunLog: Sendable {
     /// The lines, oldest first.
     private let lines = Locked<[String]>([])
-    let limit = 400
+    let limit = ProcessInfo.processInfo.environment["TWINFS_LOG_LINES"].flatMap(Int.init) ?? 400
 
     func append(_ line: String) {
         lines.with { l in
@@ -28,7 +28,7 @@ final class RunLog: Sendable {
 
     func logger(_ node: LinkSide) -> Logger {
         var l = Logger(label: "sim.\(node)") { _ in RunLogHandler(log: self, node: node) }
-        l.logLevel = .notice
+        l.logLevel = ProcessInfo.processInfo.environment["TWINFS_LOG_INFO"] == "1" ? .info : .notice
         return l
     }
 }
@@ -37,7 +37,7 @@ struct RunLogHandler: LogHandler {
     let log: RunLog
     let node: LinkSide
     var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .notice
+    var logLevel: Logger.Level = .trace
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }

@@ -19,6 +19,9 @@ final class Simulation {
         var partitions = true
         /// How long the pair may take to owe nothing after the faults end.
         var settleTimeout: Duration = .seconds(10)
+        /// Wait between steps until the pair did what it can without a client (`quiesce`);
+        /// false (TWINFS_RACY=1): steps race catch-up and the healer, as clients do.
+        var quiesce = true
     }
 
     /// A write whose close returned success, where its bytes now live (renames follow it).
@@ -35,6 +38,16 @@ final class Simulation {
         var contestedBy: [String] = []
         /// Tells writes apart (for `heldNow`).
         var serial: Int
+        /// The file's stable id on the writer's brick when its close returned.
+        var id: UInt64?
+    }
+
+    /// A directory rename that succeeded (or may have) while the pair was apart.
+    struct DirRename {
+        var node: LinkSide
+        var window: Int
+        var from: String
+        var to: String
     }
 
     /// Paths a node changed (or may have: unknown outcome) while the pair was apart, i.e. not
@@ -61,6 +74,7 @@ final class Simulation {
     /// (see `seen`).
     var heldNow: Set<Int> = []
     var touches: [Touch] = []
+    var dirRenames: [DirRename] = []
     var window = 0
     /// Whether the current window saw the pair apart, and the pair settled at this step's start.
     var apartInWindow = false
@@ -105,6 +119,8 @@ final class Simulation {
             step = s
             beginStep()
             if chance(0.2) { fault() } else { operation() }
+            if settings.quiesce { quiesce() }
+            if let w = ProcessInfo.processInfo.environment["TWINFS_WATCH"] { watch(w) }
         }
         step = settings.steps + 1
         note("faults end: link restored, every node up")
@@ -165,10 +181,62 @@ final class Simulation {
                 // within seconds anyway (keeps a seed short; changes no outcome).
                 for n in nodes where n.running { n.healer.kick() }
             }
+            if let w = ProcessInfo.processInfo.environment["TWINFS_WATCH"] { watch(w) }
             usleep(20_000)
         }
         return false
     }
+
+    /// What the pair is doing, to tell when it stopped (see `quiesce`).
+    struct Activity: Equatable {
+        var nodes: [String]
+        var delivered: Int
+        var inFlight: Int
+    }
+
+    var activity: Activity {
+        Activity(nodes: nodes.map { n in
+            guard n.running else { return "down" }
+            let b = try? n.journal.peerBacklog()
+            return "\(n.volume.mode) \(b?.ops ?? -1) \(b?.files ?? -1) \(n.volume.peerOwesUs) \(n.healer.busy) \(n.service.applier.openFiles)"
+        }, delivered: link.stats.delivered, inFlight: link.requestsInFlight)
+    }
+
+    /// After a step: waits until the pair finished what it does without a client (catch-up's
+    /// replay and sends, heals, background writes, a reconnect, noticing a cut link), so the
+    /// next step meets the same state on every run of the seed instead of racing those
+    /// threads. Done when the pair is settled, or the link cannot carry and every node up went
+    /// degraded, or nothing moved for 50 ms (a backoff, a split brain awaited), at most 2 s.
+    func quiesce() {
+        let deadline = ContinuousClock.now + .seconds(2)
+        var last: Activity?
+        var calm = 0
+        while ContinuousClock.now < deadline {
+            let now = activity
+            if now.inFlight == 0 && !link.reconnecting {
+                if pairSettled { return }
+                if !link.canCarry && nodes.allSatisfy({ !$0.running || $0.volume.mode == .degraded }) { return }
+            }
+            calm = now == last ? calm + 1 : 0
+            if calm >= 5 { return }
+            last = now
+            usleep(10_000)
+        }
+    }
+
+    /// TWINFS_WATCH=path: after each step, what each node holds at `path` and owes (debugging).
+    func watch(_ path: String) {
+        let line = "watch \(path): " + nodes.map { n in
+            let size = (try? readBytes(n.local.brick.absolute(path)))?.count
+            let mtime = (try? n.local.brick.lstat(path))?.mtimeNs
+            let b = try? n.journal.peerBacklog()
+            return "\(n.side) \(n.kind(path).map { "\($0)" } ?? "none") id \(n.local.brick.readID(rel: path).map(String.init) ?? "-") \(size.map(String.init) ?? "-") bytes, mtime \(mtime.map(String.init) ?? "-"), \(n.volume.mode), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?")"
+        }.joined(separator: "; ")
+        if line != lastWatch { note(line) }
+        lastWatch = line
+    }
+
+    var lastWatch = ""
 
     // MARK: - Faults
 
@@ -193,11 +261,12 @@ final class Simulation {
             }
         case 45..<60:
             let side = pick(LinkSide.allCases)
-            link.script(.loseReply, towards: side)
+            // A client's change, not a timer's message: which one it meets must not depend on time.
+            link.script(.loseReply, towards: side) { !InProcessLink.isBackground($0) }
             note("the next reply from \(side) is lost")
         case 60..<70:
             let side = pick(LinkSide.allCases)
-            link.script(.dropRequest, towards: side)
+            link.script(.dropRequest, towards: side) { !InProcessLink.isBackground($0) }
             note("the next request to \(side) is lost")
         case 70..<80:
             var r = FaultRates()
@@ -263,9 +332,10 @@ final class Simulation {
     }
 
     /// Whether node `n` had write `w` when it changed its name: its own, or replicated live,
-    /// or the pair settled since.
+    /// or the pair settled since (unless it is in a split brain), or it holds its bytes.
     func seen(_ w: AckedWrite, by n: SimNode) -> Bool {
-        w.node == n.side || !w.apart || w.window < window || heldNow.contains(w.serial)
+        // In a split brain the other node's copy is its own, whatever the windows say.
+        w.node == n.side || heldNow.contains(w.serial) || (!w.apart || w.window < window) && !inSplit(w.path)
     }
 
     /// Before a change by `n` of `paths`: the writes beneath them `n` holds with their bytes
@@ -290,10 +360,21 @@ final class Simulation {
     @discardableResult
     func touch(_ n: SimNode, _ paths: [String], _ err: FSError?) -> Bool {
         if let e = err, Self.notApplied.contains(e.errno) { return false }
-        guard !settledAtStart || !inStep else { return false }
+        guard !settledAtStart || !inStep || paths.contains(where: inSplit) else { return false }
         apartInWindow = true
         touches.append(Touch(node: n.side, window: window, paths: Set(paths)))
         return true
+    }
+
+    /// Whether the entry at `path` is in a split brain listed on a node: a change of it stays
+    /// on the node that made it until an admin resolves it (each copy is kept as it is), so it
+    /// is made apart however in step the pair is otherwise (seed 20).
+    func inSplit(_ path: String) -> Bool {
+        nodes.contains { n in
+            guard n.running, let rows = try? n.journal.splitBrains(), !rows.isEmpty else { return false }
+            let id = n.local.brick.readID(rel: path)
+            return rows.contains { r in (id != nil && r.id == id) || Self.paths(of: r).contains(path) }
+        }
     }
 
     /// A directory renamed in this window: changes noted beneath its old name are also
@@ -314,6 +395,7 @@ final class Simulation {
     /// create (or open with O_TRUNC), writes, close (flush + release): acknowledged if flush succeeded.
     func writeFile(_ n: SimNode, path: String) {
         hold(n, [path])
+        let rewritten = rewrittenHere(n, path)
         let (p, name) = split(path)
         let size = chance(0.1) ? Int.random(in: 200_000...400_000, using: &rng) : Int.random(in: 0...40_000, using: &rng)
         let bytes = payload(size, seed: rng.next())
@@ -358,11 +440,26 @@ final class Simulation {
         if closed || unknown {
             apart = touch(n, [path], nil)
             supersede(path, by: n, paths: [path])
+            acked.removeAll { rewritten.contains($0.serial) }
         }
         if closed {
-            acked.append(AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
-                                    serial: acked.count + step * 1000))
+            var w = AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
+                               serial: acked.count + step * 1000, id: n.local.brick.readID(rel: path))
+            // Written beneath a directory the other node renamed apart: the write may end under
+            // the new name (it moves with the directory's replay), on both nodes.
+            for r in dirRenames where r.window == window && r.node != n.side && apart && isWithin(path, r.from) {
+                w.contestedBy += [r.from, r.to]
+            }
+            acked.append(w)
         }
+    }
+
+    /// The writes whose file (same id) `n` holds at `path` with their bytes: its client sees
+    /// them there, whatever name the model follows them under (a rename the other node made
+    /// apart moved them on `n`), so its rewrite, unlink or rename of `path` is theirs.
+    func rewrittenHere(_ n: SimNode, _ path: String) -> Set<Int> {
+        guard let id = n.local.brick.readID(rel: path), let have = try? readBytes(n.local.brick.absolute(path)) else { return [] }
+        return Set(acked.filter { $0.id == id && $0.bytes == have }.map(\.serial))
     }
 
     func mkdir(_ n: SimNode, _ path: String) {
@@ -387,6 +484,7 @@ final class Simulation {
 
     func unlink(_ n: SimNode, _ path: String) {
         hold(n, [path])
+        let held = rewrittenHere(n, path)
         let (p, name) = split(path)
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
@@ -394,23 +492,32 @@ final class Simulation {
             try n.volume.unlink(parent: parent, name: name)
         }
         record(n, "unlink \(path)", err, touching: [path])
-        if err == nil { supersede(path, by: n, paths: [path]) }
+        if err == nil {
+            supersede(path, by: n, paths: [path])
+            acked.removeAll { held.contains($0.serial) }
+        }
     }
 
     func rename(_ n: SimNode, _ from: String, _ to: String) {
         hold(n, [from, to])
+        let (moved, replaced) = (rewrittenHere(n, from), rewrittenHere(n, to))
         let (fp, fn) = split(from), (tp, tn) = split(to)
         let err = attempt { () throws(FSError) in
             guard let a = n.ref(fp), let b = n.ref(tp) else { throw FSError.notFound }
             try n.volume.rename(parent: a, name: fn, newParent: b, newName: tn, flags: 0)
         }
         record(n, "rename \(from) -> \(to)", err, touching: [from, to])
-        if err.map({ !Self.notApplied.contains($0.errno) }) ?? true { alias(from, to) }
+        if err.map({ !Self.notApplied.contains($0.errno) }) ?? true {
+            alias(from, to)
+            if Self.dirs.contains(to), !settledAtStart || !inStep { dirRenames.append(DirRename(node: n.side, window: window, from: from, to: to)) }
+        }
         guard err == nil, from != to else { return }
         // The target is replaced; what was under the source is now under the target (writes
         // `n` had not seen stay where they were written, contested).
         supersede(to, by: n, paths: [from, to])
-        for i in acked.indices where isWithin(acked[i].path, from) {
+        acked.removeAll { replaced.contains($0.serial) && !moved.contains($0.serial) }
+        for i in acked.indices where moved.contains(acked[i].serial) { acked[i].path = to }
+        for i in acked.indices where isWithin(acked[i].path, from) && !moved.contains(acked[i].serial) {
             if seen(acked[i], by: n) {
                 acked[i].path = to + acked[i].path.dropFirst(from.count)
             } else {
@@ -436,7 +543,7 @@ final class Simulation {
             guard n.kind(path) == .file else { throw FSError(EISDIR) }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(size: Int64(size)))
         }
-        let apart = !settledAtStart || !inStep
+        let apart = !settledAtStart || !inStep || inSplit(path)
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
         for i in acked.indices where acked[i].path == path && !seen(acked[i], by: n) { acked[i].contestedBy.append(path) }
