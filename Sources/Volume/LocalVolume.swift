@@ -508,7 +508,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// it to `n` in `d` without replacing anything: it appears complete or not at all.
     func makeAside(_ d: Int32, _ n: String, ctx: RequestContext, id: UInt64, removeFlags: Int32,
                    _ make: (Int32, String) throws(FSError) -> Void) throws(FSError) {
-        let tmpRel = Brick.privateDir + "/tmp"
+        let tmpRel = Self.stagingDir
         _ = brick.absolute(tmpRel).withCString { Glibc.mkdir($0, 0o700) }
         let tmpName = "new-\(String(id, radix: 16))-\(UInt64.random(in: 0...UInt64.max))"
         let tmpFD = try brick.openFile(tmpRel, flags: O_RDONLY | O_DIRECTORY)

@@ -21,9 +21,9 @@ extension LocalVolume {
     /// file nor its journal row.
     public func openStaged(_ node: NodeRef, mode: mode_t, uid: uid_t, gid: gid_t, size: Int64) throws(FSError) -> UInt64 {
         _ = brick.absolute(Self.stagingDir).withCString { Glibc.mkdir($0, 0o700) }
-        let fd = try brick.at(Self.stagingDir + "/x") { (d, _) throws(FSError) -> Int32 in
-            try sys { openat(d, ".", twin_O_TMPFILE() | O_RDWR | O_CLOEXEC, mode & 0o7777) }
-        }
+        let dir = try brick.openFile(Self.stagingDir, flags: O_RDONLY | O_DIRECTORY)
+        defer { close(dir) }
+        let fd = try sys { openat(dir, ".", twin_O_TMPFILE() | O_RDWR | O_CLOEXEC, mode & 0o7777) }
         do throws(FSError) {
             _ = try sys { fchown(fd, uid, gid) }
             // fchown clears set-id bits: the mode goes last.
@@ -105,7 +105,7 @@ extension LocalVolume {
             try commitContent(fd: old, id: f.id, streamed: nil)
             return .liveFileChanged("\(rel) changed during the swap")
         }
-        try syncParent(of: rel)
+        try brick.syncDirectory(Brick.at(rel.split(separator: "/").dropLast().joined(separator: "/")))
         var st = stat()
         _ = try sys { fstat(f.fd, &st) }
         try submit([.setContent(id: f.id, size: size, hash: hash, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs)], wait: .durable)
@@ -133,13 +133,6 @@ extension LocalVolume {
             guard len >= 0 else { continue }
             _ = try sys { twin_fsetxattr(dst, name, value, Int(len), 0) }
         }
-    }
-
-    func syncParent(of rel: String) throws(FSError) {
-        let parent = rel.split(separator: "/").dropLast().joined(separator: "/")
-        let d = try brick.openFile(Brick.at(parent), flags: O_RDONLY | O_DIRECTORY)
-        defer { close(d) }
-        guard Glibc.fsync(d) == 0 else { throw FSError.io }
     }
 
     /// Staged copies a crash left named (between their link and their exchange, or after it):
