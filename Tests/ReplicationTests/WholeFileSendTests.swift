@@ -32,6 +32,13 @@ final class WholeFileSendTests: InProcessPairTestCase {
         try n.volume.release(handle: h)
     }
 
+    /// After the scenario: both bricks (every file's XXH3-128, owner, mode, mtime, xattrs) and
+    /// both journals the same.
+    func assertPairIdentical(file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertTrue(try tree(a.local) == tree(b.local), "bricks differ", file: file, line: line)
+        XCTAssertEqual(try JournalView(a.journal), try JournalView(b.journal), "journals differ", file: file, line: line)
+    }
+
     /// Reads file `path` whole through a fresh handle of `n`'s local volume, as a FUSE read does.
     func readWhole(_ n: SimNode, _ path: String) throws -> [UInt8] {
         let id = try XCTUnwrap(n.local.brick.readID(rel: path))
@@ -93,6 +100,7 @@ final class WholeFileSendTests: InProcessPairTestCase {
         let rec = try XCTUnwrap(try b.journal.inode(id))
         XCTAssertFalse(rec.dirty)
         XCTAssertEqual(rec.hash, try XCTUnwrap(try a.journal.inode(id)).hash)
+        try assertPairIdentical()
     }
 
     func testASendCutOffLeavesThePeersCopyWholeAndClean() throws {
@@ -119,6 +127,7 @@ final class WholeFileSendTests: InProcessPairTestCase {
         link.healAll()
         waitSettled()
         XCTAssertTrue(try readWhole(b, "CT.dcm") == v2)
+        try assertPairIdentical()
     }
 
     func testTheReplacedFileKeepsItsExtendedAttributes() throws {
@@ -136,5 +145,6 @@ final class WholeFileSendTests: InProcessPairTestCase {
         var buf = [UInt8](repeating: 0, count: 64)
         let n = try buf.withUnsafeMutableBytes { try b.local.getxattr(NodeRef(id: id, path: "CT.dcm"), name: "user.DOSATTRIB", into: $0) }
         XCTAssertEqual(Array(buf[0..<n]), value, "b's own xattr survives the swap")
+        try assertPairIdentical()
     }
 }
