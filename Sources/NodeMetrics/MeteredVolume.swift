@@ -49,17 +49,14 @@ public final class MeteredVolume: VolumeOperations, @unchecked Sendable {
 
     @inline(__always)
     private func timed<R>(_ op: Op, _ body: () throws(FSError) -> R) throws(FSError) -> R {
-        let m = meters[op.rawValue]
         let start = ContinuousClock.now
         do throws(FSError) {
             let r = try body()
-            m.count.increment()
-            m.time.record(ContinuousClock.now - start)
+            record(op, since: start, failed: false)
             return r
         } catch {
-            m.count.increment()
             // "No such file" answers to lookups are the normal case, not errors.
-            if !(op == .lookup && error.errno == ENOENT) { m.errors.increment() }
+            if op == .lookup && error.errno == ENOENT { meters[op.rawValue].count.increment() } else { record(op, since: start, failed: true) }
             throw error
         }
     }
