@@ -79,6 +79,10 @@ osd pool default pg num = 8
 osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
 osd crush chooseleaf type = 0
+# The OSD places itself in the CRUSH map below, before it starts: its own start-up commands can
+# reach the monitor before the monitor map does and be refused ("wrong fsid"), failing its init.
+osd crush update on start = false
+osd class update on start = false
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
@@ -93,6 +97,17 @@ EOF
 
 ceph_cli() { ceph -c "$DIR/ceph.conf" --connect-timeout 10 "$@"; }
 
+# With cephx off, a client can send its first command before it has the monitor map, and the
+# monitor refuses it ("wrong fsid", "problem getting command descriptions"): try again.
+ceph_retry() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    ceph_cli "$@" 2>>"$DIR/log/cli.err" && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
 # Creates the monitor and the OSD the first time (bluestore keeps them for the next `up`).
 mkfs_cluster() {
   local dir=$1 store=$2
@@ -104,10 +119,11 @@ mkfs_cluster() {
 mkfs_osd() {
   local dir=$1
   local uuid; uuid=$(cat /proc/sys/kernel/random/uuid)
-  local id; id=$(ceph_cli osd new "$uuid")
+  local id; id=$(ceph_retry osd new "$uuid")
   [ "$id" = 0 ] || die "expected OSD id 0, the monitor gave '$id'"
   ceph-osd -i 0 --mkfs --osd-uuid "$uuid" -c "$dir/ceph.conf" >>"$dir/log/mkfs.out" 2>&1 \
     || die "ceph-osd --mkfs failed (see $dir/log/mkfs.out)"
+  ceph_retry osd crush create-or-move osd.0 1.0 root=default >>"$dir/log/mkfs.out" || die "placing osd.0 in the CRUSH map failed"
 }
 
 osd_up() { ceph_cli osd stat 2>/dev/null | grep -q ' 1 up'; }
@@ -121,8 +137,13 @@ make_user() {
     local ak sk
     ak=$(head -c 15 /dev/urandom | base32 | tr -d '=' | head -c 20)
     sk=$(head -c 30 /dev/urandom | base64 | tr -d '/+=' | head -c 40)
-    radosgw-admin -c "$dir/ceph.conf" user create --uid tier --display-name "TwinFS tier" \
-      --access-key "$ak" --secret "$sk" >>"$dir/log/admin.out" 2>&1 || die "radosgw-admin user create failed"
+    local i ok=0
+    for i in 1 2 3 4 5; do
+      if radosgw-admin -c "$dir/ceph.conf" user create --uid tier --display-name "TwinFS tier" \
+           --access-key "$ak" --secret "$sk" >>"$dir/log/admin.out" 2>&1; then ok=1; break; fi
+      sleep 0.5
+    done
+    [ $ok = 1 ] || die "radosgw-admin user create failed (see $dir/log/admin.out)"
     (umask 077; printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$ak" "$sk" > "$dir/credentials")
   fi
   chmod 600 "$dir/credentials"

@@ -1,0 +1,207 @@
+import XCTest
+@testable import ObjectStore
+
+/// The S3 client against a real Ceph RGW (`.ci/rgw.sh`): one private cluster for the class,
+/// each test under its own key prefix. Skipped when ceph is not installed.
+final class RGWTests: XCTestCase {
+    nonisolated(unsafe) static var cluster: RGWCluster?
+    nonisolated(unsafe) static var startError: (any Error)?
+
+    override class func setUp() {
+        super.setUp()
+        do {
+            cluster = try RGWCluster.start()
+            if let c = cluster, c.startSeconds > 0 { print("RGWTests: private RGW at \(c.endpoint) served S3 after \(String(format: "%.1f", c.startSeconds)) s") }
+        } catch {
+            startError = error
+        }
+    }
+
+    override class func tearDown() {
+        cluster?.stop()
+        cluster = nil
+        super.tearDown()
+    }
+
+    private func rgw() throws -> RGWCluster {
+        if let e = Self.startError { throw e }
+        return try XCTUnwrap(Self.cluster)
+    }
+
+    /// A client for the test, shut down when the test ends.
+    private func client(credentials: S3Credentials? = nil, signing: S3Config.PayloadSigning = .signed) throws -> S3Client {
+        let c = try rgw().client(credentials: credentials, signing: signing)
+        addTeardownBlock { await c.shutdown() }
+        return c
+    }
+
+    /// This test's own key prefix, the same for every use within the test.
+    private lazy var prefix = "t-\(name.filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0...UInt32.max))/"
+
+    /// Random bytes, eight at a time (a byte at a time takes seconds per 10 MiB in a debug build).
+    private func random(_ n: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        var out = [UInt8](repeating: 0, count: n)
+        out.withUnsafeMutableBytes { buf in
+            var i = 0
+            while i < n {
+                var word = g.next()
+                withUnsafeBytes(of: &word) { w in for j in 0..<min(8, n - i) { buf[i + j] = w[j] } }
+                i += 8
+            }
+        }
+        return out
+    }
+
+    func testPutGetRangeHeadListDelete() async throws {
+        let s3 = try client()
+        let p = prefix
+        let body = random(100_000)
+        let put = try await s3.put(p + "a.dcm", body: body, options: PutOptions(metadata: ["xxh3": "00ff"]))
+        XCTAssertEqual(put.etag.count, 32)
+        let got = try await s3.get(p + "a.dcm", range: nil)
+        XCTAssertEqual(got, body)
+        let part = try await s3.get(p + "a.dcm", range: ByteRange(first: 99_990, last: 99_999))
+        XCTAssertEqual(part, Array(body[99_990...]))
+        let info = try await s3.head(p + "a.dcm")
+        XCTAssertEqual(info.size, 100_000)
+        XCTAssertEqual(info.etag, put.etag)
+        XCTAssertEqual(info.metadata["xxh3"], "00ff")
+        XCTAssertNotNil(info.lastModified)
+
+        for i in 0..<4 { _ = try await s3.put(p + "s/\(i)", body: [UInt8(i)], options: PutOptions()) }
+        let page = try await s3.list(prefix: p + "s/", continuation: nil, maxKeys: 3)
+        XCTAssertEqual(page.objects.map(\.key), (0..<3).map { p + "s/\($0)" })
+        XCTAssertNotNil(page.continuation)
+        let all = try await s3.listAll(prefix: p, pageSize: 2)
+        XCTAssertEqual(all.map(\.key), [p + "a.dcm"] + (0..<4).map { p + "s/\($0)" })
+        XCTAssertEqual(all.first?.size, 100_000)
+
+        try await s3.delete(p + "a.dcm", versionId: nil)
+        do {
+            _ = try await s3.get(p + "a.dcm", range: nil)
+            XCTFail("deleted object still readable")
+        } catch {
+            XCTAssertEqual(error, .noSuchKey(key: p + "a.dcm"))
+        }
+    }
+
+    func testRangeBeyondTheObjectIsInvalid() async throws {
+        let s3 = try client()
+        let key = prefix + "small"
+        _ = try await s3.put(key, body: [1, 2, 3], options: PutOptions())
+        do {
+            _ = try await s3.get(key, range: ByteRange(first: 10, last: 20))
+            XCTFail("range past the end served")
+        } catch {
+            guard case .invalidRange = error else { return XCTFail("\(error)") }
+        }
+    }
+
+    func testKeysWithSpacesPlusAndUnicodeRoundTrip() async throws {
+        let s3 = try client()
+        let key = prefix + "Study 1.2.840/Série+1/IM 0001 ~é$&=.dcm"
+        _ = try await s3.put(key, body: [42], options: PutOptions())
+        let got = try await s3.get(key, range: nil)
+        XCTAssertEqual(got, [42])
+        let listed = try await s3.listAll(prefix: prefix)
+        XCTAssertEqual(listed.map(\.key), [key])
+    }
+
+    func testMultipartUploadOfALargeObject() async throws {
+        let s3 = try client(signing: .unsigned)
+        let key = prefix + "big.dcm"
+        let body = random(12 << 20 + 12_345)
+        let result = try await s3.upload(key, from: BytesSource(body), options: PutOptions(), partSize: 5 << 20)
+        XCTAssertTrue(result.etag.hasSuffix("-3"), result.etag)
+        let info = try await s3.head(key)
+        XCTAssertEqual(info.size, Int64(body.count))
+        let got = try await s3.get(key, range: nil)
+        XCTAssertEqual(got, body)
+        // A range across the boundary of parts 1 and 2.
+        let first = Int64(5 << 20) - 10
+        let range = try await s3.get(key, range: ByteRange(first: first, last: first + 19))
+        XCTAssertEqual(range, Array(body[Int(first)..<Int(first) + 20]))
+    }
+
+    func testFailedMultipartUploadIsAborted() async throws {
+        let s3 = try client()
+        let key = prefix + "aborted"
+        /// A source that fails after the first part, as a file that shrinks under the upload.
+        struct Failing: UploadSource {
+            var size: Int64 { 11 << 20 }
+            func read(offset: Int64, count: Int) throws(ObjectStoreError) -> [UInt8] {
+                if offset > 0 { throw .localFile(path: "/x", reason: "the file shrank while it was uploaded") }
+                return [UInt8](repeating: 7, count: count)
+            }
+        }
+        do {
+            _ = try await s3.upload(key, from: Failing(), options: PutOptions(), partSize: 5 << 20)
+            XCTFail("upload of a failing source succeeded")
+        } catch {
+            XCTAssertEqual(error, .localFile(path: "/x", reason: "the file shrank while it was uploaded"))
+        }
+        let listed = try await s3.listAll(prefix: prefix)
+        XCTAssertTrue(listed.isEmpty)
+    }
+
+    func testObjectLockComplianceRefusesDeletingTheVersion() async throws {
+        let s3 = try client()
+        let key = prefix + "retained.dcm"
+        let until = UTCTime.now().adding(seconds: 86_400)
+        let put = try await s3.put(key, body: [1, 2, 3], options: PutOptions(retention: Retention(mode: .compliance, until: until)))
+        let version = try XCTUnwrap(put.versionId, "an Object Lock bucket is versioned")
+        let info = try await s3.head(key)
+        XCTAssertEqual(info.retention, Retention(mode: .compliance, until: until))
+        do {
+            try await s3.delete(key, versionId: version)
+            XCTFail("a retained version was deleted")
+        } catch {
+            XCTAssertEqual(error, .retained(key: key))
+            XCTAssertTrue(error.description.contains("retention"), error.description)
+        }
+        // A plain delete only adds a delete marker: the retained version is still there.
+        try await s3.delete(key, versionId: nil)
+        let still = try await s3.headVersion(key, versionId: version)
+        XCTAssertEqual(still.size, 3)
+    }
+
+    func testMultipartUploadCarriesObjectLock() async throws {
+        let s3 = try client()
+        let key = prefix + "big-retained"
+        let until = UTCTime.now().adding(seconds: 3600)
+        let options = PutOptions(retention: Retention(mode: .governance, until: until))
+        _ = try await s3.upload(key, from: BytesSource(random(6 << 20)), options: options, partSize: 5 << 20)
+        let info = try await s3.head(key)
+        XCTAssertEqual(info.retention, Retention(mode: .governance, until: until))
+    }
+
+    func testWrongKeysAreAccessDenied() async throws {
+        let good = try CredentialsFile.load(path: rgw().credentialsPath)
+        for creds in [S3Credentials(accessKey: good.accessKey, secretKey: "wrong-secret-0123456789"),
+                      S3Credentials(accessKey: "NOSUCHKEY0123456789", secretKey: good.secretKey)] {
+            let s3 = try client(credentials: creds)
+            do {
+                _ = try await s3.head(prefix + "x")
+                XCTFail("wrong keys accepted")
+            } catch {
+                guard case .accessDenied = error else { return XCTFail("\(error)") }
+                XCTAssertTrue(error.description.contains("check the tier credentials file"), error.description)
+                XCTAssertFalse(error.isRetryable)
+            }
+        }
+    }
+
+    func testMissingBucket() async throws {
+        let r = try rgw()
+        let s3 = S3Client(config: S3Config(endpoint: r.endpoint, bucket: "no-such-bucket-\(getpid())",
+                                           credentials: try CredentialsFile.load(path: r.credentialsPath)))
+        addTeardownBlock { await s3.shutdown() }
+        do {
+            _ = try await s3.list(prefix: "", continuation: nil, maxKeys: 1)
+            XCTFail("listing a missing bucket succeeded")
+        } catch {
+            XCTAssertEqual(error, .noSuchBucket(bucket: "no-such-bucket-\(getpid())"))
+        }
+    }
+}
