@@ -119,8 +119,8 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // The healer's decisions: which copy a heal trusts, split-brain policies, the throttle.
         .testTarget(name: "HealerTests", dependencies: ["Healer", "PeerProtocol"]),
-        // The tier: SigV4 against AWS's vectors, the S3 client against a private Ceph RGW (.ci/rgw.sh; skipped without ceph).
-        .testTarget(name: "TierTests", dependencies: ["ObjectStore", "TwinCore",
+        // The tier: SigV4 against AWS's vectors, the S3 client against a private Ceph RGW (.ci/rgw.sh; skipped without ceph), the [tier] config.
+        .testTarget(name: "TierTests", dependencies: ["ObjectStore", "TwinConfig", "TwinCore",
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",
