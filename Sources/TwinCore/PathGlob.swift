@@ -97,12 +97,14 @@ public struct PathGlob: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// True when the whole relative path matches.
-    public func matches(_ path: String) -> Bool {
-        let parts = path.utf8.split(separator: UInt8(ascii: "/")).map(Array.init)
-        return match(0, parts[...])
+    public func matches(_ path: String) -> Bool { matches(bytes: Array(path.utf8)) }
+
+    /// The same for a path as raw bytes (a brick name need not be UTF-8).
+    public func matches(bytes path: [UInt8]) -> Bool {
+        match(0, path.split(separator: UInt8(ascii: "/"))[...])
     }
 
-    private func match(_ c: Int, _ parts: ArraySlice<[UInt8]>) -> Bool {
+    private func match(_ c: Int, _ parts: ArraySlice<ArraySlice<UInt8>>) -> Bool {
         guard c < components.count else { return parts.isEmpty }
         switch components[c] {
         case .globstar:
@@ -113,7 +115,7 @@ public struct PathGlob: Sendable, Equatable, CustomStringConvertible {
                 rest = rest.dropFirst()
             }
         case .name(let tokens):
-            guard let first = parts.first, Self.matchComponent(tokens[...], first[...]) else { return false }
+            guard let first = parts.first, Self.matchComponent(tokens[...], first) else { return false }
             return match(c + 1, parts.dropFirst())
         }
     }
