@@ -62,10 +62,16 @@ final class RGWCluster: @unchecked Sendable {
         return S3Client(config: S3Config(endpoint: endpoint, bucket: bucket, credentials: creds, payloadSigning: signing))
     }
 
-    /// Runs rgw.sh with posix_spawn and waitpid, its output into a file. (Foundation's Process
-    /// left the exited script unreaped in XCTest's class setUp and hung there.)
     private static func run(_ args: [String]) throws -> (Int32, String) {
-        let out = NSTemporaryDirectory() + "twinfs-rgw-out-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Spawn.run(["/bin/bash", script] + args)
+    }
+}
+
+/// Runs a command with posix_spawn and waitpid, its output into a file. (Foundation's Process
+/// left an exited script unreaped in XCTest's class setUp and hung there.)
+enum Spawn {
+    static func run(_ argv: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+        let out = NSTemporaryDirectory() + "twinfs-spawn-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { unlink(out) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -73,16 +79,17 @@ final class RGWCluster: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = ["/bin/bash", script] + args
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { _, new in new }
         var cargs = argv.map { strdup($0) } + [nil]
-        defer { for p in cargs { free(p) } }
+        var cenv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for p in cargs + cenv { free(p) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/bin/bash", &actions, nil, &cargs, environ)
-        guard rc == 0 else { throw NSError(domain: "RGWCluster", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "posix_spawn bash: \(rc)"]) }
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, &cargs, &cenv)
+        guard rc == 0 else { throw NSError(domain: "Spawn", code: Int(rc), userInfo: [NSLocalizedDescriptionKey: "posix_spawn \(argv[0]): \(rc)"]) }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
-        let exited = status & 0x7f == 0
-        return (exited ? (status >> 8) & 0xff : 128 + (status & 0x7f), text)
+        return (status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f), text)
     }
 }

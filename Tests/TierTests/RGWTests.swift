@@ -1,3 +1,6 @@
+import Fixity
+import Foundation
+import Tier
 import XCTest
 @testable import ObjectStore
 
@@ -174,6 +177,65 @@ final class RGWTests: XCTestCase {
         _ = try await s3.upload(key, from: BytesSource(random(6 << 20)), options: options, partSize: 5 << 20)
         let info = try await s3.head(key)
         XCTAssertEqual(info.retention, Retention(mode: .governance, until: until))
+    }
+
+    /// Principle 2 for the tier: the bucket alone, read with boto3 and xxhsum through
+    /// tools/tier-restore.py, gives back the tree (bytes, mode, mtime) the manifest describes.
+    func testRestoreATreeWithAPlainS3ClientFromTheManifest() async throws {
+        let r = try rgw()
+        let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
+        guard (try? Spawn.run([python, "-c", "import boto3"]).0) == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/xxhsum") else {
+            throw XCTSkip("python3-boto3 or xxhsum missing (run .ci/install-deps)")
+        }
+        let s3 = try client()
+        let p = prefix
+        let files: [(String, [UInt8], UInt32)] = [("STUDIES/1.2.840/IM 0001.dcm", random(300_000), 0o640),
+                                                   ("STUDIES/1.2.840/Série+2/IM2.dcm", random(6 << 20), 0o600),
+                                                   ("other/empty-ish", [7], 0o644)]
+        var entries: [ManifestEntry] = []
+        for (i, (path, bytes, mode)) in files.enumerated() {
+            let key = try ObjectKey(prefix: p, path: path).key
+            let put = try await s3.upload(key, from: BytesSource(bytes), options: PutOptions(), partSize: 5 << 20)
+            entries.append(ManifestEntry(key: key, path: path, size: Int64(bytes.count), xxh3: XXH128Hasher.hash(bytes),
+                                         mtimeNs: 1_600_000_000_123_456_789 + Int64(i), mode: 0o100000 | mode,
+                                         uid: getuid(), gid: getgid(), retainUntil: nil, versionId: put.versionId))
+        }
+        // Two segments; the later one replaces the first file's entry (as a re-upload would).
+        _ = try await s3.put(TierLayout.manifestKey(prefix: p, node: "a", batch: 1, at: "20261207T170000Z"),
+                             body: Manifest.encode(Array(entries.prefix(2))), options: PutOptions(contentType: "application/x-ndjson"))
+        _ = try await s3.put(TierLayout.manifestKey(prefix: p, node: "b", batch: 1, at: "20261207T170100Z"),
+                             body: Manifest.encode(Array(entries.suffix(2))), options: PutOptions(contentType: "application/x-ndjson"))
+
+        let dest = NSTemporaryDirectory() + "twinfs-restore-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: dest) }
+        let tool = URL(fileURLWithPath: RGWCluster.script).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("tools/tier-restore.py").path
+        let (status, out) = try Spawn.run([python, tool, "--endpoint", r.endpoint, "--bucket", r.bucket, "--prefix", p,
+                                           "--credentials", r.credentialsPath, "--dest", dest])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("3 of 3 files restored and verified"), out)
+        for (i, (path, bytes, mode)) in files.enumerated() {
+            let restored = dest + "/" + path
+            XCTAssertEqual(FileManager.default.contents(atPath: restored).map(Array.init), bytes, path)
+            var st = stat()
+            XCTAssertEqual(stat(restored, &st), 0)
+            XCTAssertEqual(UInt32(st.st_mode) & 0o7777, mode, path)
+            XCTAssertEqual(Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec), 1_600_000_000_123_456_789 + Int64(i), path)
+        }
+
+        // A damaged object is named and fails the restore, never written as the file.
+        _ = try await s3.put(entries[2].key, body: [8], options: PutOptions())
+        var stale = entries[2]
+        stale.versionId = nil
+        _ = try await s3.put(TierLayout.manifestKey(prefix: p, node: "b", batch: 2, at: "20261207T170200Z"),
+                             body: Manifest.encode([stale]), options: PutOptions())
+        let dest2 = dest + "-2"
+        defer { try? FileManager.default.removeItem(atPath: dest2) }
+        let (status2, out2) = try Spawn.run([python, tool, "--endpoint", r.endpoint, "--bucket", r.bucket, "--prefix", p,
+                                             "--credentials", r.credentialsPath, "--dest", dest2])
+        XCTAssertEqual(status2, 1, out2)
+        XCTAssertTrue(out2.contains("other/empty-ish: got 1 bytes with XXH3-128"), out2)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dest2 + "/other/empty-ish"))
     }
 
     func testWrongKeysAreAccessDenied() async throws {
