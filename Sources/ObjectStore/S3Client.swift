@@ -250,7 +250,8 @@ public final class S3Client: ObjectStore {
         case (_, "RequestTimeTooSkewed"): return .clockSkew(endpoint: e)
         case (_, "InvalidAccessKeyId"), (_, "SignatureDoesNotMatch"), (403, _): return .accessDenied(endpoint: e, code: code.isEmpty ? "HTTP 403" : code)
         case (_, "NoSuchBucket"): return .noSuchBucket(bucket: config.bucket)
-        case (_, "NoSuchKey"), (404, _) where key != nil: return .noSuchKey(key: key ?? "")
+        case (_, "NoSuchKey"): return .noSuchKey(key: key ?? "")
+        case (404, _) where key != nil: return .noSuchKey(key: key ?? "")  // HEAD: a 404 without a body
         case (416, _), (_, "InvalidRange"): return .invalidRange(key: key ?? "", range: message)
         case (_, "BadDigest"), (_, "InvalidDigest"), (_, "XAmzContentSHA256Mismatch"):
             return .integrity(key: key ?? "", detail: "the store refused the body (\(code))")
