@@ -14,7 +14,7 @@
 # with Object Lock enabled.
 #
 # RGW_OSD_STORE=memstore (default: fastest, the data lives in the OSD's memory and is gone after
-# `down`) or bluestore (a sparse 10 GiB file DIR/osd/block; `up DIR` again restarts with the data).
+# `down`) or bluestore (a sparse 10 GiB file DIR/osd-block.img; `up DIR` again restarts with the data).
 # Needs Debian's ceph-mon ceph-osd radosgw ceph-common (see .ci/install-deps) and curl.
 set -euo pipefail
 
@@ -67,7 +67,7 @@ crash dir = $dir/crash
 mon data = $dir/mon/\$id
 osd data = $dir/osd
 osd objectstore = $store
-bluestore block path = $dir/osd/block
+bluestore block path = $dir/osd-block.img
 bluestore block create = true
 bluestore block size = 10737418240
 memstore device bytes = 4294967296
@@ -184,7 +184,7 @@ up() {
   local fresh=0
   [ -s "$DIR/fsid" ] && [ -d "$DIR/mon/a" ] && [ "$store" = bluestore ] && [ "$(cat "$DIR/store" 2>/dev/null)" = bluestore ] || fresh=1
   if [ $fresh = 1 ]; then
-    rm -rf "$DIR/mon" "$DIR/osd" "$DIR/credentials"
+    rm -rf "$DIR/mon" "$DIR/osd" "$DIR/osd-block.img" "$DIR/credentials"
     cat /proc/sys/kernel/random/uuid > "$DIR/fsid"
     free_port > "$DIR/mon-port"
     echo "${PORT:-$(free_port)}" > "$DIR/s3-port"
