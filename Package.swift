@@ -75,7 +75,7 @@ let package = Package(
                                                     .product(name: "NIOHTTP1", package: "swift-nio")]),
         // A node: validates config, opens brick and journal, recovers, mounts, serves control.
         .target(name: "TwinNode", dependencies: ["TwinCore", "TwinConfig", "BrickStore", "Journal", "Volume",
-                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol", "Healer", "NodeMetrics", "HADaemon",
+                                                 "FuseAdapter", "ControlSocket", "Fixity", "Replication", "PeerLink", "PeerProtocol", "Healer", "NodeMetrics", "HADaemon", "ObjectStore",
                                                  .product(name: "Prometheus", package: "swift-prometheus"),
                                                  .product(name: "Logging", package: "swift-log")]),
         // Raw-packet helpers of the HA daemon: gratuitous ARP, ARP probe, tickle ACK.
