@@ -238,6 +238,33 @@ final class RGWTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dest2 + "/other/empty-ish"))
     }
 
+    /// The Archiver against the real store: a 7 MiB file (multipart) under COMPLIANCE retention,
+    /// verified by reading it back; its version cannot then be deleted.
+    func testArchiveAFileUnderRetentionAndReadItBack() async throws {
+        let s3 = try client(signing: .unsigned)
+        let p = prefix
+        let body = random(7 << 20)
+        let local = NSTemporaryDirectory() + "twinfs-rgw-archive-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Data(body).write(to: URL(fileURLWithPath: local))
+        defer { unlink(local) }
+        let r = ArchiveRequest(path: "S/IM1.dcm", key: try ObjectKey(prefix: p, path: "S/IM1.dcm"), localFile: local,
+                               size: Int64(body.count), xxh3: XXH128Hasher.hash(body), mtimeNs: 1, mode: 0o100640, uid: 0, gid: 0)
+        let archiver = Archiver(store: s3, bucket: try rgw().bucket, retention: .locked(mode: .compliance, years: 1),
+                                verification: .readBack, partSize: 5 << 20)
+        let a = try await archiver.archive(r, now: UTCTime.now())
+        let version = try XCTUnwrap(a.stub.versionId)
+        let info = try await s3.headVersion(r.key.key, versionId: version)
+        XCTAssertEqual(info.retention?.mode, .compliance)
+        XCTAssertEqual(info.retention?.until.iso8601, a.manifest.retainUntil)
+        XCTAssertEqual(info.metadata["xxh3"], r.xxh3.hex)
+        do {
+            try await s3.delete(r.key.key, versionId: version)
+            XCTFail("retained version deleted")
+        } catch {
+            XCTAssertEqual(error, .retained(key: r.key.key))
+        }
+    }
+
     func testWrongKeysAreAccessDenied() async throws {
         let good = try CredentialsFile.load(path: rgw().credentialsPath)
         for creds in [S3Credentials(accessKey: good.accessKey, secretKey: "wrong-secret-0123456789"),
