@@ -79,19 +79,30 @@ public actor InMemoryObjectStore: ObjectStore {
         return store(key, body, options, etag: Hex.encode(Insecure.MD5.hash(data: body)))
     }
 
-    public func get(_ key: String, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8] {
+    /// One version per key: asking for another version than the stored one finds nothing.
+    private func stored(_ key: String, _ versionId: String?) throws(ObjectStoreError) -> Stored {
+        guard let o = objects[key], versionId == nil || versionId == o.info.versionId else { throw .noSuchKey(key: key) }
+        return o
+    }
+
+    public func get(_ key: String, versionId: String?, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8] {
         try enter(.get)
-        guard let o = objects[key] else { throw .noSuchKey(key: key) }
+        let o = try stored(key, versionId)
         guard let range else { return o.bytes }
         guard range.first < Int64(o.bytes.count) else { throw .invalidRange(key: key, range: range.header) }
         let end = min(range.last, Int64(o.bytes.count) - 1)
         return Array(o.bytes[Int(range.first)...Int(end)])
     }
 
-    public func head(_ key: String) async throws(ObjectStoreError) -> ObjectInfo {
+    public func headVersion(_ key: String, versionId: String?) async throws(ObjectStoreError) -> ObjectInfo {
         try enter(.head)
-        guard let o = objects[key] else { throw .noSuchKey(key: key) }
-        return o.info
+        return try stored(key, versionId).info
+    }
+
+    /// Replaces an object's bytes behind the tier's back, keeping its version (tests of what
+    /// must never be served: a store that lost or changed data).
+    public func corrupt(_ key: String, with bytes: [UInt8]) {
+        objects[key]?.bytes = bytes
     }
 
     public func delete(_ key: String, versionId: String?) async throws(ObjectStoreError) {

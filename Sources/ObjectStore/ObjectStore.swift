@@ -111,9 +111,10 @@ public struct CompletedPart: Sendable, Equatable {
 public protocol ObjectStore: Sendable {
     /// Stores `body` under `key` in one request; the store checks it against its MD5.
     func put(_ key: String, body: [UInt8], options: PutOptions) async throws(ObjectStoreError) -> PutResult
-    /// The object's bytes, or those of `range`.
-    func get(_ key: String, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8]
-    func head(_ key: String) async throws(ObjectStoreError) -> ObjectInfo
+    /// The bytes of a version of the object (nil: the latest), or those of `range`.
+    func get(_ key: String, versionId: String?, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8]
+    /// What the store says about a version of the object (nil: the latest).
+    func headVersion(_ key: String, versionId: String?) async throws(ObjectStoreError) -> ObjectInfo
     /// Removes the key (on a versioned bucket: adds a delete marker, or removes `versionId`).
     func delete(_ key: String, versionId: String?) async throws(ObjectStoreError)
     func list(prefix: String, continuation: String?, maxKeys: Int) async throws(ObjectStoreError) -> ListPage
@@ -125,4 +126,15 @@ public protocol ObjectStore: Sendable {
     /// Sets Object Lock retention on an existing version (PutObjectRetention). Needed after a
     /// multipart upload: Ceph RGW 16 ignores the lock headers of CreateMultipartUpload.
     func putRetention(_ key: String, versionId: String?, retention: Retention) async throws(ObjectStoreError)
+}
+
+extension ObjectStore {
+    /// The latest version's bytes, or those of `range`.
+    public func get(_ key: String, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8] {
+        try await get(key, versionId: nil, range: range)
+    }
+
+    public func head(_ key: String) async throws(ObjectStoreError) -> ObjectInfo {
+        try await headVersion(key, versionId: nil)
+    }
 }

@@ -77,9 +77,9 @@ public final class S3Client: ObjectStore {
         return PutResult(etag: etag, versionId: r.headers.first(name: "x-amz-version-id"))
     }
 
-    public func get(_ key: String, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8] {
+    public func get(_ key: String, versionId: String?, range: ByteRange?) async throws(ObjectStoreError) -> [UInt8] {
         let headers = range.map { [("range", $0.header)] } ?? []
-        let r = try await send(.GET, key: key, headers: headers)
+        let r = try await send(.GET, key: key, query: versionId.map { [("versionId", $0)] } ?? [], headers: headers)
         if let range {
             // A store that ignores Range answers 200 with the whole object: never hand that back as the range.
             guard r.status == 206, r.body.count <= range.count else {
@@ -87,10 +87,6 @@ public final class S3Client: ObjectStore {
             }
         }
         return r.body
-    }
-
-    public func head(_ key: String) async throws(ObjectStoreError) -> ObjectInfo {
-        try await headVersion(key, versionId: nil)
     }
 
     /// HEAD of one version (nil: the latest).

@@ -240,7 +240,7 @@ final class RGWTests: XCTestCase {
 
     /// The Archiver against the real store: a 7 MiB file (multipart) under COMPLIANCE retention,
     /// verified by reading it back; its version cannot then be deleted.
-    func testArchiveAFileUnderRetentionAndReadItBack() async throws {
+    func testArchiveAFileUnderRetentionReadItBackAndRecallIt() async throws {
         let s3 = try client(signing: .unsigned)
         let p = prefix
         let body = random(7 << 20)
@@ -263,6 +263,23 @@ final class RGWTests: XCTestCase {
         } catch {
             XCTAssertEqual(error, .retained(key: r.key.key))
         }
+
+        // Someone writes another object under the key: the stub's version still recalls the file.
+        _ = try await s3.put(r.key.key, body: [1, 2, 3], options: PutOptions())
+        let back = local + ".recalled"
+        defer { unlink(back) }
+        try await Recaller(store: s3, pieceSize: 3 << 20).recall(a.stub, to: back)
+        XCTAssertEqual(FileManager.default.contents(atPath: back).map(Array.init), body)
+        // Without the version, the latest object is not the file: refused, nothing left behind.
+        var unpinned = a.stub
+        unpinned.versionId = nil
+        do {
+            try await Recaller(store: s3).recall(unpinned, to: back)
+            XCTFail("another object recalled as the file")
+        } catch {
+            guard case .mismatch = error else { return XCTFail("\(error)") }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: back))
     }
 
     func testWrongKeysAreAccessDenied() async throws {
