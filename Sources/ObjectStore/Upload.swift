@@ -69,12 +69,16 @@ public enum MultipartPlan {
 extension ObjectStore {
     /// Stores `source` under `key`: one PUT up to `partSize`, else a multipart upload (each part
     /// checked against its MD5 by the store). A failed multipart upload is aborted so that no
-    /// parts are left to be billed or to fill the store.
+    /// parts are left to be billed or to fill the store. `pace` is awaited with each body's size
+    /// before it is sent (a bandwidth limit).
     public func upload(_ key: String, from source: some UploadSource, options: PutOptions,
-                       partSize preferred: Int = 16 << 20) async throws(ObjectStoreError) -> PutResult {
+                       partSize preferred: Int = 16 << 20,
+                       pace: (Int) async -> Void = { _ in }) async throws(ObjectStoreError) -> PutResult {
         let partSize = MultipartPlan.partSize(for: source.size, preferred: preferred)
         if source.size <= Int64(partSize) {
-            return try await put(key, body: try source.read(offset: 0, count: Int(source.size)), options: options)
+            let body = try source.read(offset: 0, count: Int(source.size))
+            await pace(body.count)
+            return try await put(key, body: body, options: options)
         }
         let uploadId = try await createMultipartUpload(key, options: options)
         do {
@@ -83,6 +87,7 @@ extension ObjectStore {
             while offset < source.size {
                 let count = Int(min(Int64(partSize), source.size - offset))
                 let body = try source.read(offset: offset, count: count)
+                await pace(body.count)
                 parts.append(try await uploadPart(key, uploadId: uploadId, number: parts.count + 1, body: body))
                 offset += Int64(count)
             }

@@ -66,14 +66,17 @@ public struct Archiver: Sendable {
     public let retention: TierConfig.Retention
     public let verification: Verification
     public let partSize: Int
+    /// `tier.bandwidth_mb`, shared by the node's uploads; nil: no limit.
+    public let limiter: BandwidthLimiter?
 
     public init(store: any ObjectStore, bucket: String, retention: TierConfig.Retention,
-                verification: Verification = .storeChecksum, partSize: Int = 16 << 20) {
+                verification: Verification = .storeChecksum, partSize: Int = 16 << 20, limiter: BandwidthLimiter? = nil) {
         self.store = store
         self.bucket = bucket
         self.retention = retention
         self.verification = verification
         self.partSize = partSize
+        self.limiter = limiter
     }
 
     public func archive(_ r: ArchiveRequest, now: UTCTime) async throws(ArchiveError) -> Archived {
@@ -93,7 +96,9 @@ public struct Archiver: Sendable {
         let options = PutOptions(retention: lock, metadata: ["xxh3": r.xxh3.hex])
         let put: PutResult
         do {
-            put = try await store.upload(r.key.key, from: source, options: options, partSize: partSize)
+            let limiter = self.limiter
+            put = try await store.upload(r.key.key, from: source, options: options, partSize: partSize,
+                                         pace: { bytes in await limiter?.pace(bytes) })
         } catch {
             throw .store(error)
         }

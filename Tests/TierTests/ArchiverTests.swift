@@ -129,3 +129,47 @@ final class ArchiverTests: XCTestCase {
         XCTAssertNil(source.digest())
     }
 }
+
+/// `tier.bandwidth_mb`.
+final class BandwidthTests: XCTestCase {
+    func testTokenBucketKeepsTheAverageAndSavesOnlyABurst() {
+        var b = TokenBucket(bytesPerSecond: 1000)
+        XCTAssertEqual(b.take(1000, now: 0), 0, "a full burst at start")
+        XCTAssertEqual(b.take(500, now: 0), 0.5, accuracy: 1e-9)
+        // Debt is paid by time: at 0.5 s the bucket is back at zero.
+        XCTAssertEqual(b.take(0, now: 0.5), 0)
+        XCTAssertEqual(b.take(3000, now: 0.5), 3, accuracy: 1e-9, "a part bigger than the burst still goes, after its time")
+        // Idle for an hour saves one burst, not an hour of bytes.
+        XCTAssertEqual(b.take(1000, now: 3.5 + 3600), 0)
+        XCTAssertEqual(b.take(1000, now: 3.5 + 3600), 1, accuracy: 1e-9)
+    }
+
+    func testUploadsArePacedPartByPart() async throws {
+        let store = InMemoryObjectStore()
+        let paced = Paced()
+        _ = try await store.upload("k", from: BytesSource([UInt8](repeating: 1, count: 11 << 20)), options: PutOptions(),
+                                   partSize: 5 << 20, pace: { await paced.add($0) })
+        let sizes = await paced.sizes
+        XCTAssertEqual(sizes, [5 << 20, 5 << 20, 1 << 20])
+    }
+
+    func testTheLimiterSlowsAnArchiveToTheRate() async throws {
+        let store = InMemoryObjectStore()
+        let body = [UInt8](repeating: 3, count: 3_000_000)
+        let path = NSTemporaryDirectory() + "twinfs-bw-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Data(body).write(to: URL(fileURLWithPath: path))
+        defer { unlink(path) }
+        let r = ArchiveRequest(path: "a", key: try ObjectKey(prefix: "", path: "a"), localFile: path, size: Int64(body.count),
+                               xxh3: XXH128Hasher.hash(body), mtimeNs: 0, mode: 0o100644, uid: 0, gid: 0)
+        // 2 MB/s with a 2 MB burst: 3 MB cannot take less than half a second.
+        let archiver = Archiver(store: store, bucket: "b", retention: .off, limiter: BandwidthLimiter(bytesPerSecond: 2_000_000))
+        let started = Date()
+        _ = try await archiver.archive(r, now: UTCTime.now())
+        XCTAssertGreaterThan(Date().timeIntervalSince(started), 0.45)
+    }
+}
+
+actor Paced {
+    var sizes: [Int] = []
+    func add(_ n: Int) { sizes.append(n) }
+}
