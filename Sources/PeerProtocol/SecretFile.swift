@@ -1,4 +1,3 @@
-import Glibc
 import TwinCore
 
 /// The cluster secret both nodes share (config `secret_file`). Whoever can read it can join the
@@ -12,42 +11,8 @@ public enum SecretFile {
     /// secret written slightly differently on the two nodes still matches.
     public static func load(path: String) throws(AdminError) -> [UInt8] {
         let create = "create one with `head -c 32 /dev/urandom > \(path) && chmod 600 \(path)` and copy it to both nodes"
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw AdminError(problem: "cannot read secret file \(path): \(String(cString: strerror(errno)))", fix: create)
-        }
-        defer { close(fd) }
-
-        var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
-            throw AdminError(problem: "secret file \(path) is not a regular file", fix: "point secret_file at a file; " + create)
-        }
-        let mode = String(st.st_mode & 0o7777, radix: 8)
-        guard st.st_mode & (S_IROTH | S_IWOTH) == 0 else {
-            throw AdminError(problem: "secret file \(path) is readable or writable by every user (mode \(mode))",
-                             fix: "run `chmod 600 \(path)` (and give the two nodes a new secret if others may have read it)")
-        }
-        guard st.st_size <= maximumBytes else {
-            throw AdminError(problem: "secret file \(path) is \(st.st_size) bytes, more than a key file (\(maximumBytes) at most)",
-                             fix: "check that secret_file names the secret; " + create)
-        }
-
-        var bytes = [UInt8](repeating: 0, count: maximumBytes + 1)
-        var count = 0
-        while count < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { buf in read(fd, buf.baseAddress! + count, buf.count - count) }
-            if n == 0 { break }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw AdminError(problem: "cannot read secret file \(path): \(String(cString: strerror(errno)))", fix: create)
-            }
-            count += n
-        }
-        guard count <= maximumBytes else {
-            throw AdminError(problem: "secret file \(path) grew past \(maximumBytes) bytes while being read",
-                             fix: "check that secret_file names the secret; " + create)
-        }
-        bytes.removeSubrange(count...)
+        var bytes = try PrivateFile.read(path: path, what: "secret file", key: "secret_file", create: create,
+                                         renew: "give the two nodes a new secret", maximumBytes: maximumBytes)
         if bytes.last == UInt8(ascii: "\n") { bytes.removeLast() }
         if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
 

@@ -41,6 +41,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var scrubInterval: Double? = 30 * 86400
     /// `metrics_listen`: where the Prometheus endpoint listens (nil: no endpoint).
     public var metricsListen: String?
+    /// [tier]: the S3 archive tier (nil: no tier, every file stays on the bricks).
+    public var tier: TierConfig?
     /// Where this config was read from (absolute).
     public var path: String = "<string>"
 
@@ -54,7 +56,7 @@ public struct NodeConfig: Sendable, Equatable {
 
     public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
                                                 "listen", "peer", "attr_timeout", "max_threads", "ha_config", "heal", "scrub",
-                                                "metrics_listen"]
+                                                "metrics_listen", "tier"]
 
     public static func load(path: String) throws(AdminError) -> NodeConfig {
         let abs = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -117,6 +119,7 @@ public struct NodeConfig: Sendable, Equatable {
                 }
             }
         }
+        if let t = table["tier"] { cfg.tier = try TierConfig.parse(t, path: path, volume: cfg.volume) }
         if let p = table["peer"] {
             guard let pt = p.table else {
                 throw AdminError(problem: "config \(path): 'peer' must be a table",
@@ -155,6 +158,10 @@ public struct NodeConfig: Sendable, Equatable {
         if inside(controlSocket, mountpoint) || inside(controlSocket, brick) {
             throw AdminError(problem: "config \(path): control_socket lies inside the brick or the mount point",
                              fix: "use e.g. /run/twinfs/\(volume).sock")
+        }
+        if let creds = tier?.credentialsFile, inside(creds, mountpoint) || inside(creds, brick) {
+            throw AdminError(problem: "config \(path): tier.credentials_file lies inside the brick or the mount point, where the volume's users could read it",
+                             fix: "keep it with the node's config, e.g. /etc/twinfs/\(volume).tier-credentials (mode 0600)")
         }
     }
 

@@ -4,6 +4,7 @@ import PeerProtocol
 import Foundation
 import Glibc
 import Journal
+import ObjectStore
 import TwinConfig
 import TwinCore
 
@@ -121,6 +122,10 @@ public enum Preflight {
         }
         // What the pair needs, before the brick or the journal is touched: a bad secret file or
         // a taken port refused after initialising a fresh brick would leave it half made.
+        // The tier's S3 keys follow the secret's rules (a key file others can read is refused).
+        if let tier = cfg.tier {
+            _ = try CredentialsFile.load(path: tier.credentialsFile)
+        }
         if let peer = cfg.peer {
             _ = try SecretFile.load(path: peer.secretFile)
             _ = try ClusterMember.split(peer.address, "peer.address")
