@@ -180,7 +180,7 @@ final class RGWTests: XCTestCase {
     }
 
     /// Principle 2 for the tier: the bucket alone, read with boto3 and xxhsum through
-    /// tools/tier-restore.py, gives back the tree (bytes, mode, mtime) the manifest describes.
+    /// docs/tier-restore.py, gives back the tree (bytes, mode, mtime) the manifest describes.
     func testRestoreATreeWithAPlainS3ClientFromTheManifest() async throws {
         let r = try rgw()
         let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
@@ -209,7 +209,7 @@ final class RGWTests: XCTestCase {
         let dest = NSTemporaryDirectory() + "twinfs-restore-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: dest) }
         let tool = URL(fileURLWithPath: RGWCluster.script).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("tools/tier-restore.py").path
+            .appendingPathComponent("docs/tier-restore.py").path
         let (status, out) = try Spawn.run([python, tool, "--endpoint", r.endpoint, "--bucket", r.bucket, "--prefix", p,
                                            "--credentials", r.credentialsPath, "--dest", dest])
         XCTAssertEqual(status, 0, out)
