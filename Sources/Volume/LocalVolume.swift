@@ -119,6 +119,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     private let adoptLock = NSLock()
     /// When the admin was last told the brick is full (once a minute at most). Leaf.
     private let fullWarned = Locked<ContinuousClock.Instant?>(nil)
+    /// The archive tier's store hook, clock and recall lock (see Tiering.swift).
+    let tier = TierGate()
 
     public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
         self.brick = brick
@@ -226,6 +228,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let id: UInt64
         if let f = found { id = f } else { id = try idOf(parent: parent, name: name, rel: r, st: st) }
         st.st_ino = UInt(id)
+        tierOverlay(&st, id: id)
         return st
     }
 
@@ -235,6 +238,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             _ = try sys { fstat(f.fd, &st) }
         } else {
             st = try brick.lstat(node.path)
+            tierOverlay(&st, id: node.id)
         }
         st.st_ino = UInt(node.id)
         return st
@@ -242,6 +246,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         let open = handle.flatMap { h in files.with { $0[h] } }
+        if changes.size != nil, open == nil { try ensureHot(node, forWriting: true) }
         if let mode = changes.mode {
             if let f = open { _ = try sys { fchmod(f.fd, mode & 0o7777) } }
             else {
@@ -461,6 +466,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         let r = rel(parent, name)
+        try refuseIfRetained(parent: parent, name: name, doing: "delete")
         try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in _ = try sys { unlinkat(d, n, 0) } }
             return ((), [.unlink(parent: parent.id, name: name)])
@@ -483,6 +489,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         guard flags & ~(twin_RENAME_NOREPLACE() | twin_RENAME_EXCHANGE()) == 0 else { throw FSError.invalid }
         let from = rel(parent, name)
         let to = rel(newParent, newName)
+        if flags & twin_RENAME_EXCHANGE() == 0 { try refuseIfRetained(parent: newParent, name: newName, doing: "replace") }
         try withIntent([(parent.id, name), (newParent.id, newName)]) { () throws(FSError) -> ((), [JournalOp]) in
             try brick.at(from) { (d1, n1) throws(FSError) in
                 try brick.at(to) { (d2, n2) throws(FSError) in _ = try sys { twin_renameat2(d1, n1, d2, n2, flags) } }
@@ -601,6 +608,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        try ensureHot(node, forWriting: writable)
         var state: ContentState?
         if writable {
             state = content.acquire(node.id) { s in
@@ -811,6 +819,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 if plus {
                     var a = st
                     a.st_ino = UInt(id)
+                    tierOverlay(&a, id: id)
                     entry.attributes = a
                 }
                 entry.id = id
