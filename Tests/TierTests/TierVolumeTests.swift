@@ -27,20 +27,8 @@ final class TierVolumeTests: XCTestCase {
     }
 
     func fixture() throws -> Fixture {
-        guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
-        let dir = "/var/tmp/twinfs-tiervol-" + UUID().uuidString.prefix(8)
-        try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
-        let brick = try Brick(path: dir + "/brick")
-        try brick.writeMarker(identity)
-        let j = try Journal(path: dir + "/j.db", identity: identity, create: true)
-        try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true)
-        let v = LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "tier-test"))
         let store = InMemoryObjectStore()
-        v.setTierSource(StoreRecallSource(recaller: Recaller(store: store, pieceSize: 4096)))
-        addTeardownBlock {
-            j.close(cleanShutdown: true)
-            try? FileManager.default.removeItem(atPath: dir)
-        }
+        let (dir, v, j) = try makeTierVolume(self, store: store, pieceSize: 4096)
         return Fixture(dir: dir, volume: v, journal: j, store: store)
     }
 
@@ -62,14 +50,6 @@ final class TierVolumeTests: XCTestCase {
 
     /// now + 1 s: everything written so far qualifies with qualify_after_days = 0.
     var later: UTCTime { UTCTime.now().adding(seconds: 1) }
-
-    /// Runs blocking volume calls on a thread of their own, never on the concurrency pool the
-    /// recall's fetch needs.
-    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { c in
-            Thread { c.resume(with: Result { try body() }) }.start()
-        }
-    }
 
 
     // MARK: - 2. A pass tiers files behind their stubs
@@ -264,6 +244,33 @@ final class TierVolumeTests: XCTestCase {
         let until = row.retainUntil!
         v.setTierClock { until + 1 }
         XCTAssertNil(errno(of: { try v.unlink(parent: .root, name: "a.dcm") }))
+    }
+}
+
+/// A fresh LocalVolume (brick and journal under /var/tmp) recalling from `store`; closed and
+/// removed when the test ends. Skips without root (trusted.* xattrs).
+func makeTierVolume(_ test: XCTestCase, store: any ObjectStore, pieceSize: Int) throws -> (String, LocalVolume, Journal) {
+    guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
+    let dir = "/var/tmp/twinfs-tiervol-" + UUID().uuidString.prefix(8)
+    try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
+    let brick = try Brick(path: dir + "/brick")
+    try brick.writeMarker(VolumeIdentity(volume: "v", node: "a"))
+    let j = try Journal(path: dir + "/j.db", identity: VolumeIdentity(volume: "v", node: "a"), create: true)
+    try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true)
+    let v = LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "tier-test"))
+    v.setTierSource(StoreRecallSource(recaller: Recaller(store: store, pieceSize: pieceSize)))
+    test.addTeardownBlock {
+        j.close(cleanShutdown: true)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+    return (dir, v, j)
+}
+
+/// Runs blocking volume calls on a thread of their own, never on the concurrency pool the
+/// recall's fetch needs.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        Thread { c.resume(with: Result { try body() }) }.start()
     }
 }
 
