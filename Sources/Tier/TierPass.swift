@@ -48,7 +48,7 @@ public struct TierPass: Sendable {
     public func run(limit: Int, now: UTCTime) async throws(JournalError) -> TierPassReport {
         var report = TierPassReport()
         let picked = try candidates(limit: limit, nowNs: now.seconds * 1_000_000_000)
-        var batchNumber = 0
+        var batchNumber = Int(try volume.journal.meta(Self.batchMeta) ?? "") ?? 0
         for start in stride(from: 0, to: picked.count, by: batchSize) {
             var entries: [ManifestEntry] = []
             for (record, key, path) in picked[start..<min(start + batchSize, picked.count)] {
@@ -57,7 +57,10 @@ public struct TierPass: Sendable {
                 report.outcomes.append(outcome)
             }
             guard !entries.isEmpty else { continue }
+            // Numbered on from the last pass's: two segments of one second never share a name
+            // (a second would replace the first and lose its lines from the bucket's manifest).
             batchNumber += 1
+            try volume.journal.submit([.setMeta(key: Self.batchMeta, value: String(batchNumber))], wait: .durable)
             switch await writeManifest(entries, batch: batchNumber) {
             case .success(let key): report.manifests.append(key)
             case .failure(let e): report.manifestErrors.append(e.description)
@@ -84,6 +87,9 @@ public struct TierPass: Sendable {
         }
         return out
     }
+
+    /// The journal's meta key of the last manifest segment number this node used.
+    static let batchMeta = "tier_manifest_batch"
 
     static func residence(_ r: TierResidence) -> Residence { r == .tiered ? .tiered : .recalled }
 

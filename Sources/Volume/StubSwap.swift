@@ -78,7 +78,7 @@ extension LocalVolume {
         }
         _ = try sys { twin_fsetxattr(fd, Self.tierXattr, xattr, xattr.count, 0) }
         try dress(fd, like: old, id: id)
-        let name = "stub-\(String(id, radix: 16))-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+        let name = Self.stubPrefix + "\(String(id, radix: 16))-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
         _ = try sys { linkat(fd, "", tmpDir, name, twin_AT_EMPTY_PATH()) }
         return name
     }

@@ -138,6 +138,9 @@ extension LocalVolume {
     /// Before an open or a truncate: a tiered file's bytes come back first; one about to be
     /// written must not be under retention, and its object no longer holds its content.
     func ensureHot(_ node: NodeRef, forWriting: Bool) throws(FSError) {
+        // A read needs the journal only for what may be a stub: PACS reads of hot files pay
+        // one lstat, not a journal query. A write asks always (a recalled file keeps its retention).
+        if !forWriting, let st = try? brick.lstat(node.path), Int64(st.st_size) > Self.maximumStubBytes { return }
         guard let row = try tierRow(node.id) else { return }
         if forWriting { try refuseIfRetained(node.id, path: node.path, doing: "overwrite") }
         if row.residence == .tiered { try recall(node) }
@@ -171,7 +174,7 @@ extension LocalVolume {
         }
         let tmpDir = try stagingDirFD()
         defer { close(tmpDir) }
-        let tmpName = "recall-\(String(node.id, radix: 16))-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+        let tmpName = Self.recallPrefix + "\(String(node.id, radix: 16))-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
         do {
             try source.fetch(row, to: brick.absolute(Self.stagingDir + "/" + tmpName))
         } catch {
@@ -236,6 +239,19 @@ extension LocalVolume {
         try brick.syncDirectory(Self.parentPath(rel))
         return true
     }
+
+    /// Removes what a crash left in the staging area from a stub swap or a recall. Each is
+    /// safe to drop: before its exchange the live name still holds the file (or its stub); after
+    /// it, the staged name holds the replaced stub, or bytes the store is proven to hold.
+    public func removeStaleTierStaging() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: brick.absolute(Self.stagingDir)) else { return }
+        for n in names where n.hasPrefix(Self.stubPrefix) || n.hasPrefix(Self.recallPrefix) {
+            _ = brick.absolute(Self.stagingDir + "/" + n).withCString { Glibc.unlink($0) }
+        }
+    }
+
+    static let stubPrefix = "stub-"
+    static let recallPrefix = "recall-"
 
     static func parentPath(_ rel: String) -> String {
         Brick.at(rel.split(separator: "/").dropLast().joined(separator: "/"))

@@ -91,6 +91,14 @@ final class TierVolumeTests: XCTestCase {
 
         let again = try await pass(f).run(limit: 10, now: later)
         XCTAssertEqual(again.outcomes.count, 0, "a tiered file is no candidate")
+
+        // The next pass's segment is numbered on: it never replaces one written the same second.
+        try write(f, "c.dcm", bytes(700, seed: 3))
+        let third = try await pass(f).run(limit: 10, now: later)
+        XCTAssertEqual(third.manifests.count, 1)
+        XCTAssertTrue(third.manifests[0].hasSuffix("-a-000003.jsonl"), third.manifests[0])
+        let segments = try await f.store.list(prefix: TierLayout.manifestPrefix("pacs/"), continuation: nil, maxKeys: 100).objects
+        XCTAssertEqual(segments.count, 3)
     }
 
     /// The store refuses: nothing leaves the brick, the journal records nothing.
@@ -129,6 +137,17 @@ final class TierVolumeTests: XCTestCase {
         XCTAssertEqual(try readFile(f.brickFile("a.dcm")).count, 3000)
         XCTAssertNil(getXattr(f.brickFile("a.dcm"), TierStub.xattrName))
         XCTAssertNil(try f.journal.tierRow(id))
+    }
+
+    /// What a crash leaves of a stub swap or a recall in the staging area goes at start; the
+    /// replication's staged copies are not the tier's to remove.
+    func testStaleStubsAndRecallsInTheStagingAreaAreRemoved() throws {
+        let f = try fixture()
+        let tmp = f.dir + "/brick/.twinfs/tmp/"
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        for n in ["stub-2a-1", "recall-2a-2", "stage-2a-3"] { XCTAssertTrue(FileManager.default.createFile(atPath: tmp + n, contents: Data([1]))) }
+        f.volume.removeStaleTierStaging()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp), ["stage-2a-3"])
     }
 
     // MARK: - 3. Getattr and readdir show the file, not its stub
