@@ -14,7 +14,8 @@ extension LocalVolume {
     /// xattrs plus the tier xattr, fsynced, then exchanged with the file in one rename. The
     /// journal's tier row is durable before the exchange: a crash between the two leaves a
     /// row over a hot file, which a recall recognises (no tier xattr) and marks recalled;
-    /// never a stub the journal does not know.
+    /// never a stub the journal does not know. Lock order: the tier's per-file recall
+    /// exclusion, then the content tracker, then the journal.
     public func replaceWithStub(id: UInt64, expect: TierExpectation, row: TierRow, stubContent: [UInt8],
                                 stubXattr: [UInt8]) throws(FSError) -> StubSwapOutcome {
         guard let rel = (try? journal.path(of: id)) ?? nil else { return .changed("it has no name in the journal") }
@@ -27,15 +28,17 @@ extension LocalVolume {
         defer { close(tmpDir) }
         let tmpName = try makeStub(in: tmpDir, id: id, like: old, content: stubContent, xattr: stubXattr)
         defer { unlinkat(tmpDir, tmpName, 0) }   // the file's old inode after the exchange
-        let done = try content.whileNoWriter(id) { () throws(FSError) -> Bool in
-            // Checked again under the tracker: a write may have committed since.
-            if try journalDiffers(id, expect) != nil { return false }
+        // No recall of this file meanwhile: one would find the row over a file that is not a
+        // stub yet, take it for a crash's leftover and mark it recalled under the coming stub.
+        let done = try tier.exclusive(id) { () throws(FSError) -> Bool? in
             try submit([.tierRow(row)], wait: .durable)
-            guard try exchange(tmpDir, tmpName, with: rel, expecting: old) else {
-                try submit([.untier(id: id)], wait: .durable)
-                return false
+            let swapped = try content.whileNoWriter(id) { () throws(FSError) -> Bool in
+                // Checked again with writers held off: a write may have committed since.
+                if try journalDiffers(id, expect) != nil { return false }
+                return try exchange(tmpDir, tmpName, with: rel, expecting: old)
             }
-            return true
+            if swapped != true { try submit([.untier(id: id)], wait: .durable) }
+            return swapped
         }
         guard let swapped = done else { return .writerOpen }
         return swapped ? .swapped : .changed("\(rel) changed during the swap")

@@ -29,8 +29,9 @@ public final class TierGate: @unchecked Sendable {
     let clock = Locked<@Sendable () -> Int64>({ Int64(Date().timeIntervalSince1970) })
     /// Guards `recalling`. Leaf: held only to test and change the set, never across a fetch.
     private let recallCond = NSCondition()
-    /// Files being recalled: a second open of one waits for the first instead of fetching it
-    /// again; other files recall in parallel (a series of 200 instances).
+    /// Files being recalled or swapped for their stubs: a second open of one waits for the
+    /// first instead of fetching it again; other files go in parallel (a 200-instance series).
+    /// Outermost of the volume's locks for that file: before the content tracker and the journal.
     private var recalling: Set<UInt64> = []
 
     init() {}

@@ -192,6 +192,22 @@ final class TierVolumeTests: XCTestCase {
         XCTAssertEqual(try f.volume.getattr(NodeRef(id: id, path: "a.dcm"), handle: nil).st_size, 20_000)
     }
 
+    /// A crash between the journal's tier row and the stub's exchange leaves the row over the
+    /// file itself: an open serves it and records it recalled; nothing is fetched.
+    func testARowOverAFileThatIsNoStubMeansItIsHot() async throws {
+        let f = try fixture()
+        let data = bytes(3000)
+        let id = try write(f, "a.dcm", data)
+        let rec = try XCTUnwrap(try f.journal.inode(id))
+        try f.journal.submit([.tierRow(TierRow(id: id, residence: .tiered, bucket: "b", key: "pacs/a.dcm", versionId: nil,
+                                                size: rec.size, xxh3: rec.hash!, retainUntil: nil))], wait: .durable)
+        await f.store.setUnreachable(true)
+        let v = f.volume
+        let got = try await blocking { try readAll(v, NodeRef(id: id, path: "a.dcm"), size: 3000) }
+        XCTAssertEqual(got, data)
+        XCTAssertEqual(try f.journal.tierRow(id)?.residence, .recalled)
+    }
+
     func testStoreDownFailsTheOpenWithETIMEDOUTAndKeepsTheStub() async throws {
         let f = try fixture()
         let id = try write(f, "a.dcm", bytes(5000))
