@@ -607,8 +607,13 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
+        try open(node, flags: flags, mayRecall: true)
+    }
+
+    /// `mayRecall`: false once a recall ran for this open (a stub still there is damage).
+    func open(_ node: NodeRef, flags: Int32, mayRecall: Bool) throws(FSError) -> UInt64 {
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
-        try ensureHot(node, forWriting: writable)
+        if !writable { try ensureHot(node, forWriting: false) }
         var state: ContentState?
         if writable {
             state = content.acquire(node.id) { s in
@@ -621,6 +626,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             }
         }
         do throws(FSError) {
+            // A writer known to the tracker keeps any stub swap out from here on.
+            if writable { try ensureHot(node, forWriting: true) }
             if let s = state, flags & O_TRUNC != 0 {
                 s.lock()
                 defer { s.unlock() }
@@ -635,6 +642,10 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             if fstat(fd, &st) != 0 || st.kind != .file {
                 close(fd)
                 throw FSError(EPERM)
+            }
+            if !writable, isStub(fd, st) {
+                close(fd)
+                return try openAfterSwap(node, flags: flags, mayRecall: mayRecall)
             }
             return register(fd: fd, id: node.id, state: state)
         } catch {

@@ -166,6 +166,21 @@ extension LocalVolume {
         }
     }
 
+    func isStub(_ fd: Int32, _ st: stat) -> Bool {
+        st.kind == .file && Int64(st.st_size) <= Self.maximumStubBytes && hasTierXattr(fd)
+    }
+
+    /// A read-only open found a stub: a tier pass swapped it in after the open's check.
+    /// Recalled once; a stub still there has no tier row to recall it by (changed behind TwinFS).
+    func openAfterSwap(_ node: NodeRef, flags: Int32, mayRecall: Bool) throws(FSError) -> UInt64 {
+        guard mayRecall else {
+            log.error("cannot read \(node.path): its brick file is a tier stub the journal does not record as tiered; check it with `twinfs verify`")
+            throw FSError.io
+        }
+        try recall(node)
+        return try open(node, flags: flags, mayRecall: false)
+    }
+
     func hasTierXattr(_ fd: Int32) -> Bool { twin_fgetxattr(fd, Self.tierXattr, nil, 0) >= 0 }
 
     private func fetchAndSwap(_ node: NodeRef, row: TierRow, stub: Int32) throws(FSError) {

@@ -208,6 +208,19 @@ final class TierVolumeTests: XCTestCase {
         XCTAssertEqual(try f.journal.tierRow(id)?.residence, .recalled)
     }
 
+    /// A stub in the brick that the journal does not record (put there or changed behind
+    /// TwinFS) is never served as the file's content.
+    func testAStubTheJournalDoesNotKnowIsNotServed() async throws {
+        let f = try fixture()
+        let stub = TierStub(bucket: "b", key: "pacs/a.dcm", versionId: nil, size: 9999, xxh3: XXH128Hasher.hash([1]), retainUntil: nil)
+        let id = try write(f, "a.dcm", stub.content)
+        let xattr = stub.xattrValue
+        XCTAssertEqual(twin_setxattr(f.brickFile("a.dcm"), TierStub.xattrName, xattr, xattr.count, 0), 0)
+        let v = f.volume
+        let e = try await blocking { errno(of: { _ = try v.open(NodeRef(id: id, path: "a.dcm"), flags: O_RDONLY) }) }
+        XCTAssertEqual(e, EIO)
+    }
+
     func testStoreDownFailsTheOpenWithETIMEDOUTAndKeepsTheStub() async throws {
         let f = try fixture()
         let id = try write(f, "a.dcm", bytes(5000))
