@@ -303,6 +303,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         // writer that has the file open), committed at once.
         let s = content.acquire(node.id) { $0.sequential = false }
         defer { content.releaseWriter(s) }
+        // Again now that no stub swap can start: one may have finished since setattr's check.
+        try ensureHot(node, forWriting: true)
         s.lock()
         defer { s.unlock() }
         try markDirty(s)

@@ -265,6 +265,20 @@ final class TierVolumeTests: XCTestCase {
         XCTAssertEqual(try f.journal.inode(id)?.hash, XXH128Hasher.hash(data + [0xAB]).bytes)
     }
 
+    /// A truncate by path of a tiered file recalls it first: the bytes kept are the file's.
+    func testTruncatingATieredFileRecallsItFirst() async throws {
+        let f = try fixture()
+        let data = bytes(8000)
+        let id = try write(f, "a.dcm", data)
+        _ = try await pass(f).run(limit: 10, now: later)
+        let v = f.volume
+        _ = try await blocking { try v.setattr(NodeRef(id: id, path: "a.dcm"), handle: nil, changes: AttrChanges(size: 100)) }
+        XCTAssertEqual(try readFile(f.brickFile("a.dcm")), Array(data[0..<100]))
+        XCTAssertNil(getXattr(f.brickFile("a.dcm"), TierStub.xattrName))
+        XCTAssertNil(try f.journal.tierRow(id))
+        XCTAssertEqual(try f.journal.inode(id)?.hash, XXH128Hasher.hash(Array(data[0..<100])).bytes)
+    }
+
     // MARK: - 5. Retention
 
     func testAFileUnderRetentionCannotBeDeletedOrOverwritten() async throws {
