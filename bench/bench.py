@@ -85,6 +85,7 @@ FILES_PER_SERIES = 100
 SERIES_PER_STUDY = 4
 
 POOL = b""          # random payload, generated once before any fork (shared copy-on-write)
+MIRRORS = []        # (copy 1 root, copy 2 root) of each `two` target: see copies()
 RESULT_FD = -1      # the workload child's result pipe; writers close it
 
 
@@ -331,6 +332,28 @@ class RawTarget(Target):
 
     def start(self):
         os.makedirs(self.dir, exist_ok=True)
+
+
+class TwoTarget(RawTarget):
+    """The two-copies physical limit: every file the workloads write goes to two plain
+    directories on the workdir's disk (<workdir>/two/1 and /2), and both copies are fsynced
+    before close when the workload fsyncs. Reads and walks use copy 1 only. The workloads
+    find the second copy through MIRRORS (copies())."""
+
+    def __init__(self, name, workdir):
+        Target.__init__(self, name, os.path.join(workdir, "two", "1"))
+        self.mirror = os.path.join(workdir, "two", "2")
+        self.backing = os.path.join(self.dir, "bench-data")
+        MIRRORS.append((self.dir, self.mirror))
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(self.mirror, exist_ok=True)
+
+    def describe(self):
+        d = super().describe()
+        d["mirror"] = self.mirror
+        return d
 
 
 class DaemonTarget(Target):
@@ -624,6 +647,8 @@ def build_targets(args):
             t = Target(name, os.path.normpath(path))
         elif spec == "raw":
             t = RawTarget("raw", args.workdir)
+        elif spec == "two":
+            t = TwoTarget("two", args.workdir)
         elif spec == "fuse":
             t = PassthroughTarget("fuse", args.workdir, args.passthrough_ll)
         elif spec == "twinfs":
@@ -632,7 +657,7 @@ def build_targets(args):
             t = TwinFS2Target("twinfs2", args.workdir, args.twinfs_bin, args.twinfs2_listen, args.twinfs_config,
                               args.twinfs2_peer_wait)
         else:
-            sys.exit(f"unknown target '{spec}': use raw, fuse, twinfs, twinfs2 or name=/already/mounted/dir")
+            sys.exit(f"unknown target '{spec}': use raw, two, fuse, twinfs, twinfs2 or name=/already/mounted/dir")
         if any(x.name == t.name for x in out):
             sys.exit(f"target name '{t.name}' given twice")
         out.append(t)
@@ -791,6 +816,38 @@ def write_all(fd, buf):
         buf = buf[n:]
 
 
+def copies(p):
+    """The paths a workload writes for p: p itself, and its second copy when p lies in a
+    `two` target's copy 1."""
+    for one, two in MIRRORS:
+        if p.startswith(one + os.sep):
+            return [p, two + p[len(one):]]
+    return [p]
+
+
+def makedirs_all(d):
+    for c in copies(d):
+        os.makedirs(c, exist_ok=True)
+
+
+def write_file(p, chunks, fsync, flags=os.O_CREAT | os.O_TRUNC):
+    """Creates p (and its second copy), writes every chunk to each copy, fsyncs each copy
+    if `fsync`, then closes them: a plain target pays one fsync per file, `two` pays two."""
+    fds = []
+    try:
+        for c in copies(p):
+            fds.append(os.open(c, os.O_WRONLY | flags | os.O_CLOEXEC, 0o644))
+        for buf in chunks:
+            for fd in fds:
+                write_all(fd, buf)
+        if fsync:
+            for fd in fds:
+                os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def ingest_path(root, i):
     return os.path.join(root, f"Study{i // (FILES_PER_SERIES * SERIES_PER_STUDY):03d}",
                         f"Series{(i // FILES_PER_SERIES) % SERIES_PER_STUDY:02d}", f"IM{i:05d}.dcm")
@@ -799,7 +856,7 @@ def ingest_path(root, i):
 def w_ingest(root, n, writers, size, fsync=True):
     """n files of `size` bytes in the PACS layout, `writers` at once; each fsync'ed before close
     unless `fsync` is False (a data set to heal, written like the anchor's)."""
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     parts = [range(k * n // writers, (k + 1) * n // writers) for k in range(writers)]
 
     def work(idx):
@@ -808,15 +865,9 @@ def w_ingest(root, n, writers, size, fsync=True):
             p = ingest_path(root, i)
             d = os.path.dirname(p)
             if d not in made:
-                os.makedirs(d, exist_ok=True)
+                makedirs_all(d)
                 made.add(d)
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                write_all(fd, payload(i, size))
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_file(p, [payload(i, size)], fsync)
 
     secs = run_parallel(work, parts)
     return {"seconds": secs, "files": n, "bytes": n * size}
@@ -847,31 +898,19 @@ def w_smallread(root, n, size):
 
 
 def w_medium(root, n, size):
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     t0 = time.perf_counter()
     for i in range(n):
-        fd = os.open(os.path.join(root, f"F{i:04d}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            for k in range(size // MiB):
-                write_all(fd, payload(i * 64 + k, MiB))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(os.path.join(root, f"F{i:04d}.bin"), (payload(i * 64 + k, MiB) for k in range(size // MiB)), True)
     secs = time.perf_counter() - t0
     return {"seconds": secs, "files": n, "bytes": n * size}
 
 
 def w_seqwrite(root, mib):
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     p = os.path.join(root, "seq.bin")
     t0 = time.perf_counter()
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        for k in range(mib):
-            write_all(fd, payload(k, MiB))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file(p, (payload(k, MiB) for k in range(mib)), True)
     secs = time.perf_counter() - t0
     return {"seconds": secs, "bytes": mib * MiB}
 
@@ -902,19 +941,16 @@ def meta_layout(nfiles):
 def w_treecreate(root, nfiles):
     ndirs, width = meta_layout(nfiles)
     buf = payload(7, META_SIZE)
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     t0 = time.perf_counter()
     made = 0
     try:
         for d in range(ndirs):
             dp = os.path.join(root, f"D{d:0{width}d}")
-            os.mkdir(dp)
+            for c in copies(dp):
+                os.mkdir(c)
             for k in range(min(FILES_PER_SERIES, nfiles - d * FILES_PER_SERIES)):
-                fd = os.open(os.path.join(dp, f"f{k:03d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    write_all(fd, buf)
-                finally:
-                    os.close(fd)
+                write_file(os.path.join(dp, f"f{k:03d}"), [buf], False, os.O_CREAT | os.O_EXCL)
                 made += 1
     except OSError as e:
         raise RuntimeError(f"{describe_exc(e)} after {made} of {nfiles} files") from e
@@ -953,18 +989,25 @@ def w_walk(root, nfiles):
 
 
 def w_remove(path):
+    """Removes path (and its second copy, for `two`); counts the files of copy 1."""
     n = 0
-    try:
-        os.lstat(path)  # unlike lexists, lets ENOTCONN of a dead mount through
-    except FileNotFoundError:
+    present = []
+    for c in copies(path):
+        try:
+            os.lstat(c)  # unlike lexists, lets ENOTCONN of a dead mount through
+            present.append(c)
+        except FileNotFoundError:
+            pass
+    if not present:
         return {"seconds": 0.0, "files": 0}
 
     def boom(e):
         raise e
-    for _, _, files in os.walk(path, onerror=boom):
+    for _, _, files in os.walk(present[0], onerror=boom):
         n += len(files)
     t0 = time.perf_counter()
-    shutil.rmtree(path)
+    for c in present:
+        shutil.rmtree(c)
     return {"seconds": time.perf_counter() - t0, "files": n}
 
 
@@ -1276,7 +1319,8 @@ class Bench:
                 p = os.path.join(t.backing, backing_rel)
                 log(f"{t.name}: removing {p} in the backing directory instead")
                 t.events.append(f"removed {p} in the backing directory instead")
-                shutil.rmtree(p, ignore_errors=True)
+                for c in copies(p):
+                    shutil.rmtree(c, ignore_errors=True)
                 drop_caches()
         return None
 
@@ -1524,7 +1568,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="TwinFS benchmark harness (see bench/README.md)")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--targets", default="raw,fuse,twinfs",
-                   help="comma list of raw, fuse, twinfs, twinfs2 and name=/already/mounted/dir "
+                   help="comma list of raw, two, fuse, twinfs, twinfs2 and name=/already/mounted/dir "
                         "(default raw,fuse,twinfs)")
     p.add_argument("--only", default=",".join(JOBS),
                    help=f"comma list of jobs: {', '.join(JOBS)} (aliases: {', '.join(JOB_ALIASES)})")
@@ -1616,6 +1660,8 @@ def main(argv):
         for t in targets:  # fresh dirs (brick, journal, source) every run
             if isinstance(t, RawTarget):
                 shutil.rmtree(t.dir, ignore_errors=True)
+                if isinstance(t, TwoTarget):
+                    shutil.rmtree(t.mirror, ignore_errors=True)
             elif isinstance(t, PassthroughTarget):
                 shutil.rmtree(os.path.dirname(t.src), ignore_errors=True)
             elif isinstance(t, (TwinFSTarget, TwinFS2Target)):
@@ -1674,6 +1720,8 @@ def main(argv):
             for t in targets:
                 if isinstance(t, RawTarget):
                     shutil.rmtree(t.dir, ignore_errors=True)
+                    if isinstance(t, TwoTarget):
+                        shutil.rmtree(t.mirror, ignore_errors=True)
                 elif isinstance(t, PassthroughTarget):
                     shutil.rmtree(os.path.dirname(t.src), ignore_errors=True)
                 elif isinstance(t, TwinFSTarget):
