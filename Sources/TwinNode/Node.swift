@@ -239,6 +239,9 @@ public final class Node: @unchecked Sendable {
         if report.intentsReplayed + report.filesRehashed + report.rowsDropped > 0 {
             log.notice("recovered after \(lastShutdown): \(report.intentsReplayed) unfinished changes re-read, \(report.filesRehashed) files re-hashed")
         }
+        if report.sealsRederived > 0 {
+            log.notice("recovered after \(lastShutdown): \(report.sealsRederived) of \(report.sealsChecked) sealed content commits re-derived from the brick (journal rows lost or stale)")
+        }
         try? journal.submit([.setMeta(key: "clean_shutdown", value: "0"),
                              .setMeta(key: "boot_id", value: Self.bootID())], wait: .durable)
 
