@@ -525,13 +525,13 @@ class TwinFS2Target(Target):
     managed = True
 
     def __init__(self, name, workdir, binary, listens, extra_config, peer_wait):
-        self.base = os.path.join(workdir, "twinfs2")
+        self.base = os.path.join(workdir, name)
         self.secret = os.path.join(self.base, "secret")
         la, lb = listens
         self.a = TwinFSTarget(f"{name}.a", workdir, binary, la, extra_config, base=os.path.join(self.base, "a"),
-                              node="a", peer=("b", lb, self.secret), logname="twinfs2-a.log")
+                              node="a", peer=("b", lb, self.secret), logname=f"{name}-a.log")
         self.b = TwinFSTarget(f"{name}.b", workdir, binary, lb, extra_config, base=os.path.join(self.base, "b"),
-                              node="b", peer=("a", la, self.secret), logname="twinfs2-b.log")
+                              node="b", peer=("a", la, self.secret), logname=f"{name}-b.log")
         super().__init__(name, self.a.fuse_mnt)
         self.fuse_mnt = self.a.fuse_mnt
         self.logpath = self.a.logpath
@@ -656,8 +656,13 @@ def build_targets(args):
         elif spec == "twinfs2":
             t = TwinFS2Target("twinfs2", args.workdir, args.twinfs_bin, args.twinfs2_listen, args.twinfs_config,
                               args.twinfs2_peer_wait)
+        elif spec == "twinfs2b":
+            if not args.twinfs2b_bin:
+                sys.exit("target twinfs2b needs --twinfs2b-bin (the other binary of an A/B run)")
+            t = TwinFS2Target("twinfs2b", args.workdir, args.twinfs2b_bin, args.twinfs2b_listen, args.twinfs_config,
+                              args.twinfs2_peer_wait)
         else:
-            sys.exit(f"unknown target '{spec}': use raw, two, fuse, twinfs, twinfs2 or name=/already/mounted/dir")
+            sys.exit(f"unknown target '{spec}': use raw, two, fuse, twinfs, twinfs2, twinfs2b or name=/already/mounted/dir")
         if any(x.name == t.name for x in out):
             sys.exit(f"target name '{t.name}' given twice")
         out.append(t)
@@ -1076,6 +1081,8 @@ def ratio_pairs(names):
         pairs += [("twinfs", t) for t in names if t not in ("raw", "twinfs")]
     if "twinfs2" in names:  # the two-node volume against the others (twinfs/twinfs2 is above)
         pairs += [("twinfs2", t) for t in names if t not in ("raw", "twinfs", "twinfs2")]
+    if "twinfs2b" in names:  # the A/B pair against the two-copies limit too
+        pairs += [("twinfs2b", t) for t in names if t in ("two",)]
     return pairs
 
 
@@ -1568,7 +1575,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="TwinFS benchmark harness (see bench/README.md)")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--targets", default="raw,fuse,twinfs",
-                   help="comma list of raw, two, fuse, twinfs, twinfs2 and name=/already/mounted/dir "
+                   help="comma list of raw, two, fuse, twinfs, twinfs2, twinfs2b and name=/already/mounted/dir "
                         "(default raw,fuse,twinfs)")
     p.add_argument("--only", default=",".join(JOBS),
                    help=f"comma list of jobs: {', '.join(JOBS)} (aliases: {', '.join(JOB_ALIASES)})")
@@ -1585,6 +1592,11 @@ def parse_args(argv):
                         "applies to the twinfs node and to both twinfs2 nodes)")
     p.add_argument("--twinfs2-listen", default="127.0.0.1:7791,127.0.0.1:7792", metavar="A,B",
                    help="listen addresses of twinfs2's nodes a and b (default 127.0.0.1:7791,127.0.0.1:7792)")
+    p.add_argument("--twinfs2b-bin", default=None, metavar="PATH",
+                   help="twinfs binary of target twinfs2b: a second pair, for A/B runs of two builds "
+                        "(ratio column twinfs2/twinfs2b)")
+    p.add_argument("--twinfs2b-listen", default="127.0.0.1:7795,127.0.0.1:7796", metavar="A,B",
+                   help="listen addresses of twinfs2b's nodes a and b (default 127.0.0.1:7795,127.0.0.1:7796)")
     p.add_argument("--twinfs2-peer-wait", type=float, default=60, metavar="S",
                    help="how long to wait for twinfs2's peer link to be reported connected (default 60 s)")
     p.add_argument("--passthrough-ll", default=DEFAULT_PLL, help="libfuse's passthrough_ll binary")
@@ -1598,6 +1610,9 @@ def parse_args(argv):
     a.twinfs2_listen = [x.strip() for x in a.twinfs2_listen.split(",") if x.strip()]
     if len(a.twinfs2_listen) != 2 or len(set(a.twinfs2_listen)) != 2:
         p.error("--twinfs2-listen takes two different host:port addresses, comma-separated")
+    a.twinfs2b_listen = [x.strip() for x in a.twinfs2b_listen.split(",") if x.strip()]
+    if len(a.twinfs2b_listen) != 2 or set(a.twinfs2b_listen) & set(a.twinfs2_listen):
+        p.error("--twinfs2b-listen takes two host:port addresses, different from twinfs2's")
     jobs = []
     for j in [x.strip() for x in a.only.split(",") if x.strip()]:
         for k in JOB_ALIASES.get(j, [j]):
