@@ -212,7 +212,8 @@ public final class Node: @unchecked Sendable {
             journal.close(cleanShutdown: false)
             throw error.adminError
         }
-        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log)
+        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log,
+                                 sealCommits: cfg.sealCommits)
         if plan.rebuild {
             // Every id this node hands out from now on lies above any it handed out on the
             // lost disk (a counter never reaches today's time in microseconds); the peer's

@@ -125,13 +125,16 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     private let fullWarned = Locked<ContinuousClock.Instant?>(nil)
     /// Seal markers of content commits not yet durable in the journal (see `commitContent`).
     let seals: SealLog
+    /// Whether content commits are sealed (one flush) or journaled durably (two flushes).
+    let sealCommits: Bool
 
-    public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
+    public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger, sealCommits: Bool = false) {
         self.brick = brick
         self.journal = journal
         self.log = logger
         self.ids = IDAllocator(journal: journal, brick: brick, ordinal: nodeOrdinal)
         self.seals = SealLog(brick: brick)
+        self.sealCommits = sealCommits
     }
 
     // MARK: - Helpers
@@ -321,8 +324,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         s.journalDirty = true
     }
 
-    /// Makes the file's bytes, size and XXH3-128 durable with one flush, and records them in
-    /// the journal. Caller holds `streamed`'s lock.
+    /// Makes the file's bytes, size and XXH3-128 durable, and records them in the journal.
+    /// Caller holds `streamed`'s lock. Without `sealCommits`: the file's fsync, then the row
+    /// committed `durable` (two flushes). With it, one flush:
     ///
     /// The hash is taken first; size and hash go into the file's seal xattr and a seal marker
     /// is made (see `SealMarkers`); then the file's fsync makes bytes, seal and marker durable
@@ -347,7 +351,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         }
         let seal = ContentSeal(size: Int64(st.st_size), hash: try contentDigest(fd: fd, size: Int64(st.st_size), streamed: streamed).bytes)
         let marker: String?
-        if expect == nil || expect == seal {
+        if sealCommits, expect == nil || expect == seal {
             marker = try sealContent(fd: fd, id: id, st: st, hint: hint, seal)
         } else {
             marker = nil

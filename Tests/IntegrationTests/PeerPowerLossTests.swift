@@ -11,9 +11,9 @@ import XCTest
 /// ext4 implements too), so whatever had not reached b's disk is gone, as after a power cut.
 final class PeerPowerLossTests: XCTestCase {
     /// A pair (not started) whose b node (brick, journal, mount point) lives on an ext4 image.
-    func clusterWithPeerOnImage() throws -> (TestCluster, String) {
+    func clusterWithPeerOnImage(extraConfig: String = "") throws -> (TestCluster, String) {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/xfs_io") else { throw XCTSkip("xfs_io (xfsprogs) is not installed") }
-        let c = try TestCluster(peerExtra: "timeout = 2.0\n")
+        let c = try TestCluster(extraConfig: extraConfig, peerExtra: "timeout = 2.0\n")
         let img = c.dir + "/b-disk.img"
         addTeardownBlock {
             c.destroy()
@@ -66,13 +66,13 @@ final class PeerPowerLossTests: XCTestCase {
     }
 
     /// Ingest through a (write, fsync, close: each close returns once b too holds bytes, size
-    /// and hash durably) while b loses power at a random moment. b seals each replica's commit
+    /// and hash durably) while b loses power at a random moment. With `seal_commits`, b seals each replica's commit
     /// and writes its row without a flush, so the cut takes rows with the WAL's tail; b's
     /// recovery re-derives them from the seals: every file acknowledged before the cut is on
     /// b's brick with its bytes and has a clean row with its XXH3-128, and the pair settles
     /// with identical replicas.
     func testPeerPowerCutMidIngestKeepsEveryAcknowledgedFileOnThePeer() throws {
-        let (c, img) = try clusterWithPeerOnImage()
+        let (c, img) = try clusterWithPeerOnImage(extraConfig: "seal_commits = true\n")
         try c.start()
         c.armWatchdogs(seconds: 600)
         let writer = """

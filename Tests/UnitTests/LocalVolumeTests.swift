@@ -21,7 +21,7 @@ final class LocalVolumeTests: XCTestCase {
         let create = !FileManager.default.fileExists(atPath: dir + "/j.db")
         let j = try Journal(path: dir + "/j.db", identity: identity, create: create)
         if create { try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true) }
-        return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test")), j)
+        return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test"), sealCommits: true), j)
     }
 
     /// A directory entry's name is read in place. readdir's records are only as long as their
