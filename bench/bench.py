@@ -657,10 +657,11 @@ def build_targets(args):
             t = TwinFS2Target("twinfs2", args.workdir, args.twinfs_bin, args.twinfs2_listen, args.twinfs_config,
                               args.twinfs2_peer_wait)
         elif spec == "twinfs2b":
-            if not args.twinfs2b_bin:
-                sys.exit("target twinfs2b needs --twinfs2b-bin (the other binary of an A/B run)")
-            t = TwinFS2Target("twinfs2b", args.workdir, args.twinfs2b_bin, args.twinfs2b_listen, args.twinfs_config,
-                              args.twinfs2_peer_wait)
+            if not args.twinfs2b_bin and not args.twinfs2b_config:
+                sys.exit("target twinfs2b needs --twinfs2b-bin or --twinfs2b-config (the other side of an A/B run)")
+            args.twinfs2b_bin = args.twinfs2b_bin or args.twinfs_bin
+            t = TwinFS2Target("twinfs2b", args.workdir, args.twinfs2b_bin, args.twinfs2b_listen,
+                              args.twinfs_config + args.twinfs2b_config, args.twinfs2_peer_wait)
         else:
             sys.exit(f"unknown target '{spec}': use raw, two, fuse, twinfs, twinfs2, twinfs2b or name=/already/mounted/dir")
         if any(x.name == t.name for x in out):
@@ -1595,6 +1596,8 @@ def parse_args(argv):
     p.add_argument("--twinfs2b-bin", default=None, metavar="PATH",
                    help="twinfs binary of target twinfs2b: a second pair, for A/B runs of two builds "
                         "(ratio column twinfs2/twinfs2b)")
+    p.add_argument("--twinfs2b-config", action="append", default=[], metavar="LINE",
+                   help="extra TOML line for twinfs2b's nodes only (repeatable): an A/B of one setting")
     p.add_argument("--twinfs2b-listen", default="127.0.0.1:7795,127.0.0.1:7796", metavar="A,B",
                    help="listen addresses of twinfs2b's nodes a and b (default 127.0.0.1:7795,127.0.0.1:7796)")
     p.add_argument("--twinfs2-peer-wait", type=float, default=60, metavar="S",
