@@ -85,6 +85,7 @@ FILES_PER_SERIES = 100
 SERIES_PER_STUDY = 4
 
 POOL = b""          # random payload, generated once before any fork (shared copy-on-write)
+MIRRORS = []        # (copy 1 root, copy 2 root) of each `two` target: see copies()
 RESULT_FD = -1      # the workload child's result pipe; writers close it
 
 
@@ -333,6 +334,28 @@ class RawTarget(Target):
         os.makedirs(self.dir, exist_ok=True)
 
 
+class TwoTarget(RawTarget):
+    """The two-copies physical limit: every file the workloads write goes to two plain
+    directories on the workdir's disk (<workdir>/two/1 and /2), and both copies are fsynced
+    before close when the workload fsyncs. Reads and walks use copy 1 only. The workloads
+    find the second copy through MIRRORS (copies())."""
+
+    def __init__(self, name, workdir):
+        Target.__init__(self, name, os.path.join(workdir, "two", "1"))
+        self.mirror = os.path.join(workdir, "two", "2")
+        self.backing = os.path.join(self.dir, "bench-data")
+        MIRRORS.append((self.dir, self.mirror))
+
+    def start(self):
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(self.mirror, exist_ok=True)
+
+    def describe(self):
+        d = super().describe()
+        d["mirror"] = self.mirror
+        return d
+
+
 class DaemonTarget(Target):
     managed = True
 
@@ -502,13 +525,13 @@ class TwinFS2Target(Target):
     managed = True
 
     def __init__(self, name, workdir, binary, listens, extra_config, peer_wait):
-        self.base = os.path.join(workdir, "twinfs2")
+        self.base = os.path.join(workdir, name)
         self.secret = os.path.join(self.base, "secret")
         la, lb = listens
         self.a = TwinFSTarget(f"{name}.a", workdir, binary, la, extra_config, base=os.path.join(self.base, "a"),
-                              node="a", peer=("b", lb, self.secret), logname="twinfs2-a.log")
+                              node="a", peer=("b", lb, self.secret), logname=f"{name}-a.log")
         self.b = TwinFSTarget(f"{name}.b", workdir, binary, lb, extra_config, base=os.path.join(self.base, "b"),
-                              node="b", peer=("a", la, self.secret), logname="twinfs2-b.log")
+                              node="b", peer=("a", la, self.secret), logname=f"{name}-b.log")
         super().__init__(name, self.a.fuse_mnt)
         self.fuse_mnt = self.a.fuse_mnt
         self.logpath = self.a.logpath
@@ -624,6 +647,8 @@ def build_targets(args):
             t = Target(name, os.path.normpath(path))
         elif spec == "raw":
             t = RawTarget("raw", args.workdir)
+        elif spec == "two":
+            t = TwoTarget("two", args.workdir)
         elif spec == "fuse":
             t = PassthroughTarget("fuse", args.workdir, args.passthrough_ll)
         elif spec == "twinfs":
@@ -631,8 +656,14 @@ def build_targets(args):
         elif spec == "twinfs2":
             t = TwinFS2Target("twinfs2", args.workdir, args.twinfs_bin, args.twinfs2_listen, args.twinfs_config,
                               args.twinfs2_peer_wait)
+        elif spec == "twinfs2b":
+            if not args.twinfs2b_bin and not args.twinfs2b_config:
+                sys.exit("target twinfs2b needs --twinfs2b-bin or --twinfs2b-config (the other side of an A/B run)")
+            args.twinfs2b_bin = args.twinfs2b_bin or args.twinfs_bin
+            t = TwinFS2Target("twinfs2b", args.workdir, args.twinfs2b_bin, args.twinfs2b_listen,
+                              args.twinfs_config + args.twinfs2b_config, args.twinfs2_peer_wait)
         else:
-            sys.exit(f"unknown target '{spec}': use raw, fuse, twinfs, twinfs2 or name=/already/mounted/dir")
+            sys.exit(f"unknown target '{spec}': use raw, two, fuse, twinfs, twinfs2, twinfs2b or name=/already/mounted/dir")
         if any(x.name == t.name for x in out):
             sys.exit(f"target name '{t.name}' given twice")
         out.append(t)
@@ -791,6 +822,38 @@ def write_all(fd, buf):
         buf = buf[n:]
 
 
+def copies(p):
+    """The paths a workload writes for p: p itself, and its second copy when p lies in a
+    `two` target's copy 1."""
+    for one, two in MIRRORS:
+        if p.startswith(one + os.sep):
+            return [p, two + p[len(one):]]
+    return [p]
+
+
+def makedirs_all(d):
+    for c in copies(d):
+        os.makedirs(c, exist_ok=True)
+
+
+def write_file(p, chunks, fsync, flags=os.O_CREAT | os.O_TRUNC):
+    """Creates p (and its second copy), writes every chunk to each copy, fsyncs each copy
+    if `fsync`, then closes them: a plain target pays one fsync per file, `two` pays two."""
+    fds = []
+    try:
+        for c in copies(p):
+            fds.append(os.open(c, os.O_WRONLY | flags | os.O_CLOEXEC, 0o644))
+        for buf in chunks:
+            for fd in fds:
+                write_all(fd, buf)
+        if fsync:
+            for fd in fds:
+                os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def ingest_path(root, i):
     return os.path.join(root, f"Study{i // (FILES_PER_SERIES * SERIES_PER_STUDY):03d}",
                         f"Series{(i // FILES_PER_SERIES) % SERIES_PER_STUDY:02d}", f"IM{i:05d}.dcm")
@@ -799,7 +862,7 @@ def ingest_path(root, i):
 def w_ingest(root, n, writers, size, fsync=True):
     """n files of `size` bytes in the PACS layout, `writers` at once; each fsync'ed before close
     unless `fsync` is False (a data set to heal, written like the anchor's)."""
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     parts = [range(k * n // writers, (k + 1) * n // writers) for k in range(writers)]
 
     def work(idx):
@@ -808,15 +871,9 @@ def w_ingest(root, n, writers, size, fsync=True):
             p = ingest_path(root, i)
             d = os.path.dirname(p)
             if d not in made:
-                os.makedirs(d, exist_ok=True)
+                makedirs_all(d)
                 made.add(d)
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                write_all(fd, payload(i, size))
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_file(p, [payload(i, size)], fsync)
 
     secs = run_parallel(work, parts)
     return {"seconds": secs, "files": n, "bytes": n * size}
@@ -847,31 +904,19 @@ def w_smallread(root, n, size):
 
 
 def w_medium(root, n, size):
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     t0 = time.perf_counter()
     for i in range(n):
-        fd = os.open(os.path.join(root, f"F{i:04d}.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            for k in range(size // MiB):
-                write_all(fd, payload(i * 64 + k, MiB))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(os.path.join(root, f"F{i:04d}.bin"), (payload(i * 64 + k, MiB) for k in range(size // MiB)), True)
     secs = time.perf_counter() - t0
     return {"seconds": secs, "files": n, "bytes": n * size}
 
 
 def w_seqwrite(root, mib):
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     p = os.path.join(root, "seq.bin")
     t0 = time.perf_counter()
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        for k in range(mib):
-            write_all(fd, payload(k, MiB))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_file(p, (payload(k, MiB) for k in range(mib)), True)
     secs = time.perf_counter() - t0
     return {"seconds": secs, "bytes": mib * MiB}
 
@@ -902,19 +947,16 @@ def meta_layout(nfiles):
 def w_treecreate(root, nfiles):
     ndirs, width = meta_layout(nfiles)
     buf = payload(7, META_SIZE)
-    os.makedirs(root, exist_ok=True)
+    makedirs_all(root)
     t0 = time.perf_counter()
     made = 0
     try:
         for d in range(ndirs):
             dp = os.path.join(root, f"D{d:0{width}d}")
-            os.mkdir(dp)
+            for c in copies(dp):
+                os.mkdir(c)
             for k in range(min(FILES_PER_SERIES, nfiles - d * FILES_PER_SERIES)):
-                fd = os.open(os.path.join(dp, f"f{k:03d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    write_all(fd, buf)
-                finally:
-                    os.close(fd)
+                write_file(os.path.join(dp, f"f{k:03d}"), [buf], False, os.O_CREAT | os.O_EXCL)
                 made += 1
     except OSError as e:
         raise RuntimeError(f"{describe_exc(e)} after {made} of {nfiles} files") from e
@@ -953,18 +995,25 @@ def w_walk(root, nfiles):
 
 
 def w_remove(path):
+    """Removes path (and its second copy, for `two`); counts the files of copy 1."""
     n = 0
-    try:
-        os.lstat(path)  # unlike lexists, lets ENOTCONN of a dead mount through
-    except FileNotFoundError:
+    present = []
+    for c in copies(path):
+        try:
+            os.lstat(c)  # unlike lexists, lets ENOTCONN of a dead mount through
+            present.append(c)
+        except FileNotFoundError:
+            pass
+    if not present:
         return {"seconds": 0.0, "files": 0}
 
     def boom(e):
         raise e
-    for _, _, files in os.walk(path, onerror=boom):
+    for _, _, files in os.walk(present[0], onerror=boom):
         n += len(files)
     t0 = time.perf_counter()
-    shutil.rmtree(path)
+    for c in present:
+        shutil.rmtree(c)
     return {"seconds": time.perf_counter() - t0, "files": n}
 
 
@@ -1033,6 +1082,8 @@ def ratio_pairs(names):
         pairs += [("twinfs", t) for t in names if t not in ("raw", "twinfs")]
     if "twinfs2" in names:  # the two-node volume against the others (twinfs/twinfs2 is above)
         pairs += [("twinfs2", t) for t in names if t not in ("raw", "twinfs", "twinfs2")]
+    if "twinfs2b" in names:  # the A/B pair against the two-copies limit too
+        pairs += [("twinfs2b", t) for t in names if t in ("two",)]
     return pairs
 
 
@@ -1276,7 +1327,8 @@ class Bench:
                 p = os.path.join(t.backing, backing_rel)
                 log(f"{t.name}: removing {p} in the backing directory instead")
                 t.events.append(f"removed {p} in the backing directory instead")
-                shutil.rmtree(p, ignore_errors=True)
+                for c in copies(p):
+                    shutil.rmtree(c, ignore_errors=True)
                 drop_caches()
         return None
 
@@ -1524,7 +1576,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="TwinFS benchmark harness (see bench/README.md)")
     p.add_argument("--reps", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--targets", default="raw,fuse,twinfs",
-                   help="comma list of raw, fuse, twinfs, twinfs2 and name=/already/mounted/dir "
+                   help="comma list of raw, two, fuse, twinfs, twinfs2, twinfs2b and name=/already/mounted/dir "
                         "(default raw,fuse,twinfs)")
     p.add_argument("--only", default=",".join(JOBS),
                    help=f"comma list of jobs: {', '.join(JOBS)} (aliases: {', '.join(JOB_ALIASES)})")
@@ -1541,6 +1593,13 @@ def parse_args(argv):
                         "applies to the twinfs node and to both twinfs2 nodes)")
     p.add_argument("--twinfs2-listen", default="127.0.0.1:7791,127.0.0.1:7792", metavar="A,B",
                    help="listen addresses of twinfs2's nodes a and b (default 127.0.0.1:7791,127.0.0.1:7792)")
+    p.add_argument("--twinfs2b-bin", default=None, metavar="PATH",
+                   help="twinfs binary of target twinfs2b: a second pair, for A/B runs of two builds "
+                        "(ratio column twinfs2/twinfs2b)")
+    p.add_argument("--twinfs2b-config", action="append", default=[], metavar="LINE",
+                   help="extra TOML line for twinfs2b's nodes only (repeatable): an A/B of one setting")
+    p.add_argument("--twinfs2b-listen", default="127.0.0.1:7795,127.0.0.1:7796", metavar="A,B",
+                   help="listen addresses of twinfs2b's nodes a and b (default 127.0.0.1:7795,127.0.0.1:7796)")
     p.add_argument("--twinfs2-peer-wait", type=float, default=60, metavar="S",
                    help="how long to wait for twinfs2's peer link to be reported connected (default 60 s)")
     p.add_argument("--passthrough-ll", default=DEFAULT_PLL, help="libfuse's passthrough_ll binary")
@@ -1554,6 +1613,9 @@ def parse_args(argv):
     a.twinfs2_listen = [x.strip() for x in a.twinfs2_listen.split(",") if x.strip()]
     if len(a.twinfs2_listen) != 2 or len(set(a.twinfs2_listen)) != 2:
         p.error("--twinfs2-listen takes two different host:port addresses, comma-separated")
+    a.twinfs2b_listen = [x.strip() for x in a.twinfs2b_listen.split(",") if x.strip()]
+    if len(a.twinfs2b_listen) != 2 or set(a.twinfs2b_listen) & set(a.twinfs2_listen):
+        p.error("--twinfs2b-listen takes two host:port addresses, different from twinfs2's")
     jobs = []
     for j in [x.strip() for x in a.only.split(",") if x.strip()]:
         for k in JOB_ALIASES.get(j, [j]):
@@ -1616,6 +1678,8 @@ def main(argv):
         for t in targets:  # fresh dirs (brick, journal, source) every run
             if isinstance(t, RawTarget):
                 shutil.rmtree(t.dir, ignore_errors=True)
+                if isinstance(t, TwoTarget):
+                    shutil.rmtree(t.mirror, ignore_errors=True)
             elif isinstance(t, PassthroughTarget):
                 shutil.rmtree(os.path.dirname(t.src), ignore_errors=True)
             elif isinstance(t, (TwinFSTarget, TwinFS2Target)):
@@ -1674,6 +1738,8 @@ def main(argv):
             for t in targets:
                 if isinstance(t, RawTarget):
                     shutil.rmtree(t.dir, ignore_errors=True)
+                    if isinstance(t, TwoTarget):
+                        shutil.rmtree(t.mirror, ignore_errors=True)
                 elif isinstance(t, PassthroughTarget):
                     shutil.rmtree(os.path.dirname(t.src), ignore_errors=True)
                 elif isinstance(t, TwinFSTarget):

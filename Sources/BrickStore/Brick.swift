@@ -17,6 +17,9 @@ public final class Brick: Sendable {
     public let path: String
     /// An O_PATH descriptor of the brick root: every operation resolves relative to it.
     public let rootFD: Int32
+    /// The root's path as the kernel names it (/proc/self/fd), to turn a descriptor's path
+    /// into a brick-relative one (`currentPath(fd:)`).
+    let kernelRoot: String?
 
     public init(path: String) throws(AdminError) {
         let fd = open(path, twin_O_PATH() | O_DIRECTORY | O_CLOEXEC)
@@ -26,6 +29,7 @@ public final class Brick: Sendable {
         }
         self.path = path
         self.rootFD = fd
+        self.kernelRoot = Self.procPath(fd)
     }
 
     deinit { close(rootFD) }

@@ -596,7 +596,7 @@ public final class ReplicaApplier: Sendable {
         // never later than it); a refused commit marks the file again below.
         do throws(FSError) {
             try submit([.replicaCommitted(id: id)], wait: .queued)
-            try volume.commit(handle: e.handle)
+            try volume.commit(handle: e.handle, expect: ContentSeal(size: size, hash: hash))
         } catch {
             try? submit([.receivingReplica(id: id)], wait: .written)
             throw failed(.commit, rel, error)

@@ -31,6 +31,11 @@ public struct NodeConfig: Sendable, Equatable {
     public var attrTimeout: Double = 1.0
     /// FUSE worker threads at most.
     public var maxThreads: Int = 16
+    /// `seal_commits`: a content commit seals the brick file (size and XXH3-128 in an xattr,
+    /// a seal marker) and costs one device flush instead of two (file and journal). Off by
+    /// default: it pays where a flush costs more than creating a small file (see
+    /// docs/ARCHITECTURE.md, "File content").
+    public var sealCommits = false
     /// The HA daemon's config on this machine (`ha_config`): `twinfs status` adds its view.
     public var haConfig: String?
     /// [heal]: bytes per second the healer may move (0: unlimited) and files received at once.
@@ -56,7 +61,7 @@ public struct NodeConfig: Sendable, Equatable {
 
     public static let knownKeys: Set<String> = ["volume", "node", "brick", "journal", "mountpoint", "control_socket",
                                                 "listen", "peer", "attr_timeout", "max_threads", "ha_config", "heal", "scrub",
-                                                "metrics_listen", "tier"]
+                                                "metrics_listen", "seal_commits", "tier"]
 
     public static func load(path: String) throws(AdminError) -> NodeConfig {
         let abs = URL(fileURLWithPath: path).standardizedFileURL.path
@@ -93,6 +98,7 @@ public struct NodeConfig: Sendable, Equatable {
                              listen: try r.hostPort("listen"), peer: nil, path: path)
         if let d = try r.number("attr_timeout", range: 0...3600) { cfg.attrTimeout = d }
         if let n = try r.number("max_threads", range: 1...256) { cfg.maxThreads = Int(n) }
+        if let b = try r.flag("seal_commits") { cfg.sealCommits = b }
         if table["ha_config"] != nil { cfg.haConfig = try r.absolutePath("ha_config") }
         if table["metrics_listen"] != nil { cfg.metricsListen = try r.hostPort("metrics_listen") }
         if let h = table["heal"] {
@@ -283,6 +289,14 @@ public struct ConfigReader {
                              fix: "write it as \"192.0.2.10:7780\" or \"[2001:db8::10]:7780\"")
         }
         return s
+    }
+
+    public func flag(_ key: String) throws(AdminError) -> Bool? {
+        guard let v = table[key] else { return nil }
+        guard let b = v.bool else {
+            throw AdminError(problem: "config \(path): '\(label(key))' must be true or false", fix: "e.g. \(key) = false")
+        }
+        return b
     }
 
     public func number(_ key: String, range: ClosedRange<Double>) throws(AdminError) -> Double? {

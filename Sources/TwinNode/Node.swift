@@ -212,7 +212,8 @@ public final class Node: @unchecked Sendable {
             journal.close(cleanShutdown: false)
             throw error.adminError
         }
-        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log)
+        let volume = LocalVolume(brick: brick, journal: journal, nodeOrdinal: ordinal, logger: log,
+                                 sealCommits: cfg.sealCommits)
         if plan.rebuild {
             // Every id this node hands out from now on lies above any it handed out on the
             // lost disk (a counter never reaches today's time in microseconds); the peer's
@@ -238,6 +239,9 @@ public final class Node: @unchecked Sendable {
         }
         if report.intentsReplayed + report.filesRehashed + report.rowsDropped > 0 {
             log.notice("recovered after \(lastShutdown): \(report.intentsReplayed) unfinished changes re-read, \(report.filesRehashed) files re-hashed")
+        }
+        if report.sealsRederived > 0 {
+            log.notice("recovered after \(lastShutdown): \(report.sealsRederived) of \(report.sealsChecked) sealed content commits re-derived from the brick (journal rows lost or stale)")
         }
         try? journal.submit([.setMeta(key: "clean_shutdown", value: "0"),
                              .setMeta(key: "boot_id", value: Self.bootID())], wait: .durable)

@@ -15,11 +15,15 @@ final class OpenFile: @unchecked Sendable {
     /// A staged copy of file `id` (see `openStaged`): its content state is its own, not the
     /// live file's, and nothing it writes touches the live file's journal row until the swap.
     let staged: Bool
-    init(fd: Int32, id: UInt64, content: ContentState?, staged: Bool = false) {
+    /// The brick-relative path the file was opened or created under (a hint for the seal
+    /// marker: checked against the descriptor's inode before use, as a rename may have moved it).
+    let path: String?
+    init(fd: Int32, id: UInt64, content: ContentState?, staged: Bool = false, path: String? = nil) {
         self.fd = fd
         self.id = id
         self.content = content
         self.staged = staged
+        self.path = path
     }
     // Closed when the last reference goes, never under a concurrent user of the descriptor.
     deinit { close(fd) }
@@ -119,14 +123,20 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     private let adoptLock = NSLock()
     /// When the admin was last told the brick is full (once a minute at most). Leaf.
     private let fullWarned = Locked<ContinuousClock.Instant?>(nil)
+    /// Seal markers of content commits not yet durable in the journal (see `commitContent`).
+    let seals: SealLog
+    /// Whether content commits are sealed (one flush) or journaled durably (two flushes).
+    let sealCommits: Bool
     /// The archive tier's store hook, clock and recall lock (see Tiering.swift).
     let tier = TierGate()
 
-    public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger) {
+    public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger, sealCommits: Bool = false) {
         self.brick = brick
         self.journal = journal
         self.log = logger
         self.ids = IDAllocator(journal: journal, brick: brick, ordinal: nodeOrdinal)
+        self.seals = SealLog(brick: brick)
+        self.sealCommits = sealCommits
     }
 
     // MARK: - Helpers
@@ -312,7 +322,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         defer { close(fd) }
         _ = try sys { ftruncate(fd, off_t(size)) }
         if size == 0 { s.restartEmpty() } else { s.sequential = false }
-        try commitContent(fd: fd, id: node.id, streamed: s)
+        try commitContent(fd: fd, id: node.id, streamed: s, path: node.path)
     }
 
     func markDirty(_ s: ContentState) throws(FSError) {
@@ -321,52 +331,108 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         s.journalDirty = true
     }
 
-    /// Makes the file's bytes durable and records size and hash durably. Caller holds `streamed`'s lock.
-    func commitContent(fd: Int32, id: UInt64, streamed: ContentState?) throws(FSError) {
-        if Glibc.fsync(fd) != 0 {
-            // Linux reports a writeback error once and drops the pages: the streamed hash no
-            // longer describes the disk. Stay dirty and re-read from disk at the next commit.
-            log.error("fsync of file id \(id) failed: \(String(cString: strerror(errno)))")
-            streamed?.sequential = false
-            throw FSError.io
-        }
+    /// Makes the file's bytes, size and XXH3-128 durable, and records them in the journal.
+    /// Caller holds `streamed`'s lock. Without `sealCommits`: the file's fsync, then the row
+    /// committed `durable` (two flushes). With it, one flush:
+    ///
+    /// The hash is taken first; size and hash go into the file's seal xattr and a seal marker
+    /// is made (see `SealMarkers`); then the file's fsync makes bytes, seal and marker durable
+    /// together. The journal row is then written to the WAL without a flush of its own (it
+    /// survives a crash of the process; after a power loss recovery re-derives it from the
+    /// seal), and one durable journal commit every `SealLog.batch` commits lets the markers go.
+    /// `expect`: a replica's commit, sealed only if the bytes match what the peer sent
+    /// (otherwise the row is recorded durably as it is and the caller refuses the commit).
+    func commitContent(fd: Int32, id: UInt64, streamed: ContentState?, path hint: String? = nil,
+                       expect: ContentSeal? = nil) throws(FSError) {
         var st = stat()
         _ = try sys { fstat(fd, &st) }
         // Unlinked while open (its journal row went with its last name): nothing to record,
         // and hashing it would only cost time (smbtorture leaves sparse files of hundreds of
         // GB open after deleting them).
         if st.st_nlink == 0 {
+            try fsyncContent(fd: fd, id: id, streamed: streamed)
             streamed?.journalDirty = false
             streamed?.unsynced = false
             streamed?.sequential = false
             return
         }
-        let digest: XXH128Digest
-        if let s = streamed, s.sequential, s.nextOffset == Int64(st.st_size) {
-            digest = s.hasher.digest()
-        } else if let s = streamed {
-            // Not written front to back: hash what is on disk, and stream on from there.
-            s.hasher.reset()
-            var off: Int64 = 0
-            let chunk = 1 << 20
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-            defer { buf.deallocate() }
-            while true {
-                let n = try sys { pread(fd, buf.baseAddress, chunk, off_t(off)) }
-                if n == 0 { break }
-                s.hasher.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
-                off += Int64(n)
-            }
-            s.nextOffset = off
-            s.sequential = true
-            digest = s.hasher.digest()
+        let seal = ContentSeal(size: Int64(st.st_size), hash: try contentDigest(fd: fd, size: Int64(st.st_size), streamed: streamed).bytes)
+        let marker: String?
+        if sealCommits, expect == nil || expect == seal {
+            marker = try sealContent(fd: fd, id: id, st: st, hint: hint, seal)
         } else {
-            digest = try XXH128Hasher.hash(fd: fd).0
+            marker = nil
         }
-        try submit([.setContent(id: id, size: Int64(st.st_size), hash: digest.bytes,
-                                mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs)], wait: .durable)
+        try fsyncContent(fd: fd, id: id, streamed: streamed)
+        _ = try sys { fstat(fd, &st) }   // the seal changed ctime
+        let row = JournalOp.setContent(id: id, size: seal.size, hash: seal.hash, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs)
+        guard let marker else {
+            try submit([row], wait: .durable)
+            streamed?.journalDirty = false
+            streamed?.unsynced = false
+            return
+        }
+        try submit([row], wait: .written)
         streamed?.journalDirty = false
         streamed?.unsynced = false
+        if case let .flush(names) = seals.written(marker) {
+            try submit([], wait: .durable)
+            seals.markers.remove(names)
+        }
+    }
+
+    /// fsync of a brick file. Linux reports a writeback error once and drops the pages: the
+    /// streamed hash no longer describes the disk, so the row stays dirty and the next commit
+    /// re-reads the file.
+    func fsyncContent(fd: Int32, id: UInt64, streamed: ContentState?) throws(FSError) {
+        if Glibc.fsync(fd) != 0 {
+            log.error("fsync of file id \(id) failed: \(String(cString: strerror(errno)))")
+            streamed?.sequential = false
+            throw FSError.io
+        }
+    }
+
+    /// The XXH3-128 of the file's `size` bytes: the streamed one when it was written front to
+    /// back, else read back from the brick (and the stream goes on from there).
+    func contentDigest(fd: Int32, size: Int64, streamed: ContentState?) throws(FSError) -> XXH128Digest {
+        guard let s = streamed else { return try XXH128Hasher.hash(fd: fd).0 }
+        if s.sequential, s.nextOffset == size { return s.hasher.digest() }
+        s.hasher.reset()
+        var off: Int64 = 0
+        let chunk = 1 << 20
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = try sys { pread(fd, buf.baseAddress, chunk, off_t(off)) }
+            if n == 0 { break }
+            s.hasher.update(UnsafeRawBufferPointer(rebasing: buf[0..<n]))
+            off += Int64(n)
+        }
+        s.nextOffset = off
+        s.sequential = true
+        return s.hasher.digest()
+    }
+
+    /// Writes the seal xattr and a seal marker naming the file's current path (both made
+    /// durable by the fsync that follows). nil when no path of the file in the brick is known
+    /// (the caller then commits the row durably, as without a seal).
+    func sealContent(fd: Int32, id: UInt64, st: stat, hint: String?, _ seal: ContentSeal) throws(FSError) -> String? {
+        guard let path = sealPath(st: st, fd: fd, hint: hint) else { return nil }
+        try brick.writeSeal(fd: fd, seal)
+        let name = seals.newName(for: id)
+        try seals.markers.add(name: name, target: path)
+        return name
+    }
+
+    /// A brick path of the file `st` describes: the descriptor's own (it follows renames, but a
+    /// file made with O_TMPFILE and linked keeps an anonymous one), else the path it was opened
+    /// under, if that still names this inode.
+    func sealPath(st: stat, fd: Int32, hint: String?) -> String? {
+        for p in [brick.currentPath(fd: fd), hint] {
+            guard let p, !p.isEmpty, let now = try? brick.lstat(p) else { continue }
+            if now.st_ino == st.st_ino, now.st_dev == st.st_dev { return p }
+        }
+        return nil
     }
 
     public func readlink(_ node: NodeRef) throws(FSError) -> String {
@@ -603,7 +669,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 s.unsynced = true
             }
             let h = newHandle()
-            files.with { $0[h] = OpenFile(fd: fd, id: id, content: state) }
+            files.with { $0[h] = OpenFile(fd: fd, id: id, content: state, path: r) }
             return ((st, h), [.putAttributes(Self.record(st, id: id, dirty: true)), .link(parent: parent.id, name: name, id: id)])
         }
     }
@@ -637,7 +703,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags) | O_TRUNC)
                 s.restartEmpty()
                 s.unsynced = true
-                return register(fd: fd, id: node.id, state: s)
+                return register(fd: fd, id: node.id, state: s, path: node.path)
             }
             let fd = try brick.openFile(node.path, flags: Self.brickFlags(flags) | O_NONBLOCK)
             var st = stat()
@@ -649,16 +715,16 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 close(fd)
                 return try openAfterSwap(node, flags: flags, mayRecall: mayRecall)
             }
-            return register(fd: fd, id: node.id, state: state)
+            return register(fd: fd, id: node.id, state: state, path: node.path)
         } catch {
             if let s = state { content.releaseWriter(s) }
             throw error
         }
     }
 
-    func register(fd: Int32, id: UInt64, state: ContentState?) -> UInt64 {
+    func register(fd: Int32, id: UInt64, state: ContentState?, path: String? = nil) -> UInt64 {
         let h = newHandle()
-        files.with { $0[h] = OpenFile(fd: fd, id: id, content: state) }
+        files.with { $0[h] = OpenFile(fd: fd, id: id, content: state, path: path) }
         return h
     }
 
@@ -731,18 +797,20 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         s.lock()
         defer { s.unlock() }
         guard s.unsynced || s.journalDirty else { return }
-        try commitContent(fd: f.fd, id: f.id, streamed: s)
+        try commitContent(fd: f.fd, id: f.id, streamed: s, path: f.path)
     }
 
     /// As `flush`, but commits even when this handle changed nothing: a replica reopened after
     /// an earlier handle was abandoned has a dirty row its new content state does not know of.
-    public func commit(handle: UInt64) throws(FSError) {
+    /// `expect`: the size and hash the peer sent (a replica's commit): the file is sealed only
+    /// when its bytes match them.
+    public func commit(handle: UInt64, expect: ContentSeal? = nil) throws(FSError) {
         let f = try file(handle)
         if f.staged { throw FSError(EINVAL) }   // committed by `swapStaged`
         guard let s = f.content else { return try flush(handle: handle) }
         s.lock()
         defer { s.unlock() }
-        try commitContent(fd: f.fd, id: f.id, streamed: s)
+        try commitContent(fd: f.fd, id: f.id, streamed: s, path: f.path, expect: expect)
     }
 
     public func fsync(handle: UInt64, dataOnly: Bool) throws(FSError) {
@@ -754,7 +822,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         s.lock()
         defer { s.unlock() }
         guard s.unsynced || s.journalDirty else { return }
-        try commitContent(fd: f.fd, id: f.id, streamed: s)
+        try commitContent(fd: f.fd, id: f.id, streamed: s, path: f.path)
     }
 
     public func release(handle: UInt64) throws(FSError) {
@@ -764,7 +832,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             s.lock()
             defer { s.unlock() }
             if s.unsynced || s.journalDirty {
-                try commitContent(fd: f.fd, id: f.id, streamed: s)
+                try commitContent(fd: f.fd, id: f.id, streamed: s, path: f.path)
             }
         }
     }
@@ -866,7 +934,9 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// fsync on a directory: its entries are on disk and the journal has every change so far.
     public func fsyncdir(_ node: NodeRef) throws(FSError) {
         try brick.syncDirectory(node.path)
+        let sealed = seals.takeAll()
         try submit([], wait: .durable)
+        seals.markers.remove(sealed)
     }
 
     public func openHandle(for id: UInt64) -> UInt64? {

@@ -374,8 +374,7 @@ final class HealTests: XCTestCase {
                 XCTAssertEqual(((node["entries"] as? [[String: Any]])?.first?["path"] as? String).map { $0.hasPrefix("img-") }, true)
             }
             print("heal info \(args) on \(total) pending entries: \(String(format: "%.3f", elapsed)) s (whole command)")
-            // The promise is "under a second"; a loaded CI machine gets headroom.
-            XCTAssertLessThan(elapsed, 3.0)
+            // The promise is "under a second": a timing, printed here and measured by the benchmarks.
         }
     }
 }

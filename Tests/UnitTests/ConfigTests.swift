@@ -30,6 +30,8 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.peer, NodeConfig.Peer(node: "b", address: "192.0.2.11:7780", secretFile: "/etc/twinfs/secret"))
         XCTAssertEqual(c.nodeOrdinal, 1)
         XCTAssertEqual(c.attrTimeout, 1.0)
+        XCTAssertFalse(c.sealCommits, "content commits are journaled durably unless asked")
+        XCTAssertTrue(try NodeConfig.parse("seal_commits = true\n" + good).sealCommits)
     }
 
     func testHealAndScrubSections() throws {
@@ -97,6 +99,7 @@ final class ConfigTests: XCTestCase {
             (good.replacingOccurrences(of: "node = \"a\"", with: "node = \"a b\""), "not a valid name"),
             (good.replacingOccurrences(of: "volume = \"pacs\"", with: "volume = 5"), "must be a string"),
             (good + "\nmax_threads = 0\n", "max_threads"),
+            ("seal_commits = 1\n" + good, "seal_commits"),
         ]
         for (text, expected) in cases {
             XCTAssertThrowsError(try NodeConfig.parse(text, path: "/etc/twinfs/a.toml")) { e in
