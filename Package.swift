@@ -88,7 +88,7 @@ let package = Package(
                                                     .product(name: "NIOHTTP1", package: "swift-nio"),
                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // The archive tier's pure logic: which files qualify, object keys, the manifest, the stub in the brick.
-        .target(name: "Tier", dependencies: ["TwinCore", "TwinConfig", "ObjectStore", "Fixity"]),
+        .target(name: "Tier", dependencies: ["TwinCore", "TwinConfig", "ObjectStore", "Fixity", "Journal", "Volume"]),
         // The CTDB-like heartbeat daemon: owns the floating address, event scripts, witness.
         .target(name: "HADaemon", dependencies: ["TwinCore", "TwinConfig", "ControlSocket", "PeerProtocol", "CHAShims",
                                                  .product(name: "Crypto", package: "swift-crypto"),
@@ -122,7 +122,8 @@ let package = Package(
         // The healer's decisions: which copy a heal trusts, split-brain policies, the throttle.
         .testTarget(name: "HealerTests", dependencies: ["Healer", "PeerProtocol"]),
         // The tier: SigV4 against AWS's vectors, the S3 client against a private Ceph RGW (.ci/rgw.sh; skipped without ceph), config, policy.
-        .testTarget(name: "TierTests", dependencies: ["ObjectStore", "Tier", "TwinConfig", "TwinCore", "Fixity",
+        .testTarget(name: "TierTests", dependencies: ["ObjectStore", "Tier", "TwinConfig", "TwinCore", "Fixity", "Journal", "Volume", "BrickStore", "CTwinShims",
+                                                      .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "HADaemonTests", dependencies: ["HADaemon", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["TestSupport", "TwinCore", "TwinConfig", "Fixity", "Journal", "CTwinShims",

@@ -84,6 +84,12 @@ public enum JournalOp: Sendable {
     case quarantined(QuarantineRow)
     case scrubFinding(ScrubFinding)
     case clearScrubFinding(id: UInt64)
+    /// File `id`'s bytes are (or are about to be, behind its stub) the object the row names.
+    case tierRow(TierRow)
+    /// File `id` was recalled (or its recall undone): its tier row's residence.
+    case tierResidence(id: UInt64, residence: TierResidence)
+    /// File `id` no longer has an object that holds its bytes (its content changed).
+    case untier(id: UInt64)
 }
 
 public struct JournalStats: Sendable, Equatable {
@@ -157,6 +163,7 @@ public final class Journal: @unchecked Sendable {
             }
             try Self.createPeerTables(w)
             try Self.createHealTables(w)
+            try Self.createTierTables(w)
             try Self.checkIdentity(w, path: path, expected: identity)
             writerConn = w
             reader = try SQLiteConnection(path: path, readOnly: true, create: false)
@@ -481,6 +488,8 @@ public final class Journal: @unchecked Sendable {
             try applyPeer(op, writer)
         case .healPending, .healReceived, .receivingReplica, .replicaCommitted, .quarantined, .scrubFinding, .clearScrubFinding:
             try applyHeal(op, writer)
+        case .tierRow, .tierResidence, .untier:
+            try applyTier(op, writer)
         }
     }
 
@@ -509,6 +518,7 @@ public final class Journal: @unchecked Sendable {
         let s = try writer.statement("DELETE FROM inodes WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM dentries WHERE id = ?1)")
         s.bind(1, id)
         try s.run()
+        try dropTierRowIfInodeGone(id, writer)
     }
 
     // MARK: - Reading (a separate WAL reader connection; never blocks the writer)

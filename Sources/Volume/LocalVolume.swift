@@ -127,6 +127,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     let seals: SealLog
     /// Whether content commits are sealed (one flush) or journaled durably (two flushes).
     let sealCommits: Bool
+    /// The archive tier's store hook, clock and recall lock (see Tiering.swift).
+    let tier = TierGate()
 
     public init(brick: Brick, journal: Journal, nodeOrdinal: UInt8, logger: Logger, sealCommits: Bool = false) {
         self.brick = brick
@@ -236,6 +238,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let id: UInt64
         if let f = found { id = f } else { id = try idOf(parent: parent, name: name, rel: r, st: st) }
         st.st_ino = UInt(id)
+        tierOverlay(&st, id: id)
         return st
     }
 
@@ -245,6 +248,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             _ = try sys { fstat(f.fd, &st) }
         } else {
             st = try brick.lstat(node.path)
+            tierOverlay(&st, id: node.id)
         }
         st.st_ino = UInt(node.id)
         return st
@@ -252,6 +256,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
 
     public func setattr(_ node: NodeRef, handle: UInt64?, changes: AttrChanges) throws(FSError) -> stat {
         let open = handle.flatMap { h in files.with { $0[h] } }
+        if changes.size != nil, open == nil { try ensureHot(node, forWriting: true) }
         if let mode = changes.mode {
             if let f = open { _ = try sys { fchmod(f.fd, mode & 0o7777) } }
             else {
@@ -308,6 +313,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         // writer that has the file open), committed at once.
         let s = content.acquire(node.id) { $0.sequential = false }
         defer { content.releaseWriter(s) }
+        // Again now that no stub swap can start: one may have finished since setattr's check.
+        try ensureHot(node, forWriting: true)
         s.lock()
         defer { s.unlock() }
         try markDirty(s)
@@ -527,6 +534,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     public func unlink(parent: NodeRef, name: String) throws(FSError) {
         if Brick.isPrivate(parentPath: parent.path, name: name) { throw FSError.notFound }
         let r = rel(parent, name)
+        try refuseIfRetained(parent: parent, name: name, doing: "delete")
         try withIntent([(parent.id, name)]) { () throws(FSError) -> ((), [JournalOp]) in
             try brick.at(r) { (d, n) throws(FSError) in _ = try sys { unlinkat(d, n, 0) } }
             return ((), [.unlink(parent: parent.id, name: name)])
@@ -549,6 +557,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         guard flags & ~(twin_RENAME_NOREPLACE() | twin_RENAME_EXCHANGE()) == 0 else { throw FSError.invalid }
         let from = rel(parent, name)
         let to = rel(newParent, newName)
+        if flags & twin_RENAME_EXCHANGE() == 0 { try refuseIfRetained(parent: newParent, name: newName, doing: "replace") }
         try withIntent([(parent.id, name), (newParent.id, newName)]) { () throws(FSError) -> ((), [JournalOp]) in
             try brick.at(from) { (d1, n1) throws(FSError) in
                 try brick.at(to) { (d2, n2) throws(FSError) in _ = try sys { twin_renameat2(d1, n1, d2, n2, flags) } }
@@ -666,7 +675,13 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     }
 
     public func open(_ node: NodeRef, flags: Int32) throws(FSError) -> UInt64 {
+        try open(node, flags: flags, mayRecall: true)
+    }
+
+    /// `mayRecall`: false once a recall ran for this open (a stub still there is damage).
+    func open(_ node: NodeRef, flags: Int32, mayRecall: Bool) throws(FSError) -> UInt64 {
         let writable = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if !writable { try ensureHot(node, forWriting: false) }
         var state: ContentState?
         if writable {
             state = content.acquire(node.id) { s in
@@ -679,6 +694,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             }
         }
         do throws(FSError) {
+            // A writer known to the tracker keeps any stub swap out from here on.
+            if writable { try ensureHot(node, forWriting: true) }
             if let s = state, flags & O_TRUNC != 0 {
                 s.lock()
                 defer { s.unlock() }
@@ -693,6 +710,10 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
             if fstat(fd, &st) != 0 || st.kind != .file {
                 close(fd)
                 throw FSError(EPERM)
+            }
+            if !writable, isStub(fd, st) {
+                close(fd)
+                return try openAfterSwap(node, flags: flags, mayRecall: mayRecall)
             }
             return register(fd: fd, id: node.id, state: state, path: node.path)
         } catch {
@@ -879,6 +900,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
                 if plus {
                     var a = st
                     a.st_ino = UInt(id)
+                    tierOverlay(&a, id: id)
                     entry.attributes = a
                 }
                 entry.id = id

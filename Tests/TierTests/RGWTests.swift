@@ -1,6 +1,8 @@
 import Fixity
 import Foundation
+import Glibc
 import Tier
+import Volume
 import XCTest
 @testable import ObjectStore
 
@@ -280,6 +282,44 @@ final class RGWTests: XCTestCase {
             guard case .mismatch = error else { return XCTFail("\(error)") }
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: back))
+    }
+
+    /// One node's volume tiered into the real RGW under COMPLIANCE retention: the brick keeps
+    /// stubs, getattr shows the file, a read recalls and verifies the bytes, deletion is refused
+    /// by the mount and by the bucket.
+    func testTierAVolumeIntoRGWAndRecallThroughTheVolume() async throws {
+        let s3 = try client()
+        let p = prefix
+        let (dir, v, j) = try makeTierVolume(self, store: s3, pieceSize: 1 << 20)
+        var files: [(String, UInt64, [UInt8])] = []
+        for (i, n) in [524_288, 3 << 20 + 17].enumerated() {
+            let body = random(n)
+            let (st, h) = try v.create(parent: .root, name: "IM\(i).dcm", mode: 0o640, flags: O_WRONLY, ctx: .root)
+            _ = try body.withUnsafeBytes { try v.write(handle: h, offset: 0, data: $0) }
+            try v.release(handle: h)
+            files.append(("IM\(i).dcm", UInt64(st.st_ino), body))
+        }
+        let archiver = Archiver(store: s3, bucket: try rgw().bucket, retention: .locked(mode: .compliance, years: 1), partSize: 5 << 20)
+        let pass = TierPass(volume: v, archiver: archiver, policy: CandidatePolicy(prefix: p, qualifyAfterDays: 0, paths: []), node: "a")
+        let report = try await pass.run(limit: 10, now: UTCTime.now().adding(seconds: 1))
+        XCTAssertEqual(report.tiered, 2, "\(report.outcomes)")
+        XCTAssertEqual(report.manifestErrors, [])
+        for (name, id, body) in files {
+            let onBrick = try XCTUnwrap(FileManager.default.contents(atPath: dir + "/brick/" + name))
+            XCTAssertLessThan(onBrick.count, 4096, "the brick holds the stub")
+            XCTAssertEqual(try v.getattr(NodeRef(id: id, path: name), handle: nil).st_size, off_t(body.count))
+            let row = try XCTUnwrap(try j.tierRow(id))
+            do {
+                try await s3.delete(row.key, versionId: row.versionId)
+                XCTFail("the bucket deleted a retained version")
+            } catch {
+                XCTAssertEqual(error, .retained(key: row.key))
+            }
+            XCTAssertEqual(errno(of: { try v.unlink(parent: .root, name: name) }), EPERM)
+            let got = try await blocking { try readAll(v, NodeRef(id: id, path: name), size: body.count) }
+            XCTAssertEqual(got, body, "recalled and verified")
+            XCTAssertEqual(try j.tierRow(id)?.residence, .recalled)
+        }
     }
 
     func testWrongKeysAreAccessDenied() async throws {
