@@ -134,6 +134,9 @@ public final class Journal: @unchecked Sendable {
     private var peerSeq: Int64 = 0
     /// Intents whose results are in the batch being committed (writer thread only).
     private var cleared: [Int64] = []
+    /// Whether the `tiered` table may hold a row: false until a tier row is written (or found
+    /// at open), so a volume without a tier pays no query per getattr, open or unlink. Leaf.
+    let tierRowsMayExist = Locked(false)
 
     /// Opens (or with `create`, creates) the journal of `identity`. Takes an exclusive lock
     /// so that no second node or offline tool uses it at the same time.
@@ -151,6 +154,7 @@ public final class Journal: @unchecked Sendable {
             Glibc.close(lockFD)
             throw JournalError.locked(path: path)
         }
+        var hasTier = true
         do {
             let w = try SQLiteConnection(path: path, readOnly: false, create: create)
             try w.exec("PRAGMA journal_mode=WAL")
@@ -164,6 +168,7 @@ public final class Journal: @unchecked Sendable {
             try Self.createPeerTables(w)
             try Self.createHealTables(w)
             try Self.createTierTables(w)
+            hasTier = (try? Self.hasTierRows(w)) ?? true
             try Self.checkIdentity(w, path: path, expected: identity)
             writerConn = w
             reader = try SQLiteConnection(path: path, readOnly: true, create: false)
@@ -175,6 +180,7 @@ public final class Journal: @unchecked Sendable {
             Glibc.close(lockFD)
             throw error
         }
+        tierRowsMayExist.with { $0 = hasTier }
         // The thread keeps the journal alive until close() stops it.
         let t = Thread { self.writerLoop() }
         t.name = "twinfs-journal"

@@ -54,6 +54,8 @@ extension Journal {
     func applyTier(_ op: JournalOp, _ w: SQLiteConnection) throws(JournalError) {
         switch op {
         case let .tierRow(r):
+            // Before the row: a reader that sees the flag still off finds no row either.
+            tierRowsMayExist.with { $0 = true }
             let s = try w.statement("""
                 INSERT OR REPLACE INTO tiered(id, residence, bucket, key, version_id, size, xxh3, retain_until)
                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -84,7 +86,8 @@ extension Journal {
     /// The tier row of file `id`, nil when the file is only on the brick. A read-only journal
     /// made before the table existed has no tiered files.
     public func tierRow(_ id: UInt64) throws(JournalError) -> TierRow? {
-        try read { c throws(JournalError) in
+        if !readOnly, !tierRowsMayExist.with({ $0 }) { return nil }
+        return try read { c throws(JournalError) in
             if readOnly, try !Self.hasTierTable(c) { return nil }
             let s = try c.statement("""
                 SELECT id, residence, bucket, key, version_id, size, xxh3, retain_until FROM tiered WHERE id = ?1
@@ -111,6 +114,14 @@ extension Journal {
             return out
         }
     }
+
+    static func hasTierRows(_ c: SQLiteConnection) throws(JournalError) -> Bool {
+        let s = try c.statement("SELECT 1 FROM tiered LIMIT 1")
+        return try s.step()
+    }
+
+    /// Whether any file may be tiered (a cheap check before a path's id is read).
+    public var mayHaveTieredFiles: Bool { readOnly || tierRowsMayExist.with { $0 } }
 
     private static func hasTierTable(_ c: SQLiteConnection) throws(JournalError) -> Bool {
         let s = try c.statement("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tiered'")

@@ -120,6 +120,7 @@ extension LocalVolume {
 
     /// The retention check for a name about to be removed or replaced (no entry: nothing to check).
     func refuseIfRetained(parent: NodeRef, name: String, doing what: String) throws(FSError) {
+        guard journal.mayHaveTieredFiles else { return }
         let r = rel(parent, name)
         guard let id = brick.readID(rel: r) else { return }
         try refuseIfRetained(id, path: r, doing: what)
