@@ -139,6 +139,9 @@ public final class CatchUp: @unchecked Sendable {
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
                     if e == splitBrainErrno, case .guarded = m {
+                        // The entry is listed already (an earlier change of it met the
+                        // conflict): this change is in this node's copy, which is kept.
+                        if case let .entry(id) = ReplicatedVolume.entryID(m), v.isSplit(id) { continue }
                         // Told to the peer too: it records the failed guard itself, but not a
                         // refusal for the target it changed apart (under that id, if not split yet).
                         v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),

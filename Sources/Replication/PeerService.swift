@@ -52,7 +52,11 @@ public final class PeerService: Sendable {
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
             if let why = volume.expectationFails(expect, change: change) {
-                volume.recordSplitBrain(.entry(expect[0].stableID), path: ReplicatedVolume.describe(change),
+                let subject = ReplicatedVolume.entryID(m)
+                // Listed already (an earlier change of it met the conflict): the row keeps that
+                // first reason, and the sender's change stays in the sender's copy.
+                if case let .entry(id) = subject, volume.isSplit(id) { return reply(requestID, splitBrainErrno) }
+                volume.recordSplitBrain(subject, path: ReplicatedVolume.describe(change),
                                         reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
                 return reply(requestID, splitBrainErrno)
             }
@@ -243,6 +247,9 @@ extension ReplicatedVolume {
     /// gone, which the change itself then reports).
     func expectationFails(_ expect: [EntryExpectation], change: PeerMessage? = nil) -> String? {
         try? journal.submit([], wait: .written)
+        // A create this node holds already (its id, anywhere): a replay of it, applied before
+        // and moved since; the change itself answers that (EALREADY), whatever its directory.
+        if let id = change.flatMap(Self.created(by:)), ((try? journal.inode(id)) ?? nil) != nil { return nil }
         for e in expect {
             guard case let (st, found)? = try? local.brick.statAndID(e.path) else {
                 // Not under that name, but here under another (this node renamed it or a

@@ -342,3 +342,64 @@ final class ReplayAfterPeerRenamedParentTests: InProcessPairTestCase {
                       "e/f on a: \(onA), on b: \(onB); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
     }
 }
+
+/// Owed changes named their entry by path only: replayed late, an attribute change or a
+/// create landed on whatever entry held that name on the peer by then (issue 13's causes 1
+/// and 2). Each now carries the id it expects there (`guarded`), and a different entry is a
+/// split brain listed on both nodes with both versions kept, never a silent difference.
+final class GuardedReplayTests: InProcessPairTestCase {
+    func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+    func listedOnBoth(_ id: UInt64) -> Bool { rows(a).contains { $0.id == id } && rows(b).contains { $0.id == id } }
+    func mode(_ n: SimNode, _ rel: String) -> mode_t? { (try? n.local.brick.lstat(rel)).map { $0.st_mode & 0o7777 } }
+
+    func write(_ n: SimNode, parent: NodeRef, _ name: String, _ bytes: [UInt8]) throws {
+        let h = try n.volume.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    /// Seed 19's shape: apart, a changes f's mode while b renames f to g and stores a new
+    /// file as f. a's replayed chmod of "f" changed b's new f (another entry), and f and g
+    /// ended with different modes on the two nodes, nothing listed.
+    func testAReplayedChmodNeverChangesTheEntryThatTookTheName() throws {
+        try write(a, parent: .root, "f", payload(3000, seed: 1))
+        let old = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(mode: 0o600))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try write(b, parent: .root, "f", payload(4000, seed: 2))
+        let new = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(mode(b, "f"), 0o644, "b's new f keeps its own mode")
+        for (rel, id) in [("f", new), ("g", old)] where !listedOnBoth(id) {
+            XCTAssertEqual(mode(a, rel), mode(b, rel), "\(rel) (id \(id)) differs, not listed: a \(rows(a).map(\.path)) b \(rows(b).map(\.path))")
+            XCTAssertEqual(a.local.brick.readID(rel: rel), b.local.brick.readID(rel: rel), rel)
+        }
+        XCTAssertFalse(listedOnBoth(new), "b's new f was never changed on a")
+    }
+
+    /// Cause 2 (seeds 32, 93): apart, a renames d to e and makes a new d while b stores d/x.
+    /// b's replayed create of "d/x" landed in a's new d, and a's rename moved b's x to e/x
+    /// on b: the acknowledged file under two names, nothing listed.
+    func testAReplayedCreateNeverLandsInAnotherDirectoryOfThatName() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        try mkdir(a, "d")
+        let bytes = payload(5000, seed: 3)
+        try write(b, parent: XCTUnwrap(b.ref("d")), "x", bytes)
+        let x = try XCTUnwrap(b.local.brick.readID(rel: "d/x"))
+        link.setPartitioned(false)
+        waitSettled()
+        let names = ["d/x", "e/x"]
+        func holds(_ n: SimNode, _ rel: String) -> Bool { (try? readBytes(n.local.brick.absolute(rel))) == bytes }
+        let same = names.allSatisfy { holds(a, $0) == holds(b, $0) }
+        XCTAssertTrue(names.contains { holds(a, $0) || holds(b, $0) }, "b's acknowledged x is kept")
+        XCTAssertTrue(same && names.contains { holds(a, $0) } || listedOnBoth(x),
+                      "x: a \(names.map { holds(a, $0) }) b \(names.map { holds(b, $0) }); split brains a \(rows(a).map(\.path)) b \(rows(b).map(\.path))")
+        XCTAssertEqual(a.local.brick.readID(rel: "d"), b.local.brick.readID(rel: "d"), "a's new d on both")
+    }
+}
