@@ -84,6 +84,18 @@ extension ReplicatedVolume {
     var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
     public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
+    /// Whether a directory above entry `id` is in split brain here: the entry belongs to this
+    /// node's copy of it, and the peer's directory of that name is another one.
+    func underSplitDirectory(_ id: UInt64) -> Bool {
+        guard state.with({ !$0.split.isEmpty }), let path = (try? journal.path(of: id)) ?? nil else { return false }
+        var dir = Self.split(path).0
+        while !dir.isEmpty {
+            if let d = local.brick.readID(rel: dir), isSplit(d) { return true }
+            dir = Self.split(dir).0
+        }
+        return false
+    }
+
     /// File `id` must reach the peer whole (owed, durable).
     public func oweFile(_ id: UInt64) throws(FSError) { try owe(id) }
 

@@ -403,3 +403,56 @@ final class GuardedReplayTests: InProcessPairTestCase {
         XCTAssertEqual(a.local.brick.readID(rel: "d"), b.local.brick.readID(rel: "d"), "a's new d on both")
     }
 }
+
+/// Issue 13's cause 3 (seeds 20, 329, 330, 348): apart, b stores f (a new file) and then
+/// renames g over it, while a deletes g. b's replayed create makes f on a and opens its
+/// receipt; b's replayed rename of g is refused (a has no g; g is a conflict); b never sends
+/// f (it no longer has it), so a kept an empty, uncommitted f awaiting bytes forever and the
+/// pair never settled.
+final class ReplacedByARefusedRenameTests: InProcessPairTestCase {
+    func testTheEntryARefusedRenameReplacedGoesOnThePeerToo() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "g", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        XCTAssertEqual(b.kind("g"), .file)
+        link.setPartitioned(true)
+        let (_, hf) = try b.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        let r = payload(3000, seed: 1).withUnsafeBytes { d in Result { () throws(FSError) -> Int in try b.volume.write(handle: hf, offset: 0, data: d) } }
+        _ = try r.get()
+        try b.volume.flush(handle: hf)
+        try b.volume.release(handle: hf)
+        let replaced = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        try a.volume.unlink(parent: .root, name: "g")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt left open on a")
+        XCTAssertNil(try a.journal.inode(replaced), "the file b's rename replaced is gone on a too")
+    }
+}
+
+/// Seed 392: apart, a stores a file in d1 while b renames d0 onto its empty d1, makes a new
+/// d0 and stores x in it. The rename (a's d1 is not empty) and the new d0 (a still has the
+/// old one) are split brains; b's replayed create of d0/x, guarded by its new d0, was then
+/// refused too and listed as a conflict of its own, though only the directories were
+/// changed on both nodes: x is part of b's copy of d0, kept and listed with it.
+final class CreateInASplitDirectoryTests: InProcessPairTestCase {
+    func testAnEntryInADirectoryInSplitBrainIsNotAConflictOfItsOwn() throws {
+        try mkdir(a, "d0")
+        try mkdir(a, "d1")
+        link.setPartitioned(true)
+        let (_, h) = try a.volume.create(parent: XCTUnwrap(a.ref("d1")), name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        try b.volume.rename(parent: .root, name: "d0", newParent: .root, newName: "d1", flags: 0)
+        try mkdir(b, "d0")
+        let (_, hx) = try b.volume.create(parent: XCTUnwrap(b.ref("d0")), name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try b.volume.release(handle: hx)
+        let x = try XCTUnwrap(b.local.brick.readID(rel: "d0/x"))
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertTrue(rows(a).contains { $0.path == "d0" } && rows(b).contains { $0.path == "d0" }, "b's new d0 is listed on both")
+        XCTAssertFalse((rows(a) + rows(b)).contains { $0.id == x || $0.path.hasPrefix("d0/") }, "\((rows(a) + rows(b)).map { "\($0.path): \($0.reason)" })")
+        XCTAssertEqual(b.local.brick.readID(rel: "d0/x"), x, "x stays in b's copy of d0")
+        XCTAssertNil(a.local.brick.readID(rel: "d0/x"), "and never lands in a's d0, another directory")
+    }
+}
