@@ -213,8 +213,15 @@ public final class CatchUp: @unchecked Sendable {
         case .ok:
             log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) was removed on the peer too")
             return true
+        case .refused(let err) where err == splitBrainErrno:
+            // The peer's client changed that entry meanwhile: a conflict, listed here too.
+            if !v.isSplit(e.stableID) {
+                v.recordSplitBrainOnBoth(.entry(e.stableID), path: to,
+                                         reason: "this node replaced it by a rename while the nodes were apart, and the peer changed it meanwhile: the peer keeps its version")
+            }
+            return true
         case .refused(let err):
-            log.notice("the replayed rename onto \(to.debugDescription) was refused, and so was the removal of the entry it replaced here (id \(e.stableID)): \(String(cString: strerror(err))) (errno \(err)); the peer keeps it")
+            log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) is not there on the peer (\(String(cString: strerror(err))), errno \(err))")
             return true
         case .unreachable(let why):
             v.markDegraded(why)

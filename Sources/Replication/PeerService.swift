@@ -51,6 +51,7 @@ public final class PeerService: Sendable {
 
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
+            if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
             if let why = volume.expectationFails(expect, change: change) {
                 let subject = ReplicatedVolume.entryID(m)
                 // Listed already (an earlier change of it met the conflict): the row keeps that
@@ -279,6 +280,18 @@ extension ReplicatedVolume {
             }
         }
         return nil
+    }
+
+    /// A guarded unlink of an entry this node no longer has at all (removed or replaced here
+    /// too), whose name now holds another entry: nothing of the sender's entry is left to
+    /// remove, and the other entry is not the one it removed, so the answer is ENOENT (done),
+    /// not a conflict. Both nodes removed that entry; the name's new entry is replicated as
+    /// any other (before: a split brain though the two changes agreed, seed 208).
+    func removedHereToo(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
+        guard case let .unlink(p, n) = change, let e = expect.first, e.stableID != Self.absentID,
+              let found = local.brick.readID(rel: Brick.join(p, n)), found != e.stableID else { return false }
+        try? journal.submit([], wait: .written)
+        return ((try? journal.inode(e.stableID)) ?? nil) == nil
     }
 
     /// The name whose entry an unlink or a rename removes or replaces (nil for any other change).

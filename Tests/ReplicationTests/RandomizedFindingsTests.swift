@@ -428,6 +428,51 @@ final class ReplacedByARefusedRenameTests: InProcessPairTestCase {
         XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt left open on a")
         XCTAssertNil(try a.journal.inode(replaced), "the file b's rename replaced is gone on a too")
     }
+
+    /// The same, with f on both nodes before and rewritten by a apart (seeds 252, 260, 266):
+    /// the removal of f is a conflict, which a listed and b did not.
+    func testARemovalOfAnEntryThePeerRewroteIsListedOnBothNodes() throws {
+        for name in ["f", "g"] {
+            let (_, h) = try a.volume.create(parent: .root, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+            try a.volume.release(handle: h)
+        }
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        let mine = payload(3000, seed: 2)
+        let h = try a.volume.open(NodeRef(id: f, path: "f"), flags: O_WRONLY | O_TRUNC)
+        let r = mine.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try a.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try a.volume.flush(handle: h)
+        try a.volume.release(handle: h)
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        try a.volume.unlink(parent: .root, name: "g")
+        link.setPartitioned(false)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(listed(a) && listed(b), "f's conflict: on a \(listed(a)), on b \(listed(b))")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), mine, "a's rewrite is kept")
+    }
+}
+
+/// Seed 208: apart, both nodes remove f, and b stores a new f. a's replayed unlink of f,
+/// guarded by the entry it removed, found b's new file under the name and was listed as a
+/// conflict on both nodes, though the two removals agree and the new f is b's alone.
+final class RemovedOnBothTests: InProcessPairTestCase {
+    func testAnUnlinkOfAnEntryThePeerRemovedTooIsDone() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        link.setPartitioned(true)
+        try a.volume.unlink(parent: .root, name: "f")
+        try b.volume.unlink(parent: .root, name: "f")
+        let (_, hb) = try b.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try b.volume.release(handle: hb)
+        let new = b.local.brick.readID(rel: "f")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(a.local.brick.readID(rel: "f"), new, "b's new f on a")
+        XCTAssertEqual(b.local.brick.readID(rel: "f"), new, "and kept on b")
+    }
 }
 
 /// Seed 392: apart, a stores a file in d1 while b renames d0 onto its empty d1, makes a new
