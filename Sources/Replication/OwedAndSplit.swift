@@ -81,7 +81,15 @@ extension ReplicatedVolume {
 
     public func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
     func changedWhileApart(_ id: UInt64) -> Bool { state.with { $0.changedApart.contains(id) } }
-    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
+    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty || !$0.owed.isEmpty } }
+
+    /// Whether this node holds a version of file `id` the peer cannot have seen, so that a
+    /// content change from the peer would replace it: changed while apart, in split brain, or
+    /// owed whole while this node cannot send it (not live: a close acknowledged after the
+    /// peer's disk refused its bytes leaves the file owed with the link up, seed 285).
+    func holdsUnsentVersion(_ id: UInt64) -> Bool {
+        changedWhileApart(id) || isSplit(id) || isOwed(id) && gate.mode != .live
+    }
     public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
     /// Whether a directory above entry `id` is in split brain here: the entry belongs to this

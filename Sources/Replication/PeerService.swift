@@ -138,11 +138,11 @@ public final class PeerService: Sendable {
         // The peer re-creating a file this node holds under that id and owns (changed it while
         // apart, or split): nothing to create, and nothing about to be received either (its
         // writes are refused below), so no receiving handle and no incomplete-replica mark.
-        if case let .create(p, n, _, _, _, id) = m, volume.changedWhileApart(id) || volume.isSplit(id),
+        if case let .create(p, n, _, _, _, id) = m, volume.holdsUnsentVersion(id),
            volume.local.brick.readID(rel: Brick.join(p, n)) == id {
             return 0
         }
-        if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
+        if let id = contentTarget(m), volume.holdsUnsentVersion(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")

@@ -501,3 +501,37 @@ final class CreateInASplitDirectoryTests: InProcessPairTestCase {
         XCTAssertNil(a.local.brick.readID(rel: "d0/x"), "and never lands in a's d0, another directory")
     }
 }
+
+/// Seed 285: a's disk refuses changes; b rewrites f, its close is acknowledged with f owed
+/// (the peer's disk refused the bytes). a, whose own changes still reach b, then rewrote f
+/// from its older copy, and b applied it over its acknowledged version: lost on both nodes.
+final class OwedVersionTests: InProcessPairTestCase {
+    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
+        let id = try XCTUnwrap(n.local.brick.readID(rel: path))
+        let h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    func testAPeersRewriteNeverReplacesAnAcknowledgedVersionNotSentYet() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        link.setDiskRefusal(ENOSPC, rate: 1.0, on: .a)
+        let mine = payload(5000, seed: 1)
+        try write(b, "f", mine)
+        XCTAssertTrue(b.volume.isOwed(try XCTUnwrap(b.local.brick.readID(rel: "f"))), "b owes its f")
+        try? write(a, "f", payload(6000, seed: 2))
+        link.setDiskRefusal(nil, on: .a)
+        waitSettled()
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        let hash = XXH128Hasher.hash(mine).hex
+        let kept = [a, b].contains { (try? readBytes($0.local.brick.absolute("f"))) == mine }
+            || ((try? a.journal.quarantine() + b.journal.quarantine()) ?? []).contains { hexString($0.hash) == hash }
+        XCTAssertTrue(kept, "b's acknowledged f is kept")
+        let same = (try? readBytes(a.local.brick.absolute("f"))) == (try? readBytes(b.local.brick.absolute("f")))
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(same || listed(a) && listed(b), "f differs, listed on a \(listed(a)), on b \(listed(b))")
+    }
+}

@@ -517,11 +517,17 @@ final class Simulation {
         supersede(to, by: n, paths: [from, to])
         acked.removeAll { replaced.contains($0.serial) && !moved.contains($0.serial) }
         for i in acked.indices where moved.contains(acked[i].serial) { acked[i].path = to }
+        let other = node(n.side.other)
         for i in acked.indices where isWithin(acked[i].path, from) && !moved.contains(acked[i].serial) {
+            let now = to + acked[i].path.dropFirst(from.count)
             if seen(acked[i], by: n) {
-                acked[i].path = to + acked[i].path.dropFirst(from.count)
+                acked[i].path = now
             } else {
                 acked[i].contestedBy += [from, to]
+                // The rename reached the node holding the write (live): its bytes are under the
+                // new name there, where that node's client sees, and changes, them (seed 285:
+                // its own truncate of them afterwards was taken for a change of another file).
+                if other.running, (try? readBytes(other.local.brick.absolute(now))) == acked[i].bytes { acked[i].path = now }
             }
         }
     }
