@@ -52,7 +52,9 @@ public final class PeerService: Sendable {
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
             if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
-            if let why = volume.expectationFails(expect, change: change) {
+            let clash = volume.owesConflictingAttributeChange(expect[0].stableID, change)
+                ? "this node changed the same attributes while apart, and owes the peer that change" : nil
+            if let why = clash ?? volume.expectationFails(expect, change: change) {
                 let subject = ReplicatedVolume.entryID(m)
                 // Listed already (an earlier change of it met the conflict): the row keeps that
                 // first reason, and the sender's change stays in the sender's copy.

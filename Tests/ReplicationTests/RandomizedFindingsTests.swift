@@ -535,3 +535,21 @@ final class OwedVersionTests: InProcessPairTestCase {
         XCTAssertTrue(same || listed(a) && listed(b), "f differs, listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 365: apart, a and b each change f's mode. Each replay applied the other's mode, so
+/// the nodes swapped them and ended different, nothing listed.
+final class ConcurrentAttributeChangeTests: InProcessPairTestCase {
+    func testTwoModeChangesMadeApartAreASplitBrainNotASwap() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o600))
+        _ = try b.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o640))
+        link.setPartitioned(false)
+        waitSettled()
+        let ma = try a.local.brick.lstat("f").st_mode & 0o7777, mb = try b.local.brick.lstat("f").st_mode & 0o7777
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(ma == mb || listed(a) && listed(b), "modes a \(String(ma, radix: 8)) b \(String(mb, radix: 8)), listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
