@@ -230,7 +230,7 @@ extension PeerMessage {
     /// (the directory they create in), so that a late replay never lands on another entry
     /// that took the name meanwhile.
     public static let guardable: Set<MessageType> = [
-        .unlink, .rename, .setattr, .setxattr, .removexattr, .create, .mkdir, .symlink, .mknod
+        .unlink, .rmdir, .rename, .setattr, .setxattr, .removexattr, .create, .mkdir, .symlink, .mknod
     ]
 
     /// The change itself, without its guard.

@@ -198,7 +198,7 @@ extension ReplicatedVolume {
             return EntryExpectation(path: rel, stableID: id, xxh128: hash)
         }
         switch m {
-        case let .unlink(p, n):
+        case let .unlink(p, n), let .rmdir(p, n):
             return seen(Brick.join(p, n)).map { [$0] } ?? []
         case let .rename(fp, fn, tp, tn, flags) where !RenameFlags(rawValue: flags).contains(.exchange):
             // No entry at the target: expected absent, so a replay does not replace an entry the

@@ -284,13 +284,21 @@ extension ReplicatedVolume {
         return nil
     }
 
-    /// A guarded unlink of an entry this node no longer has at all (removed or replaced here
-    /// too), whose name now holds another entry: nothing of the sender's entry is left to
-    /// remove, and the other entry is not the one it removed, so the answer is ENOENT (done),
-    /// not a conflict. Both nodes removed that entry; the name's new entry is replicated as
-    /// any other (before: a split brain though the two changes agreed, seed 208).
+    /// A guarded unlink or rmdir of an entry this node no longer has at all (removed or
+    /// replaced here too), whose name now holds another entry: nothing of the sender's entry
+    /// is left to remove, and the other entry is not the one it removed, so the answer is
+    /// ENOENT (done), not a conflict, and never the removal of the other entry. Both nodes
+    /// removed that entry; the name's new entry is replicated as any other (before: a split
+    /// brain though the two changes agreed, seed 208; an unguarded rmdir removed the new
+    /// directory of that name on one node only, seed 316).
     func removedHereToo(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
-        guard case let .unlink(p, n) = change, let e = expect.first, e.stableID != Self.absentID,
+        let name: (String, String)
+        switch change {
+        case let .unlink(p, n), let .rmdir(p, n): name = (p, n)
+        default: return false
+        }
+        let (p, n) = name
+        guard let e = expect.first, e.stableID != Self.absentID,
               let found = local.brick.readID(rel: Brick.join(p, n)), found != e.stableID else { return false }
         try? journal.submit([], wait: .written)
         return ((try? journal.inode(e.stableID)) ?? nil) == nil

@@ -553,3 +553,22 @@ final class ConcurrentAttributeChangeTests: InProcessPairTestCase {
         XCTAssertTrue(ma == mb || listed(a) && listed(b), "modes a \(String(ma, radix: 8)) b \(String(mb, radix: 8)), listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 316: apart, both nodes remove the empty directory d, and a makes a new d. b's
+/// replayed rmdir, which named d by path only, removed a's new d on a: the directory on b
+/// only, nothing listed.
+final class ReplayedRmdirTests: InProcessPairTestCase {
+    func testAReplayedRmdirNeverRemovesTheNewDirectoryOfThatName() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try a.volume.rmdir(parent: .root, name: "d")
+        try b.volume.rmdir(parent: .root, name: "d")
+        try mkdir(a, "d")
+        let new = a.local.brick.readID(rel: "d")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(a.local.brick.readID(rel: "d"), new, "a's new d stays on a")
+        XCTAssertEqual(b.local.brick.readID(rel: "d"), new, "and reaches b")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+    }
+}
