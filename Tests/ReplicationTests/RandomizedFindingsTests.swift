@@ -194,6 +194,19 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
     }
 
+    /// Seed 208: the same onto a name that held another file: the replay found the rename's
+    /// own entry where it expected the file it replaced, and was listed as a conflict.
+    func testAReplayedRenameOverAFileThePeerAppliedBeforeIsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.script(.loseReply, towards: .b) { $0.type == .rename }
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
+        XCTAssertNil(b.kind("f"))
+    }
+
     /// Seed 34: apart, a truncates f while b rewrites f and renames it to g. b's replayed
     /// rename (b owed f, so it expects no content) moved a's truncated f to g on a, and b's
     /// send of f then replaced it there: a truncate made apart did not count as a change of
