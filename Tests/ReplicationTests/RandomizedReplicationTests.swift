@@ -17,8 +17,10 @@ final class RandomizedReplicationTests: XCTestCase {
     /// Branch sim4 (2026-12-07), after guarding every owed change by the ids it expects
     /// (protocol 4) and the other fixes in RandomizedFindingsTests: 16 of seeds 1...200 failed at
     /// least once in three runs (12, 11, 12 per run; 28 on sim2); seeds 201...400 went from 37
-    /// failed to 13 in one run; seeds 1...869 in one process: 61 failed (975 s). What is left,
-    /// by what the check reports (a seed may show several; counts over 1...869):
+    /// failed to 13 in one run; seeds 201...1000: 59 failed (133 on main), run as two processes
+    /// of 400 seeds side by side in 8 min 12 s (main: 1216 s in one). Seeds 1...869 in one
+    /// process: 61 failed (975 s). What is left, by what the check reports (a seed may show
+    /// several; counts over 1...869, one commit before the last fix):
     /// - split brain the model does not find concurrent (48 seeds), mostly refused guarded
     ///   renames and creates answered EEXIST. Several are cascades: a name held on one node by an
     ///   entry already in split brain (a refused rename left it there), so a later create or
