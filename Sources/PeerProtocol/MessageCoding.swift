@@ -212,8 +212,8 @@ extension PeerMessage {
                 expect.append(EntryExpectation(path: path, stableID: id, xxh128: try r.fixed("expect.xxh128", count: Int(hashCount))))
             }
             let raw = try r.integer("changeType", as: UInt16.self)
-            // Only the changes a replay may apply to a version it did not see are guarded.
-            guard let type = MessageType(rawValue: raw), type == .unlink || type == .rename else {
+            // Only the changes a replay may apply to an entry it did not see are guarded.
+            guard let type = MessageType(rawValue: raw), PeerMessage.guardable.contains(type) else {
                 throw r.malformed("changeType", "\(raw) cannot be guarded")
             }
             m = .guarded(expect: expect, change: try decode(type: type, payload: try r.slice("change", max: 4 * PeerPath.maxPathBytes)))

@@ -127,9 +127,10 @@ public enum PeerMessage: Sendable, Equatable {
     /// fsync of a directory (a client's fsyncdir): the peer makes the directory's entries and
     /// its journal durable before it answers.
     case syncDir(path: String)
-    /// A change the peer may receive late (a replay of an owed unlink or rename): applied only
-    /// if the peer's entries at the expected paths are still the ones the sender saw, so a
-    /// replay never deletes or replaces a version its sender did not see.
+    /// A change the peer may receive late (a replay of an owed change, one of `guardable`):
+    /// applied only if the peer's entries at the expected paths are still the ones the sender
+    /// saw, so a replay never deletes, replaces or changes a version its sender did not see,
+    /// and never creates in a directory other than the one its sender created in.
     indirect case guarded(expect: [EntryExpectation], change: PeerMessage)
     /// The sender found this entry in split brain while replaying or sending a change the
     /// receiver refused: the receiver lists it too (id 0: known by path only), so both nodes
@@ -223,6 +224,14 @@ public struct EntryExpectation: Sendable, Equatable {
 extension PeerMessage {
     /// Guarded expectations at most per message (a rename names a source and a target).
     public static let maxExpectations = 2
+
+    /// The changes a `guarded` message may carry: removals and renames (the entries they
+    /// remove or replace), attribute and xattr changes (the entry they change), and creates
+    /// (the directory they create in), so that a late replay never lands on another entry
+    /// that took the name meanwhile.
+    public static let guardable: Set<MessageType> = [
+        .unlink, .rmdir, .rename, .setattr, .setxattr, .removexattr, .create, .mkdir, .symlink, .mknod
+    ]
 
     /// The change itself, without its guard.
     public var unguarded: PeerMessage {

@@ -41,7 +41,9 @@ public enum PeerProtocolError: Error, Sendable, Equatable, CustomStringConvertib
     }
 }
 
-/// The wire protocol version, carried in every frame header and in hello.
+/// The wire protocol version, carried in every frame header and in hello. 4: `guarded` may
+/// carry attribute, xattr and create changes (a release speaking 3 would refuse them as
+/// malformed mid-catch-up; the version mismatch refuses the link at once instead).
 public enum PeerProtocolVersion {
-    public static let current: UInt16 = 3
+    public static let current: UInt16 = 4
 }

@@ -123,6 +123,10 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
+                if createsInSplitDirectory(m) {
+                    drops.append(.dropPeerOp(seq: r.seq))
+                    continue
+                }
                 switch v.channel.call(m) {
                 case .ok:
                     drops.append(.dropPeerOp(seq: r.seq))
@@ -138,7 +142,11 @@ public final class CatchUp: @unchecked Sendable {
                     return false
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
+                    guard replayReplacedTarget(of: m) else { return false }
                     if e == splitBrainErrno, case .guarded = m {
+                        // The entry is listed already (an earlier change of it met the
+                        // conflict): this change is in this node's copy, which is kept.
+                        if case let .entry(id) = ReplicatedVolume.entryID(m), v.isSplit(id) { continue }
                         // Told to the peer too: it records the failed guard itself, but not a
                         // refusal for the target it changed apart (under that id, if not split yet).
                         v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
@@ -179,6 +187,48 @@ public final class CatchUp: @unchecked Sendable {
         return true
     }
 
+    /// An owed create in a directory this node holds in split brain (the peer could not take
+    /// the directory, or its rename): the entry belongs to this node's copy of that directory,
+    /// which is kept and listed. Sent, the guard would refuse it and list each entry beneath
+    /// as a conflict of its own (seed 392), though only the directory was changed on both.
+    private func createsInSplitDirectory(_ m: PeerMessage) -> Bool {
+        guard case let .guarded(expect, change) = m, ReplicatedVolume.created(by: change) != nil,
+              let dir = expect.first, v.isSplit(dir.stableID) else { return false }
+        log.notice("owed \(change.type) of \(ReplicatedVolume.describe(change).debugDescription) not replayed: its directory is in split brain; it stays in this node's copy")
+        return true
+    }
+
+    /// A replayed rename the peer refused (a conflict on its source, say) still replaced an
+    /// entry here, which this node no longer holds: that removal is replayed on its own,
+    /// guarded by what this node saw at the name. Otherwise the peer keeps the entry only
+    /// it still has, and (a file created by this node's replayed create) waits forever for
+    /// bytes no one will send (seeds 20, 329). A version the peer's client wrote is refused
+    /// by the guard as usual (a split brain, both kept). False if the link went down.
+    private func replayReplacedTarget(of m: PeerMessage) -> Bool {
+        guard case let .guarded(expect, .rename(_, _, tp, tn, flags)) = m, !RenameFlags(rawValue: flags).contains(.exchange) else { return true }
+        let to = Brick.join(tp, tn)
+        guard let e = expect.first(where: { $0.path == to && $0.stableID != ReplicatedVolume.absentID }),
+              ((try? v.journal.inode(e.stableID)) ?? nil) == nil else { return true }
+        switch v.channel.call(.guarded(expect: [e], change: .unlink(parentPath: tp, name: tn))) {
+        case .ok:
+            log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) was removed on the peer too")
+            return true
+        case .refused(let err) where err == splitBrainErrno:
+            // The peer's client changed that entry meanwhile: a conflict, listed here too.
+            if !v.isSplit(e.stableID) {
+                v.recordSplitBrainOnBoth(.entry(e.stableID), path: to,
+                                         reason: "this node replaced it by a rename while the nodes were apart, and the peer changed it meanwhile: the peer keeps its version")
+            }
+            return true
+        case .refused(let err):
+            log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) is not there on the peer (\(String(cString: strerror(err))), errno \(err))")
+            return true
+        case .unreachable(let why):
+            v.markDegraded(why)
+            return false
+        }
+    }
+
     private func pushOwedFiles() {
         var after: UInt64 = 0
         while !isStopped && v.channel.isUp {
@@ -186,7 +236,8 @@ public final class CatchUp: @unchecked Sendable {
             for r in rows {
                 after = r.id
                 if let (when, _) = retryAt[r.id], ContinuousClock.now < when { continue }
-                if v.isSplit(r.id) {
+                // In split brain, or in a directory that is: it stays in this node's copy.
+                if v.isSplit(r.id) || v.underSplitDirectory(r.id) {
                     try? v.journal.submit([.dropPeerFile(id: r.id, generation: .max)], wait: .written)
                     continue
                 }

@@ -181,9 +181,10 @@ extension ReplicatedVolume {
     /// so a receiver of an older release finds no such entry and refuses to replace another.
     static let absentID = UInt64.max
 
-    /// The entries an owed unlink or rename will remove or replace at the peer, as this node
-    /// sees them now: the replay is refused (a split brain, both kept) if the peer changed them
-    /// meanwhile, instead of deleting a version this node never saw.
+    /// The entries an owed change will remove, replace, change or create in at the peer, as
+    /// this node sees them now: the replay is refused (a split brain, both kept) if the peer
+    /// changed them meanwhile, instead of deleting a version this node never saw, or applying
+    /// the change to whatever entry took the name since (the peer renamed or replaced it).
     func expectations(for m: PeerMessage) -> [EntryExpectation] {
         func seen(_ rel: String) -> EntryExpectation? {
             guard case let (st, id?)? = try? local.brick.statAndID(rel) else { return nil }
@@ -197,15 +198,39 @@ extension ReplicatedVolume {
             return EntryExpectation(path: rel, stableID: id, xxh128: hash)
         }
         switch m {
-        case let .unlink(p, n):
+        case let .unlink(p, n), let .rmdir(p, n):
             return seen(Brick.join(p, n)).map { [$0] } ?? []
         case let .rename(fp, fn, tp, tn, flags) where !RenameFlags(rawValue: flags).contains(.exchange):
             // No entry at the target: expected absent, so a replay does not replace an entry the
             // peer's client created there meanwhile.
             let to = Brick.join(tp, tn)
             return [seen(Brick.join(fp, fn)), seen(to) ?? EntryExpectation(path: to, stableID: Self.absentID, xxh128: [])].compactMap { $0 }
+        case let .setattr(path, _) where !path.isEmpty, let .setxattr(path, _, _, _) where !path.isEmpty,
+             let .removexattr(path, _) where !path.isEmpty:
+            // The entry's id only. A mode, owner or time change composes with the peer's rewrite
+            // of the file; a truncate's conflict with one is the peer's "changed apart" check.
+            // (Its hash would also refuse the replay of a truncate the peer applied already,
+            // its answer lost: seeds 217, 284.)
+            return seen(path).map { [Self.idOnly($0)] } ?? []
+        case let .create(p, _, _, _, _, _) where !p.isEmpty, let .mkdir(p, _, _, _, _, _) where !p.isEmpty,
+             let .symlink(p, _, _, _, _, _) where !p.isEmpty, let .mknod(p, _, _, _, _, _, _) where !p.isEmpty:
+            // The directory the entry goes into (the root is never renamed or replaced).
+            return seen(p).map { [$0] } ?? []
         default:
             return []
+        }
+    }
+
+    static func idOnly(_ e: EntryExpectation) -> EntryExpectation {
+        EntryExpectation(path: e.path, stableID: e.stableID, xxh128: [])
+    }
+
+    /// The entry a create makes (nil for any other change).
+    static func created(by m: PeerMessage) -> UInt64? {
+        switch m.unguarded {
+        case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),
+             let .mknod(_, _, _, _, _, _, id): return id
+        default: return nil
         }
     }
 
@@ -240,8 +265,10 @@ extension ReplicatedVolume {
     }
 
     /// The entry a change's split brain is recorded for: the entry it creates or (guarded)
-    /// expects, else its name.
+    /// expects, else its name. (A guarded create expects its directory: the subject is still
+    /// the entry it creates.)
     static func entryID(_ m: PeerMessage) -> SplitSubject {
+        if let id = created(by: m) { return .entry(id) }
         if case let .guarded(expect, _) = m, let first = expect.first { return .entry(first.stableID) }
         switch m {
         case let .mkdir(_, _, _, _, _, id), let .create(_, _, _, _, _, id), let .symlink(_, _, _, _, _, id),

@@ -81,8 +81,63 @@ extension ReplicatedVolume {
 
     public func isOwed(_ id: UInt64) -> Bool { state.with { $0.owed.contains(id) } }
     func changedWhileApart(_ id: UInt64) -> Bool { state.with { $0.changedApart.contains(id) } }
-    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty } }
+    var owesAnything: Bool { state.with { !$0.changedApart.isEmpty || !$0.split.isEmpty || !$0.owed.isEmpty } }
+
+    /// Whether this node holds a version of file `id` the peer cannot have seen, so that a
+    /// content change from the peer would replace it: changed while apart, in split brain, or
+    /// owed whole while this node cannot send it (not live: a close acknowledged after the
+    /// peer's disk refused its bytes leaves the file owed with the link up, seed 285).
+    func holdsUnsentVersion(_ id: UInt64) -> Bool {
+        changedWhileApart(id) || isSplit(id) || isOwed(id) && gate.mode != .live
+    }
     public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
+
+    /// Whether this node owes the peer a change of the same attributes of the same entry as
+    /// `change` (a guarded setattr, setxattr or removexattr the peer replays): both nodes
+    /// changed them apart, and applying each other's would swap them, leaving the two copies
+    /// different with nothing listed (seed 365: a chmod on each node).
+    func owesConflictingAttributeChange(_ id: UInt64, _ change: PeerMessage) -> Bool {
+        guard Self.attributes(of: change) != nil else { return false }
+        var after: Int64 = 0
+        while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
+            after = last.seq
+            for r in rows {
+                guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, mine) = m,
+                      expect.first?.stableID == id, let a = Self.attributes(of: mine) else { continue }
+                if !a.isDisjoint(with: Self.attributes(of: change)!) { return true }
+            }
+        }
+        return false
+    }
+
+    /// The attributes an attribute change sets ("mode", "owner", "times", "xattr:NAME"); nil
+    /// for any other change. A size is content, settled by the "changed apart" check.
+    static func attributes(of m: PeerMessage) -> Set<String>? {
+        switch m {
+        case let .setattr(_, c):
+            var out: Set<String> = []
+            if c.mode != nil { out.insert("mode") }
+            if c.uid != nil || c.gid != nil { out.insert("owner") }
+            if c.size == nil && (c.atimeNs != nil || c.mtimeNs != nil) { out.insert("times") }
+            return out
+        case let .setxattr(_, name, _, _), let .removexattr(_, name):
+            return ["xattr:" + name]
+        default:
+            return nil
+        }
+    }
+
+    /// Whether a directory above entry `id` is in split brain here: the entry belongs to this
+    /// node's copy of it, and the peer's directory of that name is another one.
+    func underSplitDirectory(_ id: UInt64) -> Bool {
+        guard state.with({ !$0.split.isEmpty }), let path = (try? journal.path(of: id)) ?? nil else { return false }
+        var dir = Self.split(path).0
+        while !dir.isEmpty {
+            if let d = local.brick.readID(rel: dir), isSplit(d) { return true }
+            dir = Self.split(dir).0
+        }
+        return false
+    }
 
     /// File `id` must reach the peer whole (owed, durable).
     public func oweFile(_ id: UInt64) throws(FSError) { try owe(id) }

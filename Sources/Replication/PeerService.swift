@@ -51,8 +51,15 @@ public final class PeerService: Sendable {
 
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
         if case let .guarded(expect, change) = m {
-            if let why = volume.expectationFails(expect, change: change) {
-                volume.recordSplitBrain(.entry(expect[0].stableID), path: ReplicatedVolume.describe(change),
+            if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
+            let clash = volume.owesConflictingAttributeChange(expect[0].stableID, change)
+                ? "this node changed the same attributes while apart, and owes the peer that change" : nil
+            if let why = clash ?? volume.expectationFails(expect, change: change) {
+                let subject = ReplicatedVolume.entryID(m)
+                // Listed already (an earlier change of it met the conflict): the row keeps that
+                // first reason, and the sender's change stays in the sender's copy.
+                if case let .entry(id) = subject, volume.isSplit(id) { return reply(requestID, splitBrainErrno) }
+                volume.recordSplitBrain(subject, path: ReplicatedVolume.describe(change),
                                         reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
                 return reply(requestID, splitBrainErrno)
             }
@@ -133,11 +140,11 @@ public final class PeerService: Sendable {
         // The peer re-creating a file this node holds under that id and owns (changed it while
         // apart, or split): nothing to create, and nothing about to be received either (its
         // writes are refused below), so no receiving handle and no incomplete-replica mark.
-        if case let .create(p, n, _, _, _, id) = m, volume.changedWhileApart(id) || volume.isSplit(id),
+        if case let .create(p, n, _, _, _, id) = m, volume.holdsUnsentVersion(id),
            volume.local.brick.readID(rel: Brick.join(p, n)) == id {
             return 0
         }
-        if let id = contentTarget(m), volume.changedWhileApart(id) || volume.isSplit(id) {
+        if let id = contentTarget(m), volume.holdsUnsentVersion(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
@@ -243,6 +250,9 @@ extension ReplicatedVolume {
     /// gone, which the change itself then reports).
     func expectationFails(_ expect: [EntryExpectation], change: PeerMessage? = nil) -> String? {
         try? journal.submit([], wait: .written)
+        // A create this node holds already (its id, anywhere): a replay of it, applied before
+        // and moved since; the change itself answers that (EALREADY), whatever its directory.
+        if let id = change.flatMap(Self.created(by:)), ((try? journal.inode(id)) ?? nil) != nil { return nil }
         for e in expect {
             guard case let (st, found)? = try? local.brick.statAndID(e.path) else {
                 // Not under that name, but here under another (this node renamed it or a
@@ -259,6 +269,9 @@ extension ReplicatedVolume {
                 if expect.contains(where: { $0.stableID == found }) { continue }
                 return "\(e.path.debugDescription) was created here meanwhile (id \(found.map { String($0) } ?? "none"))"
             }
+            // The rename's own entry at its target: this replay was applied before (its answer
+            // lost), replacing the entry it expected there (seed 208).
+            if e.path == Self.target(of: change), let found, expect.contains(where: { $0.stableID == found && $0.path != e.path }) { continue }
             guard found == e.stableID else {
                 return "\(e.path.debugDescription) is now another entry (id \(found.map { String($0) } ?? "none"), expected \(e.stableID))"
             }
@@ -272,6 +285,26 @@ extension ReplicatedVolume {
             }
         }
         return nil
+    }
+
+    /// A guarded unlink or rmdir of an entry this node no longer has at all (removed or
+    /// replaced here too), whose name now holds another entry: nothing of the sender's entry
+    /// is left to remove, and the other entry is not the one it removed, so the answer is
+    /// ENOENT (done), not a conflict, and never the removal of the other entry. Both nodes
+    /// removed that entry; the name's new entry is replicated as any other (before: a split
+    /// brain though the two changes agreed, seed 208; an unguarded rmdir removed the new
+    /// directory of that name on one node only, seed 316).
+    func removedHereToo(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
+        let name: (String, String)
+        switch change {
+        case let .unlink(p, n), let .rmdir(p, n): name = (p, n)
+        default: return false
+        }
+        let (p, n) = name
+        guard let e = expect.first, e.stableID != Self.absentID,
+              let found = local.brick.readID(rel: Brick.join(p, n)), found != e.stableID else { return false }
+        try? journal.submit([], wait: .written)
+        return ((try? journal.inode(e.stableID)) ?? nil) == nil
     }
 
     /// The name whose entry an unlink or a rename removes or replaces (nil for any other change).

@@ -136,6 +136,13 @@ extension ReplicatedVolume {
                 if volume.yieldName(parent: parent, name: name, id: id) { return .gone }
                 volume.recordSplitBrainOnBoth(.entry(id), path: path, reason: "the peer has another entry under this name")
                 return .splitBrain
+            case .refused(let e) where PeerRefusal(errno: e) == .storageFault:
+                // The peer's disk cannot take it: this node holds a version the peer cannot get
+                // now, as when apart (owed "changed apart", so the peer's own rewrite of the file
+                // meanwhile is a split brain instead of replacing it: seed 285).
+                let why = PeerRefusal.describe(e, "take \(what) of \(path.debugDescription)")
+                volume.markDegraded(why)
+                return .failed(why)
             case .refused(let e): return .failed("peer refused \(what): errno \(e)")
             }
         }

@@ -109,6 +109,19 @@ final class MessageTests: XCTestCase {
         }
     }
 
+    /// Only removals, renames, attribute, xattr and create changes are guarded: a guarded write
+    /// or commit (content goes by stable id and hash) is malformed.
+    func testAGuardedChangeThatCannotBeGuardedIsRefused() {
+        let expect = [EntryExpectation(path: "a/x", stableID: 1 << 56 | 5, xxh128: [])]
+        for change in [PeerMessage.commit(path: "a/x", stableID: 1 << 56 | 5, size: 0, xxh128: Array(repeating: 1, count: 16), mtimeNs: 0),
+                       .syncDir(path: "a"), .link(path: "a/x", newParent: "", newName: "y")] {
+            let m = PeerMessage.guarded(expect: expect, change: change)
+            XCTAssertThrowsError(try PeerMessage.decode(type: .guarded, payload: m.encodePayload()), "\(change.type)") {
+                guard case .malformedField("guarded.changeType", _)? = $0 as? PeerProtocolError else { return XCTFail("\($0)") }
+            }
+        }
+    }
+
     func testSetattrPresenceMaskRejectsUnknownBits() {
         var payload = ByteBuffer()
         payload.writeInteger(UInt32(1)); payload.writeString("a")

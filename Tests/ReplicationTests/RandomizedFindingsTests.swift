@@ -194,6 +194,19 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
     }
 
+    /// Seed 208: the same onto a name that held another file: the replay found the rename's
+    /// own entry where it expected the file it replaced, and was listed as a conflict.
+    func testAReplayedRenameOverAFileThePeerAppliedBeforeIsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.script(.loseReply, towards: .b) { $0.type == .rename }
+        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(b.local.brick.readID(rel: "g"), a.local.brick.readID(rel: "g"))
+        XCTAssertNil(b.kind("f"))
+    }
+
     /// Seed 34: apart, a truncates f while b rewrites f and renames it to g. b's replayed
     /// rename (b owed f, so it expects no content) moved a's truncated f to g on a, and b's
     /// send of f then replaced it there: a truncate made apart did not count as a change of
@@ -340,5 +353,235 @@ final class ReplayAfterPeerRenamedParentTests: InProcessPairTestCase {
         func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.path.contains("f") } }
         XCTAssertTrue(onA == onB || listed(a) && listed(b),
                       "e/f on a: \(onA), on b: \(onB); split brains a \((try? a.journal.splitBrains().map(\.path)) ?? []) b \((try? b.journal.splitBrains().map(\.path)) ?? [])")
+    }
+}
+
+/// Owed changes named their entry by path only: replayed late, an attribute change or a
+/// create landed on whatever entry held that name on the peer by then (issue 13's causes 1
+/// and 2). Each now carries the id it expects there (`guarded`), and a different entry is a
+/// split brain listed on both nodes with both versions kept, never a silent difference.
+final class GuardedReplayTests: InProcessPairTestCase {
+    func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+    func listedOnBoth(_ id: UInt64) -> Bool { rows(a).contains { $0.id == id } && rows(b).contains { $0.id == id } }
+    func mode(_ n: SimNode, _ rel: String) -> mode_t? { (try? n.local.brick.lstat(rel)).map { $0.st_mode & 0o7777 } }
+
+    func write(_ n: SimNode, parent: NodeRef, _ name: String, _ bytes: [UInt8]) throws {
+        let h = try n.volume.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    /// Seed 19's shape: apart, a changes f's mode while b renames f to g and stores a new
+    /// file as f. a's replayed chmod of "f" changed b's new f (another entry), and f and g
+    /// ended with different modes on the two nodes, nothing listed.
+    func testAReplayedChmodNeverChangesTheEntryThatTookTheName() throws {
+        try write(a, parent: .root, "f", payload(3000, seed: 1))
+        let old = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(mode: 0o600))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        try write(b, parent: .root, "f", payload(4000, seed: 2))
+        let new = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(mode(b, "f"), 0o644, "b's new f keeps its own mode")
+        for (rel, id) in [("f", new), ("g", old)] where !listedOnBoth(id) {
+            XCTAssertEqual(mode(a, rel), mode(b, rel), "\(rel) (id \(id)) differs, not listed: a \(rows(a).map(\.path)) b \(rows(b).map(\.path))")
+            XCTAssertEqual(a.local.brick.readID(rel: rel), b.local.brick.readID(rel: rel), rel)
+        }
+        XCTAssertFalse(listedOnBoth(new), "b's new f was never changed on a")
+    }
+
+    /// Cause 2 (seeds 32, 93): apart, a renames d to e and makes a new d while b stores d/x.
+    /// b's replayed create of "d/x" landed in a's new d, and a's rename moved b's x to e/x
+    /// on b: the acknowledged file under two names, nothing listed.
+    func testAReplayedCreateNeverLandsInAnotherDirectoryOfThatName() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        try mkdir(a, "d")
+        let bytes = payload(5000, seed: 3)
+        try write(b, parent: XCTUnwrap(b.ref("d")), "x", bytes)
+        let x = try XCTUnwrap(b.local.brick.readID(rel: "d/x"))
+        link.setPartitioned(false)
+        waitSettled()
+        let names = ["d/x", "e/x"]
+        func holds(_ n: SimNode, _ rel: String) -> Bool { (try? readBytes(n.local.brick.absolute(rel))) == bytes }
+        let same = names.allSatisfy { holds(a, $0) == holds(b, $0) }
+        XCTAssertTrue(names.contains { holds(a, $0) || holds(b, $0) }, "b's acknowledged x is kept")
+        XCTAssertTrue(same && names.contains { holds(a, $0) } || listedOnBoth(x),
+                      "x: a \(names.map { holds(a, $0) }) b \(names.map { holds(b, $0) }); split brains a \(rows(a).map(\.path)) b \(rows(b).map(\.path))")
+        XCTAssertEqual(a.local.brick.readID(rel: "d"), b.local.brick.readID(rel: "d"), "a's new d on both")
+    }
+}
+
+/// Issue 13's cause 3 (seeds 20, 329, 330, 348): apart, b stores f (a new file) and then
+/// renames g over it, while a deletes g. b's replayed create makes f on a and opens its
+/// receipt; b's replayed rename of g is refused (a has no g; g is a conflict); b never sends
+/// f (it no longer has it), so a kept an empty, uncommitted f awaiting bytes forever and the
+/// pair never settled.
+final class ReplacedByARefusedRenameTests: InProcessPairTestCase {
+    func testTheEntryARefusedRenameReplacedGoesOnThePeerToo() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "g", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        XCTAssertEqual(b.kind("g"), .file)
+        link.setPartitioned(true)
+        let (_, hf) = try b.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        let r = payload(3000, seed: 1).withUnsafeBytes { d in Result { () throws(FSError) -> Int in try b.volume.write(handle: hf, offset: 0, data: d) } }
+        _ = try r.get()
+        try b.volume.flush(handle: hf)
+        try b.volume.release(handle: hf)
+        let replaced = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        try a.volume.unlink(parent: .root, name: "g")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt left open on a")
+        XCTAssertNil(try a.journal.inode(replaced), "the file b's rename replaced is gone on a too")
+    }
+
+    /// The same, with f on both nodes before and rewritten by a apart (seeds 252, 260, 266):
+    /// the removal of f is a conflict, which a listed and b did not.
+    func testARemovalOfAnEntryThePeerRewroteIsListedOnBothNodes() throws {
+        for name in ["f", "g"] {
+            let (_, h) = try a.volume.create(parent: .root, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+            try a.volume.release(handle: h)
+        }
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        let mine = payload(3000, seed: 2)
+        let h = try a.volume.open(NodeRef(id: f, path: "f"), flags: O_WRONLY | O_TRUNC)
+        let r = mine.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try a.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try a.volume.flush(handle: h)
+        try a.volume.release(handle: h)
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        try a.volume.unlink(parent: .root, name: "g")
+        link.setPartitioned(false)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(listed(a) && listed(b), "f's conflict: on a \(listed(a)), on b \(listed(b))")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), mine, "a's rewrite is kept")
+    }
+}
+
+/// Seed 208: apart, both nodes remove f, and b stores a new f. a's replayed unlink of f,
+/// guarded by the entry it removed, found b's new file under the name and was listed as a
+/// conflict on both nodes, though the two removals agree and the new f is b's alone.
+final class RemovedOnBothTests: InProcessPairTestCase {
+    func testAnUnlinkOfAnEntryThePeerRemovedTooIsDone() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        link.setPartitioned(true)
+        try a.volume.unlink(parent: .root, name: "f")
+        try b.volume.unlink(parent: .root, name: "f")
+        let (_, hb) = try b.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try b.volume.release(handle: hb)
+        let new = b.local.brick.readID(rel: "f")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(a.local.brick.readID(rel: "f"), new, "b's new f on a")
+        XCTAssertEqual(b.local.brick.readID(rel: "f"), new, "and kept on b")
+    }
+}
+
+/// Seed 392: apart, a stores a file in d1 while b renames d0 onto its empty d1, makes a new
+/// d0 and stores x in it. The rename (a's d1 is not empty) and the new d0 (a still has the
+/// old one) are split brains; b's replayed create of d0/x, guarded by its new d0, was then
+/// refused too and listed as a conflict of its own, though only the directories were
+/// changed on both nodes: x is part of b's copy of d0, kept and listed with it.
+final class CreateInASplitDirectoryTests: InProcessPairTestCase {
+    func testAnEntryInADirectoryInSplitBrainIsNotAConflictOfItsOwn() throws {
+        try mkdir(a, "d0")
+        try mkdir(a, "d1")
+        link.setPartitioned(true)
+        let (_, h) = try a.volume.create(parent: XCTUnwrap(a.ref("d1")), name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        try b.volume.rename(parent: .root, name: "d0", newParent: .root, newName: "d1", flags: 0)
+        try mkdir(b, "d0")
+        let (_, hx) = try b.volume.create(parent: XCTUnwrap(b.ref("d0")), name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try b.volume.release(handle: hx)
+        let x = try XCTUnwrap(b.local.brick.readID(rel: "d0/x"))
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertTrue(rows(a).contains { $0.path == "d0" } && rows(b).contains { $0.path == "d0" }, "b's new d0 is listed on both")
+        XCTAssertFalse((rows(a) + rows(b)).contains { $0.id == x || $0.path.hasPrefix("d0/") }, "\((rows(a) + rows(b)).map { "\($0.path): \($0.reason)" })")
+        XCTAssertEqual(b.local.brick.readID(rel: "d0/x"), x, "x stays in b's copy of d0")
+        XCTAssertNil(a.local.brick.readID(rel: "d0/x"), "and never lands in a's d0, another directory")
+    }
+}
+
+/// Seed 285: a's disk refuses changes; b rewrites f, its close is acknowledged with f owed
+/// (the peer's disk refused the bytes). a, whose own changes still reach b, then rewrote f
+/// from its older copy, and b applied it over its acknowledged version: lost on both nodes.
+final class OwedVersionTests: InProcessPairTestCase {
+    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
+        let id = try XCTUnwrap(n.local.brick.readID(rel: path))
+        let h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    func testAPeersRewriteNeverReplacesAnAcknowledgedVersionNotSentYet() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        link.setDiskRefusal(ENOSPC, rate: 1.0, on: .a)
+        let mine = payload(5000, seed: 1)
+        try write(b, "f", mine)
+        XCTAssertTrue(b.volume.isOwed(try XCTUnwrap(b.local.brick.readID(rel: "f"))), "b owes its f")
+        try? write(a, "f", payload(6000, seed: 2))
+        link.setDiskRefusal(nil, on: .a)
+        waitSettled()
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        let hash = XXH128Hasher.hash(mine).hex
+        let kept = [a, b].contains { (try? readBytes($0.local.brick.absolute("f"))) == mine }
+            || ((try? a.journal.quarantine() + b.journal.quarantine()) ?? []).contains { hexString($0.hash) == hash }
+        XCTAssertTrue(kept, "b's acknowledged f is kept")
+        let same = (try? readBytes(a.local.brick.absolute("f"))) == (try? readBytes(b.local.brick.absolute("f")))
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(same || listed(a) && listed(b), "f differs, listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
+
+/// Seed 365: apart, a and b each change f's mode. Each replay applied the other's mode, so
+/// the nodes swapped them and ended different, nothing listed.
+final class ConcurrentAttributeChangeTests: InProcessPairTestCase {
+    func testTwoModeChangesMadeApartAreASplitBrainNotASwap() throws {
+        let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o600))
+        _ = try b.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o640))
+        link.setPartitioned(false)
+        waitSettled()
+        let ma = try a.local.brick.lstat("f").st_mode & 0o7777, mb = try b.local.brick.lstat("f").st_mode & 0o7777
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(ma == mb || listed(a) && listed(b), "modes a \(String(ma, radix: 8)) b \(String(mb, radix: 8)), listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
+
+/// Seed 316: apart, both nodes remove the empty directory d, and a makes a new d. b's
+/// replayed rmdir, which named d by path only, removed a's new d on a: the directory on b
+/// only, nothing listed.
+final class ReplayedRmdirTests: InProcessPairTestCase {
+    func testAReplayedRmdirNeverRemovesTheNewDirectoryOfThatName() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try a.volume.rmdir(parent: .root, name: "d")
+        try b.volume.rmdir(parent: .root, name: "d")
+        try mkdir(a, "d")
+        let new = a.local.brick.readID(rel: "d")
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(a.local.brick.readID(rel: "d"), new, "a's new d stays on a")
+        XCTAssertEqual(b.local.brick.readID(rel: "d"), new, "and reaches b")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
     }
 }
