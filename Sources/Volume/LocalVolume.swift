@@ -413,6 +413,23 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         return s.hasher.digest()
     }
 
+    /// With sealed commits the journal's rows reach the disk in batches, so a power cut can
+    /// take a new file's row while the brick kept the file: a marker naming it, made before the
+    /// file (the filesystem's log keeps metadata changes in order), lets recovery find and
+    /// record it. nil without sealed commits (every close then commits the journal durably).
+    func createMarker(id: UInt64, path: String) throws(FSError) -> String? {
+        guard sealCommits else { return nil }
+        let name = seals.newName(for: id)
+        try seals.markers.add(name: name, target: path)
+        return name
+    }
+
+    /// A marker whose rows are queued: removed with the durable commit that covers them.
+    func noteMarkerWritten(_ marker: String) {
+        guard case let .flush(names) = seals.written(marker) else { return }
+        if (try? submit([], wait: .durable)) != nil { seals.markers.remove(names) }
+    }
+
     /// Writes the seal xattr and a seal marker naming the file's current path (both made
     /// durable by the fsync that follows). nil when no path of the file in the brick is known
     /// (the caller then commits the row durably, as without a seal).
@@ -633,6 +650,8 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
         let id: UInt64
         if let given { id = given } else { id = try ids.next() }
         let r = rel(parent, name)
+        let marker = try createMarker(id: id, path: r)
+        defer { if let marker { noteMarkerWritten(marker) } }
         // The new row is dirty from the start (a crash before close leaves it to be re-hashed);
         // until that row commits, the create's intent covers the file.
         return try withIntent([(parent.id, name)]) { () throws(FSError) -> ((stat, UInt64), [JournalOp]) in

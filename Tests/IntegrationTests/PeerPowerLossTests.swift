@@ -20,35 +20,11 @@ final class PeerPowerLossTests: XCTestCase {
             _ = runCommand(["/bin/umount", "-l", c.b.dir], timeout: 30)
             try? FileManager.default.removeItem(atPath: img)
         }
-        XCTAssertEqual(runCommand(["/usr/bin/truncate", "-s", "256M", img], timeout: 30).status, 0)
+        XCTAssertEqual(runCommand(["/usr/bin/truncate", "-s", "2G", img], timeout: 30).status, 0)
         let mk = runCommand(["/usr/sbin/mkfs.ext4", "-q", "-F", img], timeout: 120)
         guard mk.status == 0 else { throw XCTSkip("mkfs.ext4: \(mk.stderr)") }
-        try mountImage(img, on: c.b)
+        try c.b.mountImage(img)
         return (c, img)
-    }
-
-    /// Mounts the image over the node's directory and lays out what the node expects there.
-    func mountImage(_ img: String, on n: TestNode) throws {
-        let cfg = try String(contentsOfFile: n.configPath, encoding: .utf8)
-        let r = runCommand(["/bin/mount", "-o", "loop", img, n.dir], timeout: 60)
-        guard r.status == 0 else { throw XCTSkip("cannot mount a loop image here: \(r.stderr)") }
-        for d in [n.brick, n.mnt, n.state] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        if !FileManager.default.fileExists(atPath: n.configPath) { try cfg.write(toFile: n.configPath, atomically: true, encoding: .utf8) }
-    }
-
-    /// The power cut: b's filesystem stops taking anything, then its node dies.
-    func cutPower(_ n: TestNode, image: String) throws {
-        let r = runCommand(["/usr/sbin/xfs_io", "-x", "-c", "shutdown", n.dir], timeout: 30)
-        XCTAssertEqual(r.status, 0, "shutdown: \(r.stderr)")
-        n.kill9()
-        var unmounted = false
-        for _ in 0..<50 where !unmounted {
-            unmounted = runCommand(["/bin/umount", n.dir], timeout: 30).status == 0
-            if !unmounted { usleep(100_000) }
-        }
-        XCTAssertTrue(unmounted, "b's disk image unmounts after the power cut")
-        // Power back: the same disk, its log replayed by the mount.
-        try mountImage(image, on: n)
     }
 
     /// `mv x.tmp x.dcm; rm old.dcm; fsync(dir)` on a return 0, then b loses power: b comes back
@@ -101,7 +77,7 @@ final class PeerPowerLossTests: XCTestCase {
         usleep(UInt32.random(in: 800_000...2_500_000))
         // Acknowledged while b was up: these must be durable on b.
         let before = try String(contentsOfFile: logPath, encoding: .utf8).split(separator: "\n")
-        try cutPower(c.b, image: img)
+        try c.b.cutPower(image: img)
         kill(w.pid, SIGTERM)
         w.wait()
         XCTAssertGreaterThan(before.count, 5, "the writer got work done before the cut")
@@ -162,7 +138,7 @@ final class PeerPowerLossTests: XCTestCase {
             XCTAssertEqual(fsync(fd), 0, "fsync(dir) on a: \(String(cString: strerror(errno)))")
             close(fd)
         }
-        try cutPower(c.b, image: img)
+        try c.b.cutPower(image: img)
         // b's journal, read from its disk as it came back: the renamed name, not the old ones.
         let j = try Journal(readOnlyPath: c.b.journalPath)
         XCTAssertNotNil(try j.id(atPath: "s/x.dcm"), "b's journal has the rename")

@@ -22,34 +22,11 @@ final class PowerLossIngestTests: XCTestCase {
             _ = runCommand(["/bin/umount", "-l", n.dir], timeout: 30)
             try? FileManager.default.removeItem(atPath: img)
         }
-        XCTAssertEqual(runCommand(["/usr/bin/truncate", "-s", "512M", img], timeout: 30).status, 0)
+        XCTAssertEqual(runCommand(["/usr/bin/truncate", "-s", "4G", img], timeout: 30).status, 0)
         let mk = runCommand(["/usr/sbin/mkfs.xfs", "-q", "-f", img], timeout: 120)
         guard mk.status == 0 else { throw XCTSkip("mkfs.xfs: \(mk.stderr)") }
-        try mountImage(img, on: n)
+        try n.mountImage(img)
         return (n, img)
-    }
-
-    /// Mounts the image over the node's directory and lays out what the node expects there.
-    func mountImage(_ img: String, on n: TestNode) throws {
-        let cfg = try String(contentsOfFile: n.configPath, encoding: .utf8)
-        let r = runCommand(["/bin/mount", "-o", "loop", img, n.dir], timeout: 60)
-        guard r.status == 0 else { throw XCTSkip("cannot mount a loop image here: \(r.stderr)") }
-        for d in [n.brick, n.mnt, n.state] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        if !FileManager.default.fileExists(atPath: n.configPath) { try cfg.write(toFile: n.configPath, atomically: true, encoding: .utf8) }
-    }
-
-    /// The power cut: the filesystem stops taking anything, then the node dies; power back.
-    func cutPower(_ n: TestNode, image: String) throws {
-        let r = runCommand(["/usr/sbin/xfs_io", "-x", "-c", "shutdown", n.dir], timeout: 30)
-        XCTAssertEqual(r.status, 0, "shutdown: \(r.stderr)")
-        n.kill9()
-        var unmounted = false
-        for _ in 0..<50 where !unmounted {
-            unmounted = runCommand(["/bin/umount", n.dir], timeout: 30).status == 0
-            if !unmounted { usleep(100_000) }
-        }
-        XCTAssertTrue(unmounted, "the disk image unmounts after the power cut")
-        try mountImage(image, on: n)
     }
 
     /// Two writers store 512 KiB files (write, fsync, close) in the PACS layout; the disk
@@ -58,7 +35,7 @@ final class PowerLossIngestTests: XCTestCase {
     /// (every file's row present, clean, with the XXH3-128 of its bytes).
     func testPowerCutDuringIngestLosesNoAcknowledgedFileAndJournalAgreesWithBrick() throws {
         let (n, img) = try imageNode()
-        try ingestAndCrash(n, "power cut") { try self.cutPower(n, image: img) }
+        try ingestAndCrash(n, "power cut") { try n.cutPower(image: img) }
     }
 
     /// The same with kill -9 of the node at a random moment (the WAL survives, the seal
