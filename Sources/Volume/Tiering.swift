@@ -140,6 +140,8 @@ extension LocalVolume {
     /// Before an open or a truncate: a tiered file's bytes come back first; one about to be
     /// written must not be under retention, and its object no longer holds its content.
     func ensureHot(_ node: NodeRef, forWriting: Bool) throws(FSError) {
+        // A volume that never tiered a file pays nothing here (every open and truncate).
+        guard journal.mayHaveTieredFiles else { return }
         // A read needs the journal only for what may be a stub: PACS reads of hot files pay
         // one lstat, not a journal query. A write asks always (a recalled file keeps its retention).
         if !forWriting, let st = try? brick.lstat(node.path), Int64(st.st_size) > Self.maximumStubBytes { return }
