@@ -409,6 +409,9 @@ public final class Journal: @unchecked Sendable {
     /// Flushes the queue, checkpoints the WAL and stops the writer.
     public func close(cleanShutdown: Bool) {
         guard !readOnly else { return }
+        // A second close (an owner's teardown after a restart test closed it) has nothing to
+        // do; its durable submit would wait forever for the stopped writer.
+        if cond.withLock({ stopping }) { return }
         if cleanShutdown { try? submit([.setMeta(key: "clean_shutdown", value: "1")], durable: true) }
         cond.lock()
         stopping = true
