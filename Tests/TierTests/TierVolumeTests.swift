@@ -311,6 +311,23 @@ final class TierVolumeTests: XCTestCase {
         v.setTierClock { until + 1 }
         XCTAssertNil(errno(of: { try v.unlink(parent: .root, name: "a.dcm") }))
     }
+
+    /// The volume skips tier checks until its journal holds a tier row; a journal reopened with
+    /// rows must know at once (a restarted node keeps refusing deletes and showing real sizes).
+    func testARestartedVolumeKnowsItsTieredFilesAtOnce() async throws {
+        let f = try fixture()
+        let id = try write(f, "a.dcm", bytes(4000))
+        _ = try await pass(f, retention: .locked(mode: .compliance, years: 10)).run(limit: 1, now: later)
+        XCTAssertNotNil(try f.journal.tierRow(id))
+        f.journal.close(cleanShutdown: true)
+
+        let j = try Journal(path: f.dir + "/j.db", identity: identity, create: false)
+        defer { j.close(cleanShutdown: true) }
+        let v = LocalVolume(brick: f.volume.brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "tier-test"), sealCommits: sealCommits)
+        XCTAssertTrue(j.mayHaveTieredFiles)
+        XCTAssertEqual(try v.getattr(NodeRef(id: id, path: "a.dcm"), handle: nil).st_size, 4000)
+        XCTAssertEqual(errno(of: { try v.unlink(parent: .root, name: "a.dcm") }), EPERM)
+    }
 }
 
 /// A fresh LocalVolume (brick and journal under /var/tmp) recalling from `store`; closed and
