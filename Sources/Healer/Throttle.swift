@@ -1,46 +1,29 @@
 import Foundation
+import TwinCore
 
-/// A token bucket on bytes per second shared by the heal workers (and, separately, the
-/// scrubber), so that healing never takes the disk from PACS ingest beyond what the admin
-/// allowed. A rate of 0 means unlimited.
+/// Bytes per second shared by the heal workers (and, separately, the scrubber), so that healing
+/// never takes the disk from PACS ingest beyond what the admin allowed: a `TokenBucket` with at
+/// most one second (at least 1 MiB) of credit saved while idle. A rate of 0 means unlimited.
 public final class Throttle: @unchecked Sendable {
-    private let lock = NSLock()
-    private var rate: Double
-    private var tokens: Double
-    private var last: ContinuousClock.Instant
-    /// At most one second of credit builds up while idle.
-    private var burst: Double { max(rate, 1_048_576) }
+    public let bytesPerSecond: Int64
+    /// The bucket (nil: unlimited), guarded by its own lock. Leaf.
+    private let bucket: Locked<TokenBucket>?
+    /// The bucket's clock starts here.
+    private let origin = ContinuousClock.now
 
     public init(bytesPerSecond: Int64) {
-        rate = Double(bytesPerSecond)
-        tokens = Double(bytesPerSecond)
-        last = .now
-    }
-
-    public var bytesPerSecond: Int64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return Int64(rate)
-    }
-
-    public func setRate(_ bytesPerSecond: Int64) {
-        lock.lock()
-        rate = Double(bytesPerSecond)
-        tokens = min(tokens, burst)
-        lock.unlock()
+        self.bytesPerSecond = bytesPerSecond
+        bucket = bytesPerSecond > 0
+            ? Locked(TokenBucket(bytesPerSecond: bytesPerSecond, burst: max(bytesPerSecond, 1_048_576))) : nil
     }
 
     /// How long a caller must wait before spending `bytes` (it is charged now).
     public func reserve(_ bytes: Int64, now: ContinuousClock.Instant = .now) -> Duration {
-        lock.lock()
-        defer { lock.unlock() }
-        guard rate > 0 else { return .zero }
-        let elapsed = now - last
-        last = now
-        let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        tokens = min(burst, tokens + secs * rate)
-        tokens -= Double(bytes)
-        return tokens >= 0 ? .zero : .milliseconds(Int64(-tokens / rate * 1000))
+        guard let bucket else { return .zero }
+        let t = now - origin
+        let secs = Double(t.components.seconds) + Double(t.components.attoseconds) / 1e18
+        let wait = bucket.with { $0.take(Int(bytes), now: secs) }
+        return .milliseconds(Int64(wait * 1000))
     }
 
     /// Blocks until `bytes` may be spent.

@@ -2,6 +2,7 @@ import Fixity
 import Foundation
 import ObjectStore
 import TwinConfig
+import TwinCore
 import XCTest
 @testable import Tier
 
