@@ -20,8 +20,7 @@ extension LocalVolume {
     /// `size` bytes (sparse until written). Writes through the handle touch neither the live
     /// file nor its journal row.
     public func openStaged(_ node: NodeRef, mode: mode_t, uid: uid_t, gid: gid_t, size: Int64) throws(FSError) -> UInt64 {
-        _ = brick.absolute(Self.stagingDir).withCString { Glibc.mkdir($0, 0o700) }
-        let dir = try brick.openFile(Self.stagingDir, flags: O_RDONLY | O_DIRECTORY)
+        let dir = try stagingDirFD()
         defer { close(dir) }
         let fd = try sys { openat(dir, ".", twin_O_TMPFILE() | O_RDWR | O_CLOEXEC, mode & 0o7777) }
         do throws(FSError) {
@@ -85,19 +84,14 @@ extension LocalVolume {
         guard ost.st_nlink == 1 else { return .liveFileChanged("\(rel) has \(ost.st_nlink) hard links") }
         try copyXattrs(from: old, to: f.fd)
         let tmpName = Self.stagingPrefix + String(f.id, radix: 16) + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        let tmpDir = try brick.openFile(Self.stagingDir, flags: O_RDONLY | O_DIRECTORY)
+        let tmpDir = try stagingDirFD()
         defer { close(tmpDir) }
         _ = try sys { linkat(f.fd, "", tmpDir, tmpName, twin_AT_EMPTY_PATH()) }
         defer { unlinkat(tmpDir, tmpName, 0) }   // the old inode after the exchange
         let swapped = try content.whileNoWriter(f.id) { () throws(FSError) -> Bool in
             // Dirty first: a crash after the exchange re-hashes the new bytes at recovery.
             try submit([.markDirty(id: f.id)], wait: .written)
-            _ = try brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
-            var now = stat()
-            if fstatat(tmpDir, tmpName, &now, AT_SYMLINK_NOFOLLOW) == 0, now.st_ino == ost.st_ino, now.st_dev == ost.st_dev { return true }
-            // Something else took the name between the checks and the exchange: put it back.
-            _ = try? brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
-            return false
+            return try exchange(tmpDir, tmpName, with: rel, expecting: old)
         }
         guard let done = swapped else { return .writerOpen }
         guard done else {
@@ -105,7 +99,6 @@ extension LocalVolume {
             try commitContent(fd: old, id: f.id, streamed: nil)
             return .liveFileChanged("\(rel) changed during the swap")
         }
-        try brick.syncDirectory(Brick.at(rel.split(separator: "/").dropLast().joined(separator: "/")))
         var st = stat()
         _ = try sys { fstat(f.fd, &st) }
         try submit([.setContent(id: f.id, size: size, hash: hash, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs)], wait: .durable)
@@ -135,13 +128,41 @@ extension LocalVolume {
         }
     }
 
-    /// Staged copies a crash left named (between their link and their exchange, or after it):
-    /// each is a copy the peer still holds or the version it replaced; the live files are
-    /// whole either way.
+    /// What a crash left named in the staging area: staged copies from the peer (between their
+    /// link and their exchange, or after it: a copy the peer still holds or the version it
+    /// replaced), and the tier's stubs and recalls (before their exchange the live name still
+    /// holds the file or its stub; after it, the staged name holds the replaced stub, or bytes
+    /// the store is proven to hold). The live files are whole either way.
     public func removeStaleStaging() {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: brick.absolute(Self.stagingDir)) else { return }
-        for n in names where n.hasPrefix(Self.stagingPrefix) {
+        for n in names where [Self.stagingPrefix, Self.stubPrefix, Self.recallPrefix].contains(where: n.hasPrefix) {
             _ = brick.absolute(Self.stagingDir + "/" + n).withCString { Glibc.unlink($0) }
         }
     }
+
+    /// The staging directory (made on first use), opened for the *at calls.
+    func stagingDirFD() throws(FSError) -> Int32 {
+        _ = brick.absolute(Self.stagingDir).withCString { Glibc.mkdir($0, 0o700) }
+        return try brick.openFile(Self.stagingDir, flags: O_RDONLY | O_DIRECTORY)
+    }
+
+    /// Exchanges `tmpName` in the staging directory with the brick entry `rel`, which must still
+    /// be the inode of `expecting`; puts it back and answers false otherwise. Durable on true.
+    func exchange(_ tmpDir: Int32, _ tmpName: String, with rel: String, expecting: Int32) throws(FSError) -> Bool {
+        var want = stat()
+        _ = try sys { fstat(expecting, &want) }
+        _ = try brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
+        var now = stat()
+        guard fstatat(tmpDir, tmpName, &now, AT_SYMLINK_NOFOLLOW) == 0, now.st_ino == want.st_ino, now.st_dev == want.st_dev else {
+            _ = try? brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
+            return false
+        }
+        try brick.syncDirectory(Self.parentPath(rel))
+        return true
+    }
+
+    static func parentPath(_ rel: String) -> String {
+        Brick.at(rel.split(separator: "/").dropLast().joined(separator: "/"))
+    }
 }
+

@@ -225,11 +225,6 @@ extension LocalVolume {
         }
     }
 
-    func stagingDirFD() throws(FSError) -> Int32 {
-        _ = brick.absolute(Self.stagingDir).withCString { Glibc.mkdir($0, 0o700) }
-        return try brick.openFile(Self.stagingDir, flags: O_RDONLY | O_DIRECTORY)
-    }
-
     /// Gives `fd` the id, owner, mode, times and user xattrs of `like`, and makes it durable.
     func dress(_ fd: Int32, like: Int32, id: UInt64) throws(FSError) {
         var st = stat()
@@ -244,35 +239,6 @@ extension LocalVolume {
         _ = try sys { Glibc.fsync(fd) }
     }
 
-    /// Exchanges `tmpName` in the staging directory with the brick entry `rel`, which must still
-    /// be the inode of `expecting`; puts it back and answers false otherwise. Durable on true.
-    func exchange(_ tmpDir: Int32, _ tmpName: String, with rel: String, expecting: Int32) throws(FSError) -> Bool {
-        var want = stat()
-        _ = try sys { fstat(expecting, &want) }
-        _ = try brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
-        var now = stat()
-        guard fstatat(tmpDir, tmpName, &now, AT_SYMLINK_NOFOLLOW) == 0, now.st_ino == want.st_ino, now.st_dev == want.st_dev else {
-            _ = try? brick.at(rel) { (d, n) throws(FSError) in _ = try sys { twin_renameat2(tmpDir, tmpName, d, n, twin_RENAME_EXCHANGE()) } }
-            return false
-        }
-        try brick.syncDirectory(Self.parentPath(rel))
-        return true
-    }
-
-    /// Removes what a crash left in the staging area from a stub swap or a recall. Each is
-    /// safe to drop: before its exchange the live name still holds the file (or its stub); after
-    /// it, the staged name holds the replaced stub, or bytes the store is proven to hold.
-    public func removeStaleTierStaging() {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: brick.absolute(Self.stagingDir)) else { return }
-        for n in names where n.hasPrefix(Self.stubPrefix) || n.hasPrefix(Self.recallPrefix) {
-            _ = brick.absolute(Self.stagingDir + "/" + n).withCString { Glibc.unlink($0) }
-        }
-    }
-
     static let stubPrefix = "stub-"
     static let recallPrefix = "recall-"
-
-    static func parentPath(_ rel: String) -> String {
-        Brick.at(rel.split(separator: "/").dropLast().joined(separator: "/"))
-    }
 }

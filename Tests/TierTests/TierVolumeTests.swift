@@ -143,15 +143,18 @@ final class TierVolumeTests: XCTestCase {
         XCTAssertNil(try f.journal.tierRow(id))
     }
 
-    /// What a crash leaves of a stub swap or a recall in the staging area goes at start; the
-    /// replication's staged copies are not the tier's to remove.
+    /// What a crash leaves of a stub swap or a recall in the staging area goes at start, with
+    /// the replication's staged copies (one cleanup of the staging area, run by recovery);
+    /// nothing else there is touched.
     func testStaleStubsAndRecallsInTheStagingAreaAreRemoved() throws {
         let f = try fixture()
         let tmp = f.dir + "/brick/.twinfs/tmp/"
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        for n in ["stub-2a-1", "recall-2a-2", "stage-2a-3"] { XCTAssertTrue(FileManager.default.createFile(atPath: tmp + n, contents: Data([1]))) }
-        f.volume.removeStaleTierStaging()
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp), ["stage-2a-3"])
+        for n in ["stub-2a-1", "recall-2a-2", "stage-2a-3", "other"] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: tmp + n, contents: Data([1])))
+        }
+        f.volume.removeStaleStaging()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp), ["other"])
     }
 
     // MARK: - 3. Getattr and readdir show the file, not its stub
