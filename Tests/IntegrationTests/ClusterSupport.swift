@@ -192,9 +192,18 @@ extension XCTestCase {
     }
 
     func waitHealthy(_ c: TestCluster, timeout: TimeInterval = 120, file: StaticString = #filePath, line: UInt = #line) {
-        waitUntil("both nodes HEALTHY (a: \(state(c.a)), b: \(state(c.b)))", timeout: timeout, file: file, line: line) {
-            state(c.a) == "HEALTHY" && state(c.b) == "HEALTHY"
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if state(c.a) == "HEALTHY" && state(c.b) == "HEALTHY" { return }
+            usleep(100_000)
         }
+        // What a CI log needs to find the cause: each node's warnings and worse.
+        func notable(_ n: TestNode) -> String {
+            n.log.split(separator: "\n").filter { $0.contains("warning") || $0.contains("error") || $0.contains("critical") || $0.contains("split") }
+                .suffix(30).joined(separator: "\n")
+        }
+        XCTFail("timed out after \(Int(timeout)) s waiting for: both nodes HEALTHY (a: \(state(c.a)), b: \(state(c.b)))\n"
+                + "a's log:\n\(notable(c.a))\nb's log:\n\(notable(c.b))", file: file, line: line)
     }
 
     /// Both bricks and both journals identical.
