@@ -224,6 +224,9 @@ public final class Brick: Sendable {
             _ = try sys { fstat(fd, &st) }
             var v: UInt64 = 0
             let n = twin_getxattr(proc, Brick.idXattr, &v, 8)
+            // No id (ENODATA) is an answer; a disk that cannot say (EIO on a dying disk) is not:
+            // taken as "no id", it made an entry look like another one (a false split brain).
+            if n < 0 && errno != ENODATA && errno != ERANGE { throw FSError.last }
             return (st, n == 8 ? UInt64(littleEndian: v) : nil)
         }
     }

@@ -1,6 +1,7 @@
 import BrickStore
 import Dispatch
 import Glibc
+import Journal
 import Logging
 import NIOCore
 import PeerProtocol
@@ -50,21 +51,7 @@ public final class PeerService: Sendable {
     func reply(_ requestID: UInt64, _ errno: Int32) -> PeerMessage { .reply(requestID: requestID, errno: errno, payload: nil) }
 
     public func handleBlocking(_ m: PeerMessage, requestID: UInt64) -> PeerMessage {
-        if case let .guarded(expect, change) = m {
-            if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
-            let clash = volume.owesConflictingAttributeChange(expect[0].stableID, change)
-                ? "this node changed the same attributes while apart, and owes the peer that change" : nil
-            if let why = clash ?? volume.expectationFails(expect, change: change) {
-                let subject = ReplicatedVolume.entryID(m)
-                // Listed already (an earlier change of it met the conflict): the row keeps that
-                // first reason, and the sender's change stays in the sender's copy.
-                if case let .entry(id) = subject, volume.isSplit(id) { return reply(requestID, splitBrainErrno) }
-                volume.recordSplitBrain(subject, path: ReplicatedVolume.describe(change),
-                                        reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
-                return reply(requestID, splitBrainErrno)
-            }
-            return handleBlocking(change, requestID: requestID)
-        }
+        if case let .guarded(expect, change) = m { return handleGuarded(m, expect, change, requestID: requestID) }
         if let answer = coordinate(m, requestID: requestID) { return answer }
         if let errno = refusalBeforeApplying(m) { return reply(requestID, errno) }
         if let hooks = volume.healHooks {
@@ -80,6 +67,30 @@ public final class PeerService: Sendable {
             if case let .commit(_, id, _, _, _) = m { volume.healHooks?.received(id: id) }
         }
         return r
+    }
+
+    /// A change sent with what the sender saw at its names: applied while that holds here,
+    /// refused as a split brain (both versions kept) once this node changed the entry too.
+    private func handleGuarded(_ m: PeerMessage, _ expect: [EntryExpectation], _ change: PeerMessage, requestID: UInt64) -> PeerMessage {
+        if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
+        let conflict: String?
+        do throws(FSError) {
+            conflict = try volume.owesConflictingAttributeChange(expect[0].stableID, change)
+                ? "this node changed the same attributes while apart, and owes the peer that change"
+                : volume.expectationFails(expect, change: change)
+        } catch {
+            // This node's disk cannot show what is there: a fault of its disk, which the
+            // peer retries, never a conflict the disk's silence made up.
+            return reply(requestID, error.errno)
+        }
+        guard let why = conflict else { return handleBlocking(change, requestID: requestID) }
+        let subject = ReplicatedVolume.entryID(m)
+        // Listed already (an earlier change of it met the conflict): the row keeps that
+        // first reason, and the sender's change stays in the sender's copy.
+        if case let .entry(id) = subject, volume.isSplit(id) { return reply(requestID, splitBrainErrno) }
+        volume.recordSplitBrain(subject, path: ReplicatedVolume.describe(change),
+                                reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
+        return reply(requestID, splitBrainErrno)
     }
 
     /// The messages that coordinate the pair rather than change this brick (locks, pulls,
@@ -247,19 +258,27 @@ public final class PeerService: Sendable {
 
 extension ReplicatedVolume {
     /// Why an owed change's expectations no longer hold here (nil: they hold, or the entry is
-    /// gone, which the change itself then reports).
-    func expectationFails(_ expect: [EntryExpectation], change: PeerMessage? = nil) -> String? {
-        try? journal.submit([], wait: .written)
+    /// gone, which the change itself then reports). Throws when this node's brick or journal
+    /// cannot be read: what is there is then unknown, not different.
+    func expectationFails(_ expect: [EntryExpectation], change: PeerMessage? = nil) throws(FSError) -> String? {
+        func row(_ id: UInt64) throws(FSError) -> InodeRecord? {
+            do { return try journal.inode(id) } catch { throw FSError.io }
+        }
+        do { try journal.submit([], wait: .written) } catch { throw FSError.io }
         // A create this node holds already (its id, anywhere): a replay of it, applied before
         // and moved since; the change itself answers that (EALREADY), whatever its directory.
-        if let id = change.flatMap(Self.created(by:)), ((try? journal.inode(id)) ?? nil) != nil { return nil }
+        if let id = change.flatMap(Self.created(by:)), try row(id) != nil { return nil }
         for e in expect {
-            guard case let (st, found)? = try? local.brick.statAndID(e.path) else {
+            let here: (stat, UInt64?)?
+            do throws(FSError) { here = try local.brick.statAndID(e.path) } catch where [ENOENT, ENOTDIR].contains(error.errno) { here = nil }
+            guard case let (st, found)? = here else {
                 // Not under that name, but here under another (this node renamed it or a
                 // directory above it): the change would miss it (an unlink answered ENOENT is
                 // taken as done) and the two nodes would silently differ. Unless it is where
                 // the change itself puts it (a replayed rename this node already applied).
-                if e.stableID != Self.absentID, let now = try? journal.path(of: e.stableID), now != Self.target(of: change) {
+                let now: String?
+                do { now = e.stableID == Self.absentID ? nil : try journal.path(of: e.stableID) } catch { throw FSError.io }
+                if let now, now != Self.target(of: change) {
                     return "\(e.path.debugDescription) is at \(now.debugDescription) here"
                 }
                 continue
@@ -280,7 +299,7 @@ extension ReplicatedVolume {
             // file too) would be lost with the name the change removes.
             if isOwed(e.stableID), e.path == Self.removed(by: change) { return "\(e.path.debugDescription) was rewritten here and not sent yet" }
             guard !e.xxh128.isEmpty else { continue }
-            guard let rec = try? journal.inode(e.stableID), !rec.dirty, rec.hash == e.xxh128 else {
+            guard let rec = try row(e.stableID), !rec.dirty, rec.hash == e.xxh128 else {
                 return "\(e.path.debugDescription) was rewritten here"
             }
         }

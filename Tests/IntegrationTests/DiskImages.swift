@@ -18,9 +18,20 @@ extension TestNode {
     /// The power cut: the filesystem stops taking anything (XFS/ext4 shutdown), then the node
     /// dies; power back: the same disk, its log replayed by the mount.
     func cutPower(image: String) throws {
+        shutDownDisk()
+        kill9()
+        try remount(image: image)
+    }
+
+    /// The disk dies under a running node: from now on every call into that filesystem
+    /// answers EIO, and nothing not yet on the disk reaches it.
+    func shutDownDisk() {
         let r = runCommand(["/usr/sbin/xfs_io", "-x", "-c", "shutdown", dir], timeout: 30)
         XCTAssertEqual(r.status, 0, "shutdown: \(r.stderr)")
-        kill9()
+    }
+
+    /// The disk back after its node is gone: unmounted, and mounted again (its log replayed).
+    func remount(image: String) throws {
         var unmounted = false
         for _ in 0..<50 where !unmounted {
             unmounted = runCommand(["/bin/umount", dir], timeout: 30).status == 0
