@@ -83,7 +83,7 @@ extension Journal {
         case let .splitBrain(key, id, path, reason):
             let s = try w.statement("""
                 INSERT INTO split_brain(key, id, path, reason, detected) VALUES (?1, ?2, ?3, ?4, ?5)
-                ON CONFLICT(key) DO UPDATE SET reason = ?4
+                ON CONFLICT(key) DO NOTHING
                 """)
             s.bind(1, key); s.bind(2, id); s.bind(3, path); s.bind(4, reason)
             s.bind(5, ISO8601DateFormatter().string(from: Date()))

@@ -187,13 +187,14 @@ public final class CatchUp: @unchecked Sendable {
         return true
     }
 
-    /// An owed create in a directory this node holds in split brain (the peer could not take
-    /// the directory, or its rename): the entry belongs to this node's copy of that directory,
-    /// which is kept and listed. Sent, the guard would refuse it and list each entry beneath
-    /// as a conflict of its own (seed 392), though only the directory was changed on both.
+    /// An owed create in a directory this node holds in split brain, or below one (the peer
+    /// could not take the directory, or its rename): the entry belongs to this node's copy of
+    /// that directory, which is kept and listed. Sent, the guard would refuse it and list each
+    /// entry beneath as a conflict of its own (seed 392), though only the directory was
+    /// changed on both.
     private func createsInSplitDirectory(_ m: PeerMessage) -> Bool {
         guard case let .guarded(expect, change) = m, ReplicatedVolume.created(by: change) != nil,
-              let dir = expect.first, v.isSplit(dir.stableID) else { return false }
+              let dir = expect.first, v.isSplit(dir.stableID) || v.underSplitDirectory(dir.stableID) else { return false }
         log.notice("owed \(change.type) of \(ReplicatedVolume.describe(change).debugDescription) not replayed: its directory is in split brain; it stays in this node's copy")
         return true
     }

@@ -97,14 +97,14 @@ extension ReplicatedVolume {
     /// changed them apart, and applying each other's would swap them, leaving the two copies
     /// different with nothing listed (seed 365: a chmod on each node).
     func owesConflictingAttributeChange(_ id: UInt64, _ change: PeerMessage) -> Bool {
-        guard Self.attributes(of: change) != nil else { return false }
+        guard let theirs = Self.attributes(of: change) else { return false }
         var after: Int64 = 0
         while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
             after = last.seq
             for r in rows {
                 guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, mine) = m,
                       expect.first?.stableID == id, let a = Self.attributes(of: mine) else { continue }
-                if !a.isDisjoint(with: Self.attributes(of: change)!) { return true }
+                if !a.isDisjoint(with: theirs) { return true }
             }
         }
         return false

@@ -154,6 +154,10 @@ final class ReplicationLogicTests: XCTestCase {
         let b = try j.peerBacklog()
         XCTAssertEqual([b.ops, b.files, b.bytes, b.splitBrain], [1, 0, 0, 1])
         XCTAssertEqual(try j.splitBrainIDs(), [id])
+        // The row keeps the first reason: the later changes that meet the same conflict say
+        // less about how it began (an admin reads the first).
+        try j.submit([.splitBrain(key: "id:\(id)", id: id, path: "f", reason: "later")], wait: .written)
+        XCTAssertEqual(try j.splitBrains().map(\.reason), ["r"])
     }
 
     /// Every queued job gets a thread even when jobs arrive faster than idle threads wake: with
