@@ -13,7 +13,9 @@ import XCTest
 final class LocalVolumeTests: XCTestCase {
     let identity = VolumeIdentity(volume: "v", node: "a")
 
-    func makeVolume(_ dir: String) throws -> (LocalVolume, Journal) {
+    /// `sealCommits`: the opt-in one-flush commits (`seal_commits`); the other tests run the
+    /// default, journaled commits.
+    func makeVolume(_ dir: String, sealCommits: Bool = false) throws -> (LocalVolume, Journal) {
         guard getuid() == 0 else { throw XCTSkip("trusted.* xattrs need root") }
         try FileManager.default.createDirectory(atPath: dir + "/brick", withIntermediateDirectories: true)
         let brick = try Brick(path: dir + "/brick")
@@ -21,7 +23,7 @@ final class LocalVolumeTests: XCTestCase {
         let create = !FileManager.default.fileExists(atPath: dir + "/j.db")
         let j = try Journal(path: dir + "/j.db", identity: identity, create: create)
         if create { try j.submit([.insertInode(LocalVolume.record(try brick.lstat(""), id: StableID.root))], durable: true) }
-        return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test"), sealCommits: true), j)
+        return (LocalVolume(brick: brick, journal: j, nodeOrdinal: 1, logger: Logger(label: "test"), sealCommits: sealCommits), j)
     }
 
     /// A directory entry's name is read in place. readdir's records are only as long as their
@@ -218,7 +220,7 @@ final class LocalVolumeTests: XCTestCase {
     /// agrees with the brick again.
     func testRecoveryRederivesTheRowsOfASealedCommitThatTheJournalLost() throws {
         let d = try tempDir(self)
-        var (v, j) = try makeVolume(d)
+        var (v, j) = try makeVolume(d, sealCommits: true)
         let dst = try v.mkdir(parent: .root, name: "Study001", mode: 0o755, ctx: .root)
         let dirID = UInt64(dst.st_ino)
         let data = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
@@ -236,7 +238,7 @@ final class LocalVolumeTests: XCTestCase {
         try j.submit([.unlink(parent: dirID, name: "IM00001.dcm"), .deleteInodeIfNameless(id: id),
                       .unlink(parent: StableID.root, name: "Study001"), .deleteInodeIfNameless(id: dirID)], durable: true)
         j.close(cleanShutdown: false)
-        (v, j) = try makeVolume(d)
+        (v, j) = try makeVolume(d, sealCommits: true)
         defer { j.close(cleanShutdown: true) }
         XCTAssertNil(try j.lookup(parent: StableID.root, name: "Study001"))
         let report = try v.recover()
@@ -256,11 +258,11 @@ final class LocalVolumeTests: XCTestCase {
     /// the rows in agreement with the seals and re-derives nothing.
     func testSealMarkersGoWithTheDurableCommitThatCoversThem() throws {
         let d = try tempDir(self)
-        var (v, j) = try makeVolume(d)
+        var (v, j) = try makeVolume(d, sealCommits: true)
         for i in 0..<70 { _ = try storeFile(v, .root, "f\(i)", [UInt8(i)]) }
         XCTAssertLessThan(SealMarkers(brick: v.brick).list().count, 64, "a durable commit let markers go")
         j.close(cleanShutdown: true)
-        (v, j) = try makeVolume(d)
+        (v, j) = try makeVolume(d, sealCommits: true)
         defer { j.close(cleanShutdown: true) }
         let report = try v.recover()
         XCTAssertEqual(report.sealsRederived, 0, "rows that agree with their seals are left alone")
