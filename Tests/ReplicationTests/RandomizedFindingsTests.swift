@@ -495,28 +495,17 @@ final class RemovedOnBothTests: InProcessPairTestCase {
 /// changed on both nodes: x is part of b's copy of d0, kept and listed with it.
 final class CreateInASplitDirectoryTests: InProcessPairTestCase {
     func testAnEntryInADirectoryInSplitBrainIsNotAConflictOfItsOwn() throws {
-        try mkdir(a, "d0")
-        try mkdir(a, "d1")
-        link.setPartitioned(true)
-        let (_, h) = try a.volume.create(parent: XCTUnwrap(a.ref("d1")), name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
-        try a.volume.release(handle: h)
-        try b.volume.rename(parent: .root, name: "d0", newParent: .root, newName: "d1", flags: 0)
-        try mkdir(b, "d0")
-        let (_, hx) = try b.volume.create(parent: XCTUnwrap(b.ref("d0")), name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
-        try b.volume.release(handle: hx)
-        let x = try XCTUnwrap(b.local.brick.readID(rel: "d0/x"))
-        link.setPartitioned(false)
-        waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
-        XCTAssertTrue(rows(a).contains { $0.path == "d0" } && rows(b).contains { $0.path == "d0" }, "b's new d0 is listed on both")
-        XCTAssertFalse((rows(a) + rows(b)).contains { $0.id == x || $0.path.hasPrefix("d0/") }, "\((rows(a) + rows(b)).map { "\($0.path): \($0.reason)" })")
-        XCTAssertEqual(b.local.brick.readID(rel: "d0/x"), x, "x stays in b's copy of d0")
-        XCTAssertNil(a.local.brick.readID(rel: "d0/x"), "and never lands in a's d0, another directory")
+        try entryOfASplitDirectory(under: [])
     }
 
     /// The same a level deeper: b's d0/sub/x is guarded by sub, which is not itself in split
     /// brain but lies in b's copy of d0, which is: x is part of that copy too.
     func testAnEntryDeeperInADirectoryInSplitBrainIsNotAConflictOfItsOwn() throws {
+        try entryOfASplitDirectory(under: ["sub"])
+    }
+
+    /// b's x made in `d0/<under...>` after b's new d0 became a split brain.
+    func entryOfASplitDirectory(under: [String]) throws {
         try mkdir(a, "d0")
         try mkdir(a, "d1")
         link.setPartitioned(true)
@@ -524,16 +513,21 @@ final class CreateInASplitDirectoryTests: InProcessPairTestCase {
         try a.volume.release(handle: h)
         try b.volume.rename(parent: .root, name: "d0", newParent: .root, newName: "d1", flags: 0)
         try mkdir(b, "d0")
-        _ = try b.volume.mkdir(parent: XCTUnwrap(b.ref("d0")), name: "sub", mode: 0o755, ctx: ctx)
-        let (_, hx) = try b.volume.create(parent: XCTUnwrap(b.ref("d0/sub")), name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        var dir = "d0"
+        for name in under {
+            _ = try b.volume.mkdir(parent: XCTUnwrap(b.ref(dir)), name: name, mode: 0o755, ctx: ctx)
+            dir += "/" + name
+        }
+        let (_, hx) = try b.volume.create(parent: XCTUnwrap(b.ref(dir)), name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
         try b.volume.release(handle: hx)
-        let x = try XCTUnwrap(b.local.brick.readID(rel: "d0/sub/x"))
+        let x = try XCTUnwrap(b.local.brick.readID(rel: dir + "/x"))
         link.setPartitioned(false)
         waitSettled()
         func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
         XCTAssertTrue(rows(a).contains { $0.path == "d0" } && rows(b).contains { $0.path == "d0" }, "b's new d0 is listed on both")
         XCTAssertFalse((rows(a) + rows(b)).contains { $0.id == x || $0.path.hasPrefix("d0/") }, "\((rows(a) + rows(b)).map { "\($0.path): \($0.reason)" })")
-        XCTAssertEqual(b.local.brick.readID(rel: "d0/sub/x"), x, "x stays in b's copy of d0")
+        XCTAssertEqual(b.local.brick.readID(rel: dir + "/x"), x, "x stays in b's copy of d0")
+        XCTAssertNil(a.local.brick.readID(rel: dir + "/x"), "and never lands in a's d0, another directory")
     }
 }
 
