@@ -47,87 +47,30 @@ final class PowerLossIngestTests: XCTestCase {
     }
 
     func ingestAndCrash(_ n: TestNode, _ what: String, crash: () throws -> Void) throws {
-        let writer = """
-        import hashlib, os, random, sys
-        root, seed, logp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-        r = random.Random(seed)
-        log = open(logp, 'a', buffering=1)
-        i = 0
-        try:
-            while True:
-                d = f'{root}/W{seed}/Study{i // 400:03d}/Series{(i // 100) % 4:02d}'
-                os.makedirs(d, exist_ok=True)
-                p = f'{d}/IM{i:05d}.dcm'
-                data = r.randbytes(524288)
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.write(fd, data)
-                os.fsync(fd)
-                os.close(fd)
-                log.write(f'{p} {hashlib.sha256(data).hexdigest()}\\n')
-                i += 1
-        except OSError:
-            pass
-        """
         let logPath = n.dir + "-acked.log"
         addTeardownBlock { try? FileManager.default.removeItem(atPath: logPath) }
         var rederived = 0
         for round in 0..<3 {
             try n.start()
-            let procs = try (0..<2).map { w in
-                try Child(["/usr/bin/python3", "-c", writer, n.mnt, "\(round * 10 + w)", logPath],
-                          stdout: "/dev/null", stderr: "/dev/null")
-            }
+            let procs = try AcknowledgedIngest.start(root: n.mnt, seeds: [round * 10, round * 10 + 1], log: logPath)
             let delay = UInt32.random(in: 700_000...2_500_000)
             usleep(delay)
             print("round \(round): \(what) after \(delay / 1000) ms")
             try crash()
-            for p in procs {
-                let deadline = Date().addingTimeInterval(20)
-                while p.isRunning && Date() < deadline { usleep(20_000) }
-                if p.isRunning { kill(p.pid, SIGKILL) }
-                p.wait()
-            }
+            AcknowledgedIngest.reap(procs)
             try n.start()
             n.stop()
             rederived += n.log.components(separatedBy: "sealed content commits re-derived").count - 1
             let v = n.twinfs(["verify", "--config", n.configPath, "--json"], timeout: 600)
             XCTAssertEqual(v.status, 0, "round \(round): journal and brick disagree after the \(what):\n\(v.stdout)\n\(n.log)")
-            try assertAcknowledgedIntact(n, logPath)
+            // Every file whose close returned has exactly its bytes in the brick, and a clean
+            // journal row with their XXH3-128.
+            let acked = try AcknowledgedIngest.lines(logPath)
+            XCTAssertGreaterThan(acked.count, 5, "the writers got work done")
+            XCTAssertEqual(AcknowledgedIngest.damaged(log: logPath, under: n.brick), [], "round \(round)")
+            XCTAssertEqual(try AcknowledgedIngest.withoutCleanRow(acked, journal: n.journalPath, brick: n.brick), [],
+                           "round \(round): acknowledged files without a clean journal row holding their hash")
         }
         print("\(what): recoveries that re-derived rows from seals: \(rederived) of 3")
-    }
-
-    /// Every file whose close returned has exactly its bytes in the brick, and a clean
-    /// journal row with their XXH3-128.
-    func assertAcknowledgedIntact(_ n: TestNode, _ logPath: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let acked = try String(contentsOfFile: logPath, encoding: .utf8).split(separator: "\n")
-        XCTAssertGreaterThan(acked.count, 5, "the writers got work done", file: file, line: line)
-        let check = runCommand(["python3", "-c", """
-        import hashlib, sys
-        mnt, brick = sys.argv[2], sys.argv[3]
-        bad = 0
-        for line in open(sys.argv[1]):
-            p, h = line.split()
-            b = brick + p[len(mnt):]
-            try:
-                if hashlib.sha256(open(b, 'rb').read()).hexdigest() != h: bad += 1; print('BAD', p)
-            except OSError as e:
-                bad += 1; print('LOST', p, e)
-        print('bad', bad)
-        """, logPath, n.mnt, n.brick], timeout: 600)
-        XCTAssertTrue(check.stdout.hasSuffix("bad 0\n"), check.stdout + check.stderr, file: file, line: line)
-        let j = try Journal(readOnlyPath: n.journalPath)
-        defer { j.close(cleanShutdown: false) }
-        var missing: [String] = []
-        for a in acked {
-            let p = String(a.split(separator: " ")[0])
-            let rel = String(p.dropFirst(n.mnt.count + 1))
-            guard let id = try j.id(atPath: rel), let r = try j.inode(id), !r.dirty,
-                  r.hash == (try xxh128(path: n.brick + "/" + rel)).bytes else {
-                missing.append(rel)
-                continue
-            }
-        }
-        XCTAssertEqual(missing, [], "acknowledged files without a clean journal row holding their hash", file: file, line: line)
     }
 }
