@@ -33,8 +33,7 @@ public struct NodeConfig: Sendable, Equatable {
     public var maxThreads: Int = 16
     /// `seal_commits`: a content commit seals the brick file (size and XXH3-128 in an xattr,
     /// a seal marker) and costs one device flush instead of two (file and journal). Off by
-    /// default: it pays where a flush costs more than creating a small file (see
-    /// docs/ARCHITECTURE.md, "File content").
+    /// default: on the project's VM it did not pay (docs/ARCHITECTURE.md, "File content").
     public var sealCommits = false
     /// The HA daemon's config on this machine (`ha_config`): `twinfs status` adds its view.
     public var haConfig: String?

@@ -339,7 +339,7 @@ public final class LocalVolume: VolumeOperations, @unchecked Sendable {
     /// is made (see `SealMarkers`); then the file's fsync makes bytes, seal and marker durable
     /// together. The journal row is then written to the WAL without a flush of its own (it
     /// survives a crash of the process; after a power loss recovery re-derives it from the
-    /// seal), and one durable journal commit every `SealLog.batch` commits lets the markers go.
+    /// seal), and one durable journal commit per `SealLog.batch` pending markers lets them go.
     /// `expect`: a replica's commit, sealed only if the bytes match what the peer sent
     /// (otherwise the row is recorded durably as it is and the caller refuses the commit).
     func commitContent(fd: Int32, id: UInt64, streamed: ContentState?, path hint: String? = nil,

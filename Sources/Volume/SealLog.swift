@@ -5,8 +5,8 @@ import TwinCore
 /// The seal markers (`SealMarkers`) of content commits whose journal rows were written but not
 /// yet made durable, and when to make them durable: a content commit costs one flush (the
 /// brick file's fsync, which carries the seal and the marker), and one durable journal commit
-/// every `batch` commits or `interval`, whichever comes first, covers all of them and lets
-/// their markers go.
+/// once `batch` markers are pending (a new file's create makes one too) or the oldest is
+/// `interval` old, checked as each marker is added, covers all of them and lets them go.
 final class SealLog: Sendable {
     enum Decision: Equatable {
         /// Leave the markers for a later commit.
