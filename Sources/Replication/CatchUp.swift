@@ -159,12 +159,12 @@ public final class CatchUp: @unchecked Sendable {
                     if e == ENOENT, case .unlink = change { continue }
                     // An attribute change of an entry in split brain here (an earlier owed rename
                     // of it was refused): it lives in this node's copy, which is kept and listed.
-                    if e == ENOENT, [.setattr, .setxattr, .removexattr].contains(change.type),
+                    if e == ENOENT, ReplicatedVolume.attributes(of: change) != nil,
                        let id = v.local.brick.readID(rel: ReplicatedVolume.describe(change)), v.isSplit(id) { continue }
                     // The peer holds that entry (same id) under another name already: placed by
                     // a rebuild of its replaced disk, or by this very replay sent before (its
                     // answer lost) and renamed since. The owed renames that follow settle the name.
-                    if e == EALREADY, [.create, .mkdir, .symlink].contains(change.type) { continue }
+                    if e == EALREADY, ReplicatedVolume.created(by: change) != nil { continue }
                     // Sent before, answer lost: the peer already renamed it.
                     if e == ENOENT, r.uncertain, case .rename = change { continue }
                     if e == ENOENT, case .rmdir = change { continue }

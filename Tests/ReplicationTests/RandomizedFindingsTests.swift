@@ -601,3 +601,30 @@ final class ReplayedRmdirTests: InProcessPairTestCase {
         XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
     }
 }
+
+/// A namespace change the peer applied but whose answer was lost is replayed (it is owed as
+/// uncertain); the peer takes it as done, and the pair settles with nothing listed and one
+/// entry under one id, for every kind of entry a create can make (a regression test: the
+/// rules for a replayed create are written per kind).
+final class LostReplyReplayTests: InProcessPairTestCase {
+    func testEveryKindOfEntryWhoseAnswerWasLostSettlesWithoutAConflict() throws {
+        let makers: [(String, EntryKind, (SimNode) throws -> Void)] = [
+            ("file", .file, { n in
+                let (_, h) = try n.volume.create(parent: .root, name: "file", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: self.ctx)
+                try n.volume.release(handle: h)
+            }),
+            ("dir", .directory, { n in _ = try n.volume.mkdir(parent: .root, name: "dir", mode: 0o755, ctx: self.ctx) }),
+            ("link", .symlink, { n in _ = try n.volume.symlink(parent: .root, name: "link", target: "file", ctx: self.ctx) }),
+            ("fifo", .other, { n in _ = try n.volume.mknod(parent: .root, name: "fifo", mode: S_IFIFO | 0o644, rdev: 0, ctx: self.ctx) }),
+        ]
+        for (name, kind, make) in makers {
+            link.script(.loseReply, towards: .b) { [.create, .mkdir, .symlink, .mknod].contains($0.type) }
+            try make(a)
+            waitSettled()
+            XCTAssertEqual(b.kind(name), kind, "\(name) on b")
+            XCTAssertEqual(b.local.brick.readID(rel: name), a.local.brick.readID(rel: name), "\(name): one entry, one id")
+        }
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(link.stats.lostReplies, 4)
+    }
+}
