@@ -205,6 +205,15 @@ public final class Brick: Sendable {
         return n == 8 ? UInt64(littleEndian: v) : nil
     }
 
+    /// As `readID(fd:)`, but a disk that cannot say throws (nil only when there is no id):
+    /// where "no id" would drop something owed, an EIO must not read as an answer.
+    public func storedID(fd: Int32) throws(FSError) -> UInt64? {
+        var v: UInt64 = 0
+        let n = twin_fgetxattr(fd, Brick.idXattr, &v, 8)
+        if n < 0 && errno != ENODATA && errno != ERANGE { throw FSError.last }
+        return n == 8 ? UInt64(littleEndian: v) : nil
+    }
+
     public func writeID(rel: String, id: UInt64) throws(FSError) {
         try withInode(rel) { (proc, _) throws(FSError) in
             var v = id.littleEndian

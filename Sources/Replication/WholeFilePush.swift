@@ -48,9 +48,13 @@ extension ReplicatedVolume {
         let fd: Int32
         do { fd = try local.brick.openFile(path, flags: O_RDONLY) } catch { return error.errno == ENOENT ? .gone : .failed("open: \(error)") }
         defer { close(fd) }
-        guard local.brick.readID(rel: path) == id else { return .gone }
+        // .gone settles what is owed: only when the file is really not this one any more.
+        do throws(FSError) { guard try local.brick.storedID(fd: fd) == id else { return .gone } } catch {
+            return .failed("read its id: \(error)")
+        }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.kind == .file else { return .gone }
+        guard fstat(fd, &st) == 0 else { return .failed("stat: \(FSError.last)") }
+        guard st.kind == .file else { return .gone }
         if let bad = checkSource(fd, id: id, path: path, size: Int64(st.st_size), verify) { return bad }
         let push = Push(id: id, path: path, volume: self)
         // Staged at the peer: its readers keep the old version whole until the verified commit.
