@@ -543,6 +543,11 @@ final class Simulation {
 
     func truncate(_ n: SimNode, _ path: String) {
         hold(n, [path])
+        // What `n`'s client cuts is the file `n` holds at `path`, whatever name the model
+        // follows its writes under (seed 483: the other node's directory rename, replayed,
+        // moved it there; seeds 714, 960: a rename `n` never saw put another file under the
+        // name the model follows a write by).
+        let held = rewrittenHere(n, path), here = n.local.brick.readID(rel: path)
         let size = Int.random(in: 0...50_000, using: &rng)
         let err = attempt { () throws(FSError) in
             guard let r = n.ref(path) else { throw FSError.notFound }
@@ -552,8 +557,12 @@ final class Simulation {
         let apart = !settledAtStart || !inStep || inSplit(path)
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
-        for i in acked.indices where acked[i].path == path && !seen(acked[i], by: n) { acked[i].contestedBy.append(path) }
-        for i in acked.indices where acked[i].path == path && seen(acked[i], by: n) {
+        func cut(_ w: AckedWrite) -> Bool {
+            held.contains(w.serial) || w.path == path && seen(w, by: n) && (w.id == nil || w.id == here)
+        }
+        for i in acked.indices where acked[i].path == path && !cut(acked[i]) { acked[i].contestedBy.append(path) }
+        for i in acked.indices where cut(acked[i]) {
+            acked[i].path = path
             var b = acked[i].bytes
             if b.count > size { b.removeLast(b.count - size) } else { b += [UInt8](repeating: 0, count: size - b.count) }
             acked[i].bytes = b
