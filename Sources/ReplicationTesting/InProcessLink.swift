@@ -95,6 +95,8 @@ public final class InProcessLink: Sendable {
         /// Requests being applied on each node (handler threads running).
         var inFlight: [LinkSide: Int] = [.a: 0, .b: 0]
         var stats = LinkStats()
+        /// Every commit a node accepted, in order: which versions of which files reached it.
+        var commits: [(to: LinkSide, id: UInt64, xxh128: [UInt8])] = []
     }
 
     /// Everything above; `idle` is signalled when a handler thread ends.
@@ -171,6 +173,14 @@ public final class InProcessLink: Sendable {
     }
 
     public var stats: LinkStats { state.with { $0.stats } }
+
+    /// How many commits the nodes accepted so far (a mark for `commits(to:since:)`).
+    public var commitCount: Int { state.with { $0.commits.count } }
+
+    /// The versions (file id, XXH3-128) `side` accepted from its peer since `mark`.
+    public func commits(to side: LinkSide, since mark: Int) -> [(id: UInt64, xxh128: [UInt8])] {
+        state.with { s in s.commits[min(mark, s.commits.count)...].filter { $0.to == side }.map { ($0.id, $0.xxh128) } }
+    }
 
     /// Requests being applied on either node now.
     public var requestsInFlight: Int { state.with { $0.inFlight.values.reduce(0, +) } }
@@ -299,6 +309,7 @@ public final class InProcessLink: Sendable {
                 let reply = svc.handleBlocking(m, requestID: 0)
                 let current = state.with { s -> Bool in
                     s.stats.delivered += 1
+                    if case let .commit(_, id, _, hash, _) = m, case .reply(_, 0, _) = reply { s.commits.append((to, id, hash)) }
                     return s.connection == connection
                 }
                 if loseReply {

@@ -628,3 +628,70 @@ final class LostReplyReplayTests: InProcessPairTestCase {
         XCTAssertEqual(link.stats.lostReplies, 4)
     }
 }
+
+/// Seed 309's shape: apart, a stores f (a new file). Back in step, b's disk refuses the commit
+/// of a's send, so b holds f as an incomplete replica and a still owes it; then b's client
+/// rewrites f (open with O_TRUNC). The check reported a's version lost on both nodes, nothing
+/// listed. It was not: b's open pulls the file a owes before it truncates, so b's client
+/// replaced what was current on b by then, a's version (the model looked before the open).
+/// Where the pull cannot deliver it, a keeps its version and both list f.
+final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
+    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
+        let h: UInt64
+        if let id = n.local.brick.readID(rel: path) {
+            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+        } else {
+            h = try n.volume.create(parent: .root, name: path, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+        }
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    /// a's f, written apart, held by b as an incomplete replica; `refusals` commits to b
+    /// refused. Returns f's id, its bytes and a mark of the link's commits before the link came up.
+    func incompleteOnB(refusals: Int) throws -> (UInt64, [UInt8], Int) {
+        link.setPartitioned(true)
+        let mine = payload(11_000, seed: 1)
+        try write(a, "f", mine)
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        for _ in 0..<refusals { link.script(.refuse(ENOSPC), towards: .b) { $0.type == .commit } }
+        let mark = link.commitCount
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !(b.volume.mode == .live && b.local.brick.readID(rel: "f") == f && a.volume.isOwed(f)) && ContinuousClock.now < deadline { usleep(5_000) }
+        XCTAssertEqual(b.local.brick.readID(rel: "f"), f, "b holds f")
+        return (f, mine, mark)
+    }
+
+    /// Mostly b's open pulls a's version first, and b's rewrite replaces it on both nodes; when
+    /// the pull comes too early (b not told yet that a owes files), a keeps its f, listed.
+    func testARewriteReplacesThePeersVersionOnlyIfItArrivedFirst() throws {
+        let (f, mine, mark) = try incompleteOnB(refusals: 1)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !b.volume.peerOwesUs && a.volume.isOwed(f) && ContinuousClock.now < deadline { usleep(5_000) }
+        let theirs = payload(36_000, seed: 2)
+        try write(b, "f", theirs)
+        let arrived = link.commits(to: .b, since: mark).contains { $0.id == f && $0.xxh128 == XXH128Hasher.hash(mine).bytes }
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        if arrived {
+            XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), theirs)
+            XCTAssertEqual(try? readBytes(b.local.brick.absolute("f")), theirs)
+        } else {
+            XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), mine, "a keeps its acknowledged f")
+            XCTAssertTrue(listed(a) && listed(b), "f listed on a \(listed(a)), on b \(listed(b))")
+        }
+    }
+
+    func testAVersionThePeerCouldNotGetSurvivesItsRewrite() throws {
+        let (f, mine, _) = try incompleteOnB(refusals: 50)
+        try write(b, "f", payload(36_000, seed: 2))
+        link.healAll()
+        waitSettled()
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), mine, "a keeps its acknowledged f")
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f } }
+        XCTAssertTrue(listed(a) && listed(b), "f listed on a \(listed(a)), on b \(listed(b))")
+    }
+}

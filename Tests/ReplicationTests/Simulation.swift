@@ -403,6 +403,11 @@ final class Simulation {
         let backwards = chance(0.15)
         let v = n.volume
         var closed = false
+        // Versions of the file that reached `n` by the time its open returned: the open pulls
+        // the peer's owed copy first (or a heal's send lands just before it), so the client
+        // truncates what was current on `n` then, not what `hold` saw (seed 309).
+        let mark = link.commitCount
+        var arrived: [(id: UInt64, xxh128: [UInt8])] = []
         let err = attempt { () throws(FSError) in
             guard let parent = n.ref(p) else { throw FSError.notFound }
             let h: UInt64
@@ -410,6 +415,7 @@ final class Simulation {
             case .file?:
                 guard let id = n.local.brick.readID(rel: path) else { throw FSError.notFound }
                 h = try v.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+                arrived = link.commits(to: n.side, since: mark).filter { $0.id == id }
             case nil:
                 h = try v.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
             case _?:
@@ -440,7 +446,9 @@ final class Simulation {
         if closed || unknown {
             apart = touch(n, [path], nil)
             supersede(path, by: n, paths: [path])
-            acked.removeAll { rewritten.contains($0.serial) }
+            acked.removeAll { w in
+                rewritten.contains(w.serial) || arrived.contains { $0.id == w.id && $0.xxh128 == XXH128Hasher.hash(w.bytes).bytes }
+            }
         }
         if closed {
             var w = AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
@@ -543,6 +551,11 @@ final class Simulation {
 
     func truncate(_ n: SimNode, _ path: String) {
         hold(n, [path])
+        // What `n`'s client cuts is the file `n` holds at `path`, whatever name the model
+        // follows its writes under (seed 483: the other node's directory rename, replayed,
+        // moved it there; seeds 714, 960: a rename `n` never saw put another file under the
+        // name the model follows a write by).
+        let held = rewrittenHere(n, path), here = n.local.brick.readID(rel: path)
         let size = Int.random(in: 0...50_000, using: &rng)
         let err = attempt { () throws(FSError) in
             guard let r = n.ref(path) else { throw FSError.notFound }
@@ -552,8 +565,12 @@ final class Simulation {
         let apart = !settledAtStart || !inStep || inSplit(path)
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
-        for i in acked.indices where acked[i].path == path && !seen(acked[i], by: n) { acked[i].contestedBy.append(path) }
-        for i in acked.indices where acked[i].path == path && seen(acked[i], by: n) {
+        func cut(_ w: AckedWrite) -> Bool {
+            held.contains(w.serial) || w.path == path && seen(w, by: n) && (w.id == nil || w.id == here)
+        }
+        for i in acked.indices where acked[i].path == path && !cut(acked[i]) { acked[i].contestedBy.append(path) }
+        for i in acked.indices where cut(acked[i]) {
+            acked[i].path = path
             var b = acked[i].bytes
             if b.count > size { b.removeLast(b.count - size) } else { b += [UInt8](repeating: 0, count: size - b.count) }
             acked[i].bytes = b
