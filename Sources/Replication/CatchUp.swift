@@ -107,23 +107,7 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
-                let change = m.unguarded
-                // An exchange the peer may already have made would be undone by a replay.
-                if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = change, RenameFlags(rawValue: flags).contains(.exchange) {
-                    drops.append(.dropPeerOp(seq: r.seq))
-                    v.recordSplitBrainOnBoth(.name, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
-                                       reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
-                    continue
-                }
-                // The entry this node removed is back under that name: the peer sent its newer
-                // version since. Deleting it there now would leave only this node with it.
-                if case let .guarded(expect, .unlink(p, n)) = m, let e = expect.first,
-                   v.local.brick.readID(rel: Brick.join(p, n)) == e.stableID {
-                    log.notice("owed unlink of \(Brick.join(p, n).debugDescription) dropped: the peer sent that file again since; both hold it")
-                    drops.append(.dropPeerOp(seq: r.seq))
-                    continue
-                }
-                if createsInSplitDirectory(m) {
+                if settledWithoutSending(m, r) {
                     drops.append(.dropPeerOp(seq: r.seq))
                     continue
                 }
@@ -142,48 +126,74 @@ public final class CatchUp: @unchecked Sendable {
                     return false
                 case .refused(let e):
                     drops.append(.dropPeerOp(seq: r.seq))
-                    guard replayReplacedTarget(of: m) else { return false }
-                    if e == splitBrainErrno, case .guarded = m {
-                        // The entry is listed already (an earlier change of it met the
-                        // conflict): this change is in this node's copy, which is kept.
-                        if case let .entry(id) = ReplicatedVolume.entryID(m), v.isSplit(id) { continue }
-                        // Told to the peer too: it records the failed guard itself, but not a
-                        // refusal for the target it changed apart (under that id, if not split yet).
-                        v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
-                                           reason: "this node's \(change.type) of it, made while the nodes were apart, reached the peer after the peer changed it: both versions are kept")
-                        continue
-                    }
-                    // A create this node made just before it stopped, never answered: the
-                    // client stored its file through the peer instead, which keeps the name.
-                    if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = change, v.yieldName(parent: p, name: n, id: id) { continue }
-                    if e == ENOENT, case .unlink = change { continue }
-                    // An attribute change of an entry in split brain here (an earlier owed rename
-                    // of it was refused): it lives in this node's copy, which is kept and listed.
-                    if e == ENOENT, ReplicatedVolume.attributes(of: change) != nil,
-                       let id = v.local.brick.readID(rel: ReplicatedVolume.describe(change)), v.isSplit(id) { continue }
-                    // The peer holds that entry (same id) under another name already: placed by
-                    // a rebuild of its replaced disk, or by this very replay sent before (its
-                    // answer lost) and renamed since. The owed renames that follow settle the name.
-                    if e == EALREADY, ReplicatedVolume.created(by: change) != nil { continue }
-                    // Sent before, answer lost: the peer already renamed it.
-                    if e == ENOENT, r.uncertain, case .rename = change { continue }
-                    if e == ENOENT, case .rmdir = change { continue }
-                    // The peer has nothing under the old name: the rename reached it before the
-                    // link broke (its reply was lost), or it never had the file. Either way a
-                    // file is made right by sending it whole under its name here.
-                    if e == ENOENT, case let .rename(_, _, tp, tn, _) = change,
-                       case let (st, id?)? = try? v.local.brick.statAndID(Brick.join(tp, tn)), st.kind == .file {
-                        switch v.pushFile(id) {
-                        case .ok, .gone: continue
-                        case .unreachable: return false
-                        case .splitBrain, .failed, .badSource: break
-                        }
-                    }
-                    v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
-                                       reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
+                    guard replayReplacedTarget(of: m), settleRefusal(e, of: m, r) else { return false }
                 }
             }
         }
+        return true
+    }
+
+    /// An owed change that must not be sent, settled here (true): an exchange that may have
+    /// happened, an unlink of a file the peer sent again since, a create in split brain.
+    private func settledWithoutSending(_ m: PeerMessage, _ r: PeerOpRow) -> Bool {
+        // An exchange the peer may already have made would be undone by a replay.
+        if r.uncertain, case let .rename(fp, fn, tp, tn, flags) = m.unguarded, RenameFlags(rawValue: flags).contains(.exchange) {
+            v.recordSplitBrainOnBoth(.name, path: "\(Brick.join(fp, fn)) <-> \(Brick.join(tp, tn))",
+                                     reason: "an exchange of these two names was sent but never confirmed: compare both names on both bricks")
+            return true
+        }
+        // The entry this node removed is back under that name: the peer sent its newer
+        // version since. Deleting it there now would leave only this node with it.
+        if case let .guarded(expect, .unlink(p, n)) = m, let e = expect.first,
+           v.local.brick.readID(rel: Brick.join(p, n)) == e.stableID {
+            log.notice("owed unlink of \(Brick.join(p, n).debugDescription) dropped: the peer sent that file again since; both hold it")
+            return true
+        }
+        return createsInSplitDirectory(m)
+    }
+
+    /// What a refusal (not a storage fault) of owed change `m` means: done already, kept in
+    /// this node's copy, or a split brain listed on both nodes. False if the link went down.
+    private func settleRefusal(_ e: Int32, of m: PeerMessage, _ r: PeerOpRow) -> Bool {
+        let change = m.unguarded
+        if e == splitBrainErrno, case .guarded = m {
+            // The entry is listed already (an earlier change of it met the
+            // conflict): this change is in this node's copy, which is kept.
+            if case let .entry(id) = ReplicatedVolume.entryID(m), v.isSplit(id) { return true }
+            // Told to the peer too: it records the failed guard itself, but not a
+            // refusal for the target it changed apart (under that id, if not split yet).
+            v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                                     reason: "this node's \(change.type) of it, made while the nodes were apart, reached the peer after the peer changed it: both versions are kept")
+            return true
+        }
+        // A create this node made just before it stopped, never answered: the
+        // client stored its file through the peer instead, which keeps the name.
+        if e == EEXIST, r.uncertain, case let .create(p, n, _, _, _, id) = change, v.yieldName(parent: p, name: n, id: id) { return true }
+        if e == ENOENT, case .unlink = change { return true }
+        // An attribute change of an entry in split brain here (an earlier owed rename
+        // of it was refused): it lives in this node's copy, which is kept and listed.
+        if e == ENOENT, ReplicatedVolume.attributes(of: change) != nil,
+           let id = v.local.brick.readID(rel: ReplicatedVolume.describe(change)), v.isSplit(id) { return true }
+        // The peer holds that entry (same id) under another name already: placed by
+        // a rebuild of its replaced disk, or by this very replay sent before (its
+        // answer lost) and renamed since. The owed renames that follow settle the name.
+        if e == EALREADY, ReplicatedVolume.created(by: change) != nil { return true }
+        // Sent before, answer lost: the peer already renamed it.
+        if e == ENOENT, r.uncertain, case .rename = change { return true }
+        if e == ENOENT, case .rmdir = change { return true }
+        // The peer has nothing under the old name: the rename reached it before the
+        // link broke (its reply was lost), or it never had the file. Either way a
+        // file is made right by sending it whole under its name here.
+        if e == ENOENT, case let .rename(_, _, tp, tn, _) = change,
+           case let (st, id?)? = try? v.local.brick.statAndID(Brick.join(tp, tn)), st.kind == .file {
+            switch v.pushFile(id) {
+            case .ok, .gone: return true
+            case .unreachable: return false
+            case .splitBrain, .failed, .badSource: break
+            }
+        }
+        v.recordSplitBrainOnBoth(ReplicatedVolume.entryID(m), path: ReplicatedVolume.describe(m),
+                                 reason: "changed on both nodes while apart: the peer could not apply \(m.type) (\(String(cString: strerror(e))))")
         return true
     }
 
