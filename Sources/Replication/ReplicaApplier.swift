@@ -709,11 +709,12 @@ public final class ReplicaApplier: Sendable {
         // The sender read the file's owner and mode when its send began; a change of them made
         // here that it has not received yet (owed, replayed after) must not be replaced by
         // them here while the replay gives the sender this node's (seed 394).
-        let keep = owesOwnerOrMode.with { $0 }?(e.id) ?? false
+        // Asked only where they differ: the question scans what this node owes.
+        let owes = owesOwnerOrMode.with { $0 }
         let refusal: LocalVolume.SwapRefusal?
         do throws(FSError) {
             refusal = try exclusive { () throws(FSError) in
-                try volume.swapStaged(handle: e.handle, size: size, hash: hash, keepOwnerAndMode: keep)
+                try volume.swapStaged(handle: e.handle, size: size, hash: hash) { owes?(e.id) ?? false }
             }
         } catch {
             throw failed(.commit, rel, error)
