@@ -98,13 +98,19 @@ extension ReplicatedVolume {
     /// different with nothing listed (seed 365: a chmod on each node).
     func owesConflictingAttributeChange(_ id: UInt64, _ change: PeerMessage) -> Bool {
         guard let theirs = Self.attributes(of: change) else { return false }
+        return owesAttributeChange(id, of: theirs)
+    }
+
+    /// Whether this node owes the peer a change of any of `attributes` (as `attributes(of:)`
+    /// names them) of entry `id`.
+    func owesAttributeChange(_ id: UInt64, of attributes: Set<String>) -> Bool {
         var after: Int64 = 0
         while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
             after = last.seq
             for r in rows {
                 guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, mine) = m,
                       expect.first?.stableID == id, let a = Self.attributes(of: mine) else { continue }
-                if !a.isDisjoint(with: theirs) { return true }
+                if !a.isDisjoint(with: attributes) { return true }
             }
         }
         return false

@@ -35,6 +35,7 @@ public final class PeerService: Sendable {
         self.notify = notify
         log = logger
         applier.onAbandoned { [volume] id in volume.healHooks?.awaitReplica(id: id) }
+        applier.owesOwnerOrMode { [volume] id in volume.owesAttributeChange(id, of: ["mode", "owner"]) }
     }
 
     /// The peer's connection to this node closed (it died, or the link broke): files it was

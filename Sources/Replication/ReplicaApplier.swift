@@ -70,6 +70,8 @@ public final class ReplicaApplier: Sendable {
     private let recent = Locked(RecentIDs(capacity: 65536))
     /// Told of each file whose receipt broke off before its commit (see `abandon`).
     private let abandonedHandler = Locked<(@Sendable (UInt64) -> Void)?>(nil)
+    /// Whether this node owes the peer a change of file id's owner or mode. Leaf.
+    private let owesOwnerOrMode = Locked<(@Sendable (UInt64) -> Bool)?>(nil)
 
     public init(volume: LocalVolume, maxOpenFiles: Int = 256,
                 logger: Logger = Logger(label: "twinfs.replica")) {
@@ -105,6 +107,12 @@ public final class ReplicaApplier: Sendable {
     /// its bytes are not a verified copy (the healer fetches the file whole).
     public func onAbandoned(_ handler: @escaping @Sendable (UInt64) -> Void) {
         abandonedHandler.with { $0 = handler }
+    }
+
+    /// See `commitStaged`: a staged copy keeps the live file's owner and mode while this
+    /// node owes the peer a change of them.
+    public func owesOwnerOrMode(_ check: @escaping @Sendable (UInt64) -> Bool) {
+        owesOwnerOrMode.with { $0 = check }
     }
 
     /// Releases every handle the applier holds. A file whose commit never came stays what it
@@ -698,9 +706,16 @@ public final class ReplicaApplier: Sendable {
                 """)
             throw FSError.io
         }
+        // The sender read the file's owner and mode when its send began; a change of them made
+        // here that it has not received yet (owed, replayed after) must not be replaced by
+        // them here while the replay gives the sender this node's (seed 394).
+        // Asked only where they differ: the question scans what this node owes.
+        let owes = owesOwnerOrMode.with { $0 }
         let refusal: LocalVolume.SwapRefusal?
         do throws(FSError) {
-            refusal = try exclusive { () throws(FSError) in try volume.swapStaged(handle: e.handle, size: size, hash: hash) }
+            refusal = try exclusive { () throws(FSError) in
+                try volume.swapStaged(handle: e.handle, size: size, hash: hash) { owes?(e.id) ?? false }
+            }
         } catch {
             throw failed(.commit, rel, error)
         }

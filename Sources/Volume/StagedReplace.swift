@@ -71,7 +71,11 @@ extension LocalVolume {
     /// caller: `size` bytes hashing to `hash`), keeping the live file's extended attributes,
     /// and records the new content durably. The caller keeps other changes of the peer to
     /// this file's name out meanwhile. After it, the handle is the live file.
-    public func swapStaged(handle: UInt64, size: Int64, hash: [UInt8]) throws(FSError) -> SwapRefusal? {
+    /// `keepOwnerAndMode`: asked only where the two differ; true keeps the live file's owner
+    /// and mode too (this node owes the sender a change of them, which the sender's
+    /// attributes, read when its send began, predate).
+    public func swapStaged(handle: UInt64, size: Int64, hash: [UInt8],
+                           keepOwnerAndMode: () -> Bool = { false }) throws(FSError) -> SwapRefusal? {
         let f = try file(handle)
         guard f.staged, let s = f.content else { throw FSError(EINVAL) }
         guard let rel = (try? journal.path(of: f.id)) ?? nil else { return .liveFileChanged("it has no name in the journal") }
@@ -83,6 +87,7 @@ extension LocalVolume {
         guard ost.kind == .file, brick.readID(fd: old) == f.id else { return .liveFileChanged("\(rel) is another entry now") }
         guard ost.st_nlink == 1 else { return .liveFileChanged("\(rel) has \(ost.st_nlink) hard links") }
         try copyXattrs(from: old, to: f.fd)
+        if try ownerOrModeDiffer(ost, f.fd), keepOwnerAndMode() { try copyOwnerAndMode(from: ost, to: f.fd) }
         let tmpName = Self.stagingPrefix + String(f.id, radix: 16) + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         let tmpDir = try stagingDirFD()
         defer { close(tmpDir) }
@@ -107,6 +112,19 @@ extension LocalVolume {
         s.journalDirty = false
         s.unlock()
         return nil
+    }
+
+    func ownerOrModeDiffer(_ live: stat, _ fd: Int32) throws(FSError) -> Bool {
+        var st = stat()
+        _ = try sys { fstat(fd, &st) }
+        return st.st_uid != live.st_uid || st.st_gid != live.st_gid || st.st_mode & 0o7777 != live.st_mode & 0o7777
+    }
+
+    /// The live file's owner and mode on the staged copy.
+    func copyOwnerAndMode(from live: stat, to dst: Int32) throws(FSError) {
+        _ = try sys { fchown(dst, live.st_uid, live.st_gid) }
+        // fchown clears set-id bits: the mode goes last.
+        _ = try sys { fchmod(dst, live.st_mode & 0o7777) }
     }
 
     /// The live file's extended attributes (Samba's DOS attributes and ACLs among them) on the

@@ -695,3 +695,41 @@ final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
         XCTAssertTrue(listed(a) && listed(b), "f listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 394's shape: apart, a changes f's mode and b rewrites f. Back in step, b sends f whole
+/// while a's replayed chmod waits (b's disk refused it once). The staged copy took the mode b
+/// had when the send began and replaced a's file, a's own mode with it; a's chmod then reached
+/// b: the two bricks ended with different modes, nothing listed. A mode change composes with
+/// the peer's rewrite (see "Guarded replays"): both nodes end with a's mode and b's bytes.
+final class AModeChangeAndARewriteApartTests: InProcessPairTestCase {
+    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
+        let h: UInt64
+        if let id = n.local.brick.readID(rel: path) {
+            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+        } else {
+            h = try n.volume.create(parent: .root, name: path, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+        }
+        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
+        _ = try r.get()
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
+    func testAModeChangedApartSurvivesThePeersWholeSendOfItsRewrite() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(XCTUnwrap(a.ref("f")), handle: nil, changes: AttrChanges(mode: 0o640))
+        let theirs = payload(9000, seed: 2)
+        try write(b, "f", theirs)
+        link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertEqual(rows(a).map(\.path) + rows(b).map(\.path), [], "nothing changed twice apart")
+        let ma = try a.local.brick.lstat("f").st_mode & 0o7777, mb = try b.local.brick.lstat("f").st_mode & 0o7777
+        XCTAssertEqual(ma, 0o640, "a's mode on a")
+        XCTAssertEqual(mb, 0o640, "a's mode on b")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), theirs)
+        XCTAssertEqual(try? readBytes(b.local.brick.absolute("f")), theirs)
+    }
+}

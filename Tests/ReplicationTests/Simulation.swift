@@ -588,6 +588,16 @@ final class Simulation {
         return row.path.components(separatedBy: " <-> ").flatMap { $0.components(separatedBy: " -> ") }
     }
 
+    /// The directories above `rel`, nearest first. A directory in split brain is kept, with
+    /// everything in it, on the node whose copy it is, and listed by its id: where that copy
+    /// moved since (a rename of it refused for the same split), the row's path is where it
+    /// was, and what it holds is excused by the directory's id (seed 591).
+    static func ancestors(of rel: String) -> [String] {
+        var out: [String] = [], p = Substring(rel)
+        while let slash = p.lastIndex(of: "/") { p = p[..<slash]; out.append(String(p)) }
+        return out
+    }
+
     /// Whether both nodes changed (or may have) a name related to `paths` in one window:
     /// the only way two copies can legitimately differ (issue 13: a split brain is acceptable
     /// when both sides changed the same entry apart, or the order cannot be known).
@@ -618,10 +628,11 @@ final class Simulation {
         // Where both nodes hold an entry in split brain, their copies may differ (both kept).
         let splitIDs = Set((sbA + sbB).map(\.id).filter { $0 != 0 })
         let splitPaths = (sbA + sbB).flatMap(Self.paths)
+        let ta = try tree(a.local), tb = try tree(b.local)
         func excused(_ rel: String, _ ids: [UInt64?]) -> Bool {
             ids.contains { $0.map(splitIDs.contains) ?? false } || splitPaths.contains { isWithin(rel, $0) }
+                || Self.ancestors(of: rel).contains { [ta[$0]?.id, tb[$0]?.id].contains { $0.map(splitIDs.contains) ?? false } }
         }
-        let ta = try tree(a.local), tb = try tree(b.local)
         problems += compareBricks(ta, tb, excused)
         let ja = try JournalView(a.journal), jb = try JournalView(b.journal)
         problems += compareJournals(ja, jb, excused)
