@@ -33,6 +33,27 @@ class InProcessPairTestCase: XCTestCase {
         _ = try n.volume.mkdir(parent: .root, name: name, mode: 0o755, ctx: ctx)
     }
 
+    /// A client's whole-file write of `path` on `n` in 1 MiB writes: created if missing, else
+    /// opened with O_TRUNC; flushed and released (the close replicates it).
+    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
+        let (p, name) = ReplicatedVolume.split(path)
+        let parent = try XCTUnwrap(n.ref(p))
+        let h: UInt64
+        if let id = n.local.brick.readID(rel: path) {
+            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
+        } else {
+            h = try n.volume.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
+        }
+        var off = 0
+        while off < bytes.count {
+            let end = min(bytes.count, off + (1 << 20))
+            let r = bytes[off..<end].withUnsafeBytes { b in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: Int64(off), data: b) } }
+            off += try r.get()
+        }
+        try n.volume.flush(handle: h)
+        try n.volume.release(handle: h)
+    }
+
     func waitSettled(file: StaticString = #filePath, line: UInt = #line) {
         let deadline = ContinuousClock.now + .seconds(10)
         while !(a.settled && b.settled) && ContinuousClock.now < deadline { usleep(10_000) }

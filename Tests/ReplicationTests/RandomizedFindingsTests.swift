@@ -14,21 +14,6 @@ import XCTest
 /// sender rewrote while apart was taken for the peer's own rewrite).
 final class RandomizedFindingsTests: InProcessPairTestCase {
 
-    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
-        let (p, name) = ReplicatedVolume.split(path)
-        let parent = try XCTUnwrap(n.ref(p))
-        let h: UInt64
-        if let id = n.local.brick.readID(rel: path) {
-            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
-        } else {
-            h = try n.volume.create(parent: parent, name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
-        }
-        let r = bytes.withUnsafeBytes { b in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: b) } }
-        _ = try r.get()
-        try n.volume.flush(handle: h)
-        try n.volume.release(handle: h)
-    }
-
     /// Seeds 2, 3, 5: a file created while apart and renamed while apart. The owed rename is
     /// replayed (guarded) before the owed file's bytes are sent, so the peer's empty copy
     /// from the replayed create fails the guard ("rewritten here"): a split brain on both
@@ -535,15 +520,6 @@ final class CreateInASplitDirectoryTests: InProcessPairTestCase {
 /// (the peer's disk refused the bytes). a, whose own changes still reach b, then rewrote f
 /// from its older copy, and b applied it over its acknowledged version: lost on both nodes.
 final class OwedVersionTests: InProcessPairTestCase {
-    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
-        let id = try XCTUnwrap(n.local.brick.readID(rel: path))
-        let h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
-        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
-        _ = try r.get()
-        try n.volume.flush(handle: h)
-        try n.volume.release(handle: h)
-    }
-
     func testAPeersRewriteNeverReplacesAnAcknowledgedVersionNotSentYet() throws {
         let (_, h) = try a.volume.create(parent: .root, name: "f", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
         try a.volume.release(handle: h)
@@ -636,19 +612,6 @@ final class LostReplyReplayTests: InProcessPairTestCase {
 /// replaced what was current on b by then, a's version (the model looked before the open).
 /// Where the pull cannot deliver it, a keeps its version and both list f.
 final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
-    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
-        let h: UInt64
-        if let id = n.local.brick.readID(rel: path) {
-            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
-        } else {
-            h = try n.volume.create(parent: .root, name: path, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
-        }
-        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
-        _ = try r.get()
-        try n.volume.flush(handle: h)
-        try n.volume.release(handle: h)
-    }
-
     /// a's f, written apart, held by b as an incomplete replica; `refusals` commits to b
     /// refused. Returns f's id, its bytes and a mark of the link's commits before the link came up.
     func incompleteOnB(refusals: Int) throws -> (UInt64, [UInt8], Int) {
@@ -702,19 +665,6 @@ final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
 /// b: the two bricks ended with different modes, nothing listed. A mode change composes with
 /// the peer's rewrite (see "Guarded replays"): both nodes end with a's mode and b's bytes.
 final class AModeChangeAndARewriteApartTests: InProcessPairTestCase {
-    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
-        let h: UInt64
-        if let id = n.local.brick.readID(rel: path) {
-            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
-        } else {
-            h = try n.volume.create(parent: .root, name: path, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
-        }
-        let r = bytes.withUnsafeBytes { d in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: 0, data: d) } }
-        _ = try r.get()
-        try n.volume.flush(handle: h)
-        try n.volume.release(handle: h)
-    }
-
     func testAModeChangedApartSurvivesThePeersWholeSendOfItsRewrite() throws {
         try write(a, "f", payload(3000, seed: 1))
         link.setPartitioned(true)

@@ -14,24 +14,6 @@ import XCTest
 final class WholeFileSendTests: InProcessPairTestCase {
     static let size = 8 << 20
 
-    func write(_ n: SimNode, _ path: String, _ bytes: [UInt8]) throws {
-        let (p, name) = ReplicatedVolume.split(path)
-        let h: UInt64
-        if let id = n.local.brick.readID(rel: path) {
-            h = try n.volume.open(NodeRef(id: id, path: path), flags: O_WRONLY | O_TRUNC)
-        } else {
-            h = try n.volume.create(parent: try XCTUnwrap(n.ref(p)), name: name, mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx).1
-        }
-        var off = 0
-        while off < bytes.count {
-            let end = min(bytes.count, off + (1 << 20))
-            let r = bytes[off..<end].withUnsafeBytes { b in Result { () throws(FSError) -> Int in try n.volume.write(handle: h, offset: Int64(off), data: b) } }
-            off += try r.get()
-        }
-        try n.volume.flush(handle: h)
-        try n.volume.release(handle: h)
-    }
-
     /// After the scenario: both bricks (every file's XXH3-128, owner, mode, mtime, xattrs) and
     /// both journals the same.
     func assertPairIdentical(file: StaticString = #filePath, line: UInt = #line) throws {
