@@ -199,17 +199,19 @@ public final class Brick: Sendable {
         return (st, n == 8 ? UInt64(littleEndian: v) : nil)
     }
 
-    public func readID(fd: Int32) -> UInt64? {
-        var v: UInt64 = 0
-        let n = twin_fgetxattr(fd, Brick.idXattr, &v, 8)
-        return n == 8 ? UInt64(littleEndian: v) : nil
-    }
+    public func readID(fd: Int32) -> UInt64? { (try? storedID(fd: fd)) ?? nil }
 
     /// As `readID(fd:)`, but a disk that cannot say throws (nil only when there is no id):
     /// where "no id" would drop something owed, an EIO must not read as an answer.
     public func storedID(fd: Int32) throws(FSError) -> UInt64? {
         var v: UInt64 = 0
-        let n = twin_fgetxattr(fd, Brick.idXattr, &v, 8)
+        return try Self.id(twin_fgetxattr(fd, Brick.idXattr, &v, 8), v)
+    }
+
+    /// The id an 8-byte read of the id xattr got (`n` its result, errno set when negative).
+    /// No id (ENODATA, or a malformed one) is an answer; a disk that cannot say (EIO on a dying
+    /// disk) is not: taken as "no id", it made an entry look like another (a false split brain).
+    static func id(_ n: Int, _ v: UInt64) throws(FSError) -> UInt64? {
         if n < 0 && errno != ENODATA && errno != ERANGE { throw FSError.last }
         return n == 8 ? UInt64(littleEndian: v) : nil
     }
@@ -232,11 +234,7 @@ public final class Brick: Sendable {
             var st = stat()
             _ = try sys { fstat(fd, &st) }
             var v: UInt64 = 0
-            let n = twin_getxattr(proc, Brick.idXattr, &v, 8)
-            // No id (ENODATA) is an answer; a disk that cannot say (EIO on a dying disk) is not:
-            // taken as "no id", it made an entry look like another one (a false split brain).
-            if n < 0 && errno != ENODATA && errno != ERANGE { throw FSError.last }
-            return (st, n == 8 ? UInt64(littleEndian: v) : nil)
+            return (st, try Self.id(twin_getxattr(proc, Brick.idXattr, &v, 8), v))
         }
     }
 
