@@ -58,6 +58,10 @@ final class Simulation {
         var node: LinkSide
         var window: Int
         var paths: Set<String>
+        /// The ids at `paths` on the node, before and after the change: a split brain names
+        /// the file where one node has it, and the other may have changed it under another
+        /// name (it renamed the file apart; seed 287).
+        var ids: Set<UInt64>
     }
 
     let seed: UInt64
@@ -74,6 +78,8 @@ final class Simulation {
     /// (see `seen`).
     var heldNow: Set<Int> = []
     var touches: [Touch] = []
+    /// The ids at the paths of the change being made, before it (see `Touch.ids`).
+    var idsBefore: Set<UInt64> = []
     var dirRenames: [DirRename] = []
     var window = 0
     /// Whether the current window saw the pair apart, and the pair settled at this step's start.
@@ -160,6 +166,7 @@ final class Simulation {
 
     /// A new window once the pair is seen in step after being apart.
     func beginStep() {
+        idsBefore = []
         settledAtStart = inStep
         if settledAtStart && apartInWindow {
             window += 1
@@ -341,6 +348,7 @@ final class Simulation {
     /// Before a change by `n` of `paths`: the writes beneath them `n` holds with their bytes
     /// (it received them, whatever the windows say).
     func hold(_ n: SimNode, _ paths: [String]) {
+        idsBefore = ids(n, paths)
         heldNow = Set(acked.filter { w in
             paths.contains { isWithin(w.path, $0) } && (try? readBytes(n.local.brick.absolute(w.path))) == w.bytes
         }.map(\.serial))
@@ -362,8 +370,12 @@ final class Simulation {
         if let e = err, Self.notApplied.contains(e.errno) { return false }
         guard !settledAtStart || !inStep || paths.contains(where: inSplit) else { return false }
         apartInWindow = true
-        touches.append(Touch(node: n.side, window: window, paths: Set(paths)))
+        touches.append(Touch(node: n.side, window: window, paths: Set(paths), ids: idsBefore.union(ids(n, paths))))
         return true
+    }
+
+    func ids(_ n: SimNode, _ paths: [String]) -> Set<UInt64> {
+        Set(paths.compactMap { n.local.brick.readID(rel: $0) })
     }
 
     /// Whether the entry at `path` is in a split brain listed on a node: a change of it stays
@@ -542,6 +554,7 @@ final class Simulation {
 
     func chmod(_ n: SimNode, _ path: String) {
         let mode = pick([0o600, 0o640, 0o644] as [mode_t])
+        idsBefore = ids(n, [path])
         let err = attempt { () throws(FSError) in
             guard let r = n.ref(path) else { throw FSError.notFound }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(mode: mode))
@@ -601,8 +614,10 @@ final class Simulation {
     /// Whether both nodes changed (or may have) a name related to `paths` in one window:
     /// the only way two copies can legitimately differ (issue 13: a split brain is acceptable
     /// when both sides changed the same entry apart, or the order cannot be known).
-    func concurrent(_ paths: [String]) -> Bool {
-        let related = touches.filter { t in t.paths.contains { p in paths.contains { isWithin(p, $0) || isWithin($0, p) } } }
+    func concurrent(_ paths: [String], id: UInt64) -> Bool {
+        let related = touches.filter { t in
+            t.paths.contains { p in paths.contains { isWithin(p, $0) || isWithin($0, p) } } || id != 0 && t.ids.contains(id)
+        }
         return Dictionary(grouping: related, by: \.window).values.contains { Set($0.map(\.node)).count == 2 }
     }
 
@@ -615,7 +630,7 @@ final class Simulation {
         for r in sbA where !listed(r, in: sbB) { problems.append("split brain listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
         for r in sbB where !listed(r, in: sbA) { problems.append("split brain listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
         var seenKeys: Set<String> = []
-        for r in sbA + sbB where seenKeys.insert(r.key).inserted && !concurrent(Self.paths(of: r)) {
+        for r in sbA + sbB where seenKeys.insert(r.key).inserted && !concurrent(Self.paths(of: r), id: r.id) {
             problems.append("split brain though no two changes of \(r.path) were concurrent in the model (id \(r.id)): \(r.reason)")
         }
         return problems
