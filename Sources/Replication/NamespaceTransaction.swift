@@ -152,9 +152,10 @@ extension ReplicatedVolume {
                 markDegraded(why)
             case .refused(let e):
                 try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
-                // An entry in split brain here, which the peer holds under another name: the
-                // change is of this node's copy, listed already.
-                if e == ENOENT, let id = t.expect.first?.stableID, isSplit(id) { return }
+                // An entry in split brain here, which the peer holds under another name
+                // (ENOENT) or refuses as its own copy in the same split (EBADE): the change
+                // is of this node's copy, listed already.
+                if e == ENOENT || e == splitBrainErrno, let id = t.expect.first?.stableID, isSplit(id) { return }
                 recordSplitBrainOnBoth(Self.entryID(msg), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return

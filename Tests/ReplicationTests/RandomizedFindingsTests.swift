@@ -683,3 +683,29 @@ final class AModeChangeAndARewriteApartTests: InProcessPairTestCase {
         XCTAssertEqual(try? readBytes(b.local.brick.absolute("f")), theirs)
     }
 }
+
+/// Seed 325: f is in split brain on both nodes, under the same name on each. Back in step, b
+/// truncates its copy: a refuses the setattr (its copy, split), and b listed a second split
+/// brain, of f by name ("the two namespaces differ here"), for the entry listed already.
+final class ChangeOfASplitCopyTests: InProcessPairTestCase {
+    func testAChangeOfACopyInSplitBrainUnderTheSameNameAddsNoSplitBrain() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        _ = try a.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o600))
+        _ = try b.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o640))
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertTrue(rows(a).contains { $0.id == f } && rows(b).contains { $0.id == f }, "the two mode changes are a split brain")
+        let before = Set((rows(a) + rows(b)).map(\.key))
+        for n in [b!, a!] {
+            _ = try n.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(size: 100))
+        }
+        waitSettled()
+        let added = (rows(a) + rows(b)).filter { !before.contains($0.key) }
+        XCTAssertTrue(added.isEmpty, "\(added.map { "\($0.path) (id \($0.id)): \($0.reason)" })")
+        XCTAssertEqual(try a.local.brick.lstat("f").st_size, 100, "a's truncate of its copy, kept on a")
+        XCTAssertEqual(try b.local.brick.lstat("f").st_size, 100, "b's truncate of its copy, kept on b")
+    }
+}
