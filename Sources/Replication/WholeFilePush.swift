@@ -70,7 +70,19 @@ extension ReplicatedVolume {
         if let r = push.outcome(channel.call(.commit(path: path, stableID: id, size: sent.bytes, xxh128: sent.hash,
                                                      mtimeNs: st.mtimeNs)), "commit") { return r }
         sendSamples.with { $0.append((.now, sent.bytes)) }
-        return .ok
+        return attributesChanged(fd, since: st, push) ?? .ok
+    }
+
+    /// The peer's own chmod or chown, applied here while the push ran, may have been answered
+    /// before the peer took the commit: the peer then owed it no more and took the attributes
+    /// the push read at its start (seed 43). The attributes as they are now follow the commit;
+    /// nil when nothing changed. Not sent: the push failed, and its retry carries them.
+    func attributesChanged(_ fd: Int32, since st: stat, _ push: Push) -> PushResult? {
+        var now = stat()
+        guard fstat(fd, &now) == 0 else { return .failed("stat: \(FSError.last)") }
+        guard (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid) else { return nil }
+        let update = AttrUpdate(mode: UInt32(now.st_mode & 0o7777), uid: now.st_uid, gid: now.st_gid)
+        return push.outcome(channel.call(.setattr(path: push.path, changes: update)), "setattr")
     }
 
     /// Waits while another push of `id` runs, then claims it; false (nothing claimed) while a

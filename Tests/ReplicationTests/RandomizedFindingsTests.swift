@@ -709,3 +709,27 @@ final class ChangeOfASplitCopyTests: InProcessPairTestCase {
         XCTAssertEqual(try b.local.brick.lstat("f").st_size, 100, "b's truncate of its copy, kept on b")
     }
 }
+
+/// Seed 43: apart, b rewrites f and a changes its mode. Back in step, b's push of f read f's
+/// mode, then a's replayed chmod was applied on b and answered, and only then did a take b's
+/// commit: a owed nothing any more and took the old mode the push carried. Both kept the
+/// bytes of b and the modes differed, nothing listed.
+final class ModeChangedDuringAPushTests: InProcessPairTestCase {
+    func testAModeChangeAppliedWhileThePeerPushesTheFileEndsOnBothNodes() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        try write(b, "f", payload(5000, seed: 2))
+        _ = try a.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(mode: 0o640))
+        // b's push reads the mode before a's chmod reaches b; its commit reaches a after.
+        link.script(.delay(.milliseconds(100)), towards: .b) { $0.type == .guarded || $0.type == .setattr }
+        link.script(.delay(.milliseconds(400)), towards: .a) { $0.type == .commit }
+        link.setPartitioned(false)
+        waitSettled()
+        let ma = try a.local.brick.lstat("f").st_mode & 0o7777, mb = try b.local.brick.lstat("f").st_mode & 0o7777
+        XCTAssertEqual(ma, 0o640, "a's mode on a")
+        XCTAssertEqual(mb, 0o640, "a's mode on b")
+        XCTAssertEqual(try readBytes(a.local.brick.absolute("f")), payload(5000, seed: 2), "b's bytes on a")
+        XCTAssertEqual(try readBytes(b.local.brick.absolute("f")), payload(5000, seed: 2), "b's bytes on b")
+    }
+}
