@@ -116,6 +116,9 @@ public final class CatchUp: @unchecked Sendable {
                     drops.append(.dropPeerOp(seq: r.seq))
                     storageRetry = nil
                 case .unreachable(let why):
+                    // It may have been applied there (the answer lost), as a live change whose
+                    // send failed: its refusal when replayed again may mean "done" (seed 137).
+                    try? v.journal.submit([.peerOpUncertain(seq: r.seq)], wait: .written)
                     v.markDegraded(why)
                     return false
                 case .refused(let e) where PeerRefusal(errno: e) == .storageFault:

@@ -603,6 +603,23 @@ final class LostReplyReplayTests: InProcessPairTestCase {
         XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
         XCTAssertEqual(link.stats.lostReplies, 4)
     }
+
+    /// Seed 137: apart, b renames x to y and then deletes y. The replayed rename is applied on
+    /// a, its answer lost; sent again, a has no x any more (ENOENT), and b, taking the refusal
+    /// as "a never had x", found no y of its own to send whole: a split brain of x, which
+    /// only b changed.
+    func testAReplayedRenameWhoseAnswerWasLostIsDoneWhenSentAgain() throws {
+        try write(a, "x", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try b.volume.rename(parent: .root, name: "x", newParent: .root, newName: "y", flags: 0)
+        try b.volume.unlink(parent: .root, name: "y")
+        link.script(.loseReply, towards: .a) { $0.type == .guarded }
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        for n in [a!, b!] { XCTAssertNil(n.kind("x"), "x on \(n.side)"); XCTAssertNil(n.kind("y"), "y on \(n.side)") }
+        XCTAssertEqual(link.stats.lostReplies, 1)
+    }
 }
 
 /// Seed 309's shape: apart, a stores f (a new file). Back in step, b's disk refuses the commit
@@ -731,5 +748,28 @@ final class ModeChangedDuringAPushTests: InProcessPairTestCase {
         XCTAssertEqual(mb, 0o640, "a's mode on b")
         XCTAssertEqual(try readBytes(a.local.brick.absolute("f")), payload(5000, seed: 2), "b's bytes on a")
         XCTAssertEqual(try readBytes(b.local.brick.absolute("f")), payload(5000, seed: 2), "b's bytes on b")
+    }
+}
+
+/// Seed 478: apart, a replaces x by a rename (y -> x) and then deletes x; b renames x onto
+/// itself. b's replayed rename finds no x on a (ENOENT), and b, taking that as "a never had
+/// it", sent its x whole: a held the file it had replaced, b did not (a's replayed rename
+/// and unlink removed it there), nothing listed.
+final class RenameOfAnEntryThePeerRemovedTests: InProcessPairTestCase {
+    func testARenamedEntryThePeerRemovedApartIsNeverSentBackSilently() throws {
+        try write(a, "x", payload(3000, seed: 1))
+        let x = try XCTUnwrap(a.local.brick.readID(rel: "x"))
+        link.setPartitioned(true)
+        try write(a, "y", payload(4000, seed: 2))
+        try a.volume.rename(parent: .root, name: "y", newParent: .root, newName: "x", flags: 0)
+        try a.volume.unlink(parent: .root, name: "x")
+        try b.volume.rename(parent: .root, name: "x", newParent: .root, newName: "x", flags: 0)
+        // b replays first: its rename meets a's removal of x.
+        link.script(.delay(.milliseconds(300)), towards: .b) { $0.type == .guarded }
+        link.setPartitioned(false)
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == x } }
+        let ka = a.kind("x"), kb = b.kind("x")
+        XCTAssertTrue(ka == kb || listed(a) && listed(b), "x on a: \(String(describing: ka)), on b: \(String(describing: kb)), listed on a \(listed(a)), on b \(listed(b))")
     }
 }
