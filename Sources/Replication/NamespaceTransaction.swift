@@ -139,7 +139,8 @@ extension ReplicatedVolume {
         var sent = false
         if t.entered == .live && gate.mode == .live {
             sent = true
-            switch channel.call(msg) {
+            let sending = liveMessage(msg, t)
+            switch channel.call(sending) {
             case .ok:
                 try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
                 return
@@ -156,7 +157,10 @@ extension ReplicatedVolume {
                 // (ENOENT) or refuses as its own copy in the same split (EBADE): the change
                 // is of this node's copy, listed already.
                 if e == ENOENT || e == splitBrainErrno, let id = t.expect.first?.stableID, isSplit(id) { return }
-                recordSplitBrainOnBoth(Self.entryID(msg), path: Self.describe(msg),
+                // Guarded: the peer had removed that entry too.
+                if e == ENOENT, case .guarded(_, .unlink) = sending { return }
+                if e == ENOENT, case .guarded(_, .rmdir) = sending { return }
+                recordSplitBrainOnBoth(Self.entryID(sending), path: Self.describe(msg),
                                  reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
                 return
             case .unreachable(let why):
@@ -176,6 +180,14 @@ extension ReplicatedVolume {
         // client was told it failed, and its replay at the peer meets split-brain detection
         // (a name or file the lease holder changed meanwhile is kept in both versions).
         try permitApart()
+    }
+
+    /// A live change goes with what this node saw at its names while an entry is in split
+    /// brain here: each node keeps its copy of that entry, so a name may hold another entry
+    /// on the peer, which the bare change would rename, remove or change instead (seed 544).
+    /// Otherwise the pair is in step and the names agree; the peer skips the check.
+    func liveMessage(_ msg: PeerMessage, _ t: Transaction) -> PeerMessage {
+        anySplit && !t.expect.isEmpty ? .guarded(expect: t.expect, change: msg) : msg
     }
 
     /// The id an expectation names for "no entry here": never allocated (ordinal byte 0xFF),

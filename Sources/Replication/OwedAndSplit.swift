@@ -92,6 +92,9 @@ extension ReplicatedVolume {
     }
     public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
+    /// Whether any entry is in split brain here: its name may then hold another entry on the peer.
+    var anySplit: Bool { state.with { !$0.split.isEmpty } }
+
     /// Whether this node owes the peer a change of the same attributes of the same entry as
     /// `change` (a guarded setattr, setxattr or removexattr the peer replays): both nodes
     /// changed them apart, and applying each other's would swap them, leaving the two copies

@@ -773,3 +773,26 @@ final class RenameOfAnEntryThePeerRemovedTests: InProcessPairTestCase {
         XCTAssertTrue(ka == kb || listed(a) && listed(b), "x on a: \(String(describing: ka)), on b: \(String(describing: kb)), listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 544: apart, a creates t while b renames f to t: a split brain, and each node keeps its
+/// copy, so t is a's new file on a and f's entry on b. Back in step, b renames t to u: the
+/// bare rename, applied by name on a, moved a's other file t instead.
+final class LiveChangeUnderASplitNameTests: InProcessPairTestCase {
+    func testALiveRenameOfANameThatHoldsAnotherEntryOnThePeerLeavesThePeersEntry() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        try write(a, "t", payload(4000, seed: 2))
+        let t = try XCTUnwrap(a.local.brick.readID(rel: "t"))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "t", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(b.local.brick.readID(rel: "t"), f, "b's copy: f's entry at t")
+        XCTAssertEqual(a.local.brick.readID(rel: "t"), t, "a's copy: its new file at t")
+        try b.volume.rename(parent: .root, name: "t", newParent: .root, newName: "u", flags: 0)
+        waitSettled()
+        XCTAssertEqual(a.local.brick.readID(rel: "t"), t, "a's file t stays where it is")
+        XCTAssertTrue((try? readBytes(a.local.brick.absolute("t"))) == payload(4000, seed: 2), "a's bytes at t")
+        XCTAssertNotEqual(a.local.brick.readID(rel: "u"), t, "a's file t is not moved by b's rename of its copy of f")
+    }
+}
