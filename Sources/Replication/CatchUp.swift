@@ -184,16 +184,17 @@ public final class CatchUp: @unchecked Sendable {
         // Sent before, answer lost: the peer already renamed it.
         if e == ENOENT, r.uncertain, case .rename = change { return true }
         if e == ENOENT, case .rmdir = change { return true }
-        // The peer has nothing under the old name: it never had this node's version of
-        // the file, which is made right by sending it whole under its name here. A file
-        // this node does not owe, the peer had and removed apart: its own owed removal
-        // settles the name here; sent back, the file would live on the peer only (seed 478).
+        // The peer removed the entry while apart: its own owed removal settles it here.
+        // Sent back whole, the file would live on the peer only (seed 478).
+        if e == EIDRM, case .rename = change {
+            log.notice("owed rename of \(ReplicatedVolume.describe(change).debugDescription) dropped: the peer removed that entry while apart; its own replay settles it here")
+            return true
+        }
+        // The peer has nothing under the old name, or no target directory: the rename
+        // reached it before the link broke (its reply was lost), or it never had the file.
+        // Either way a file is made right by sending it whole under its name here.
         if e == ENOENT, case let .rename(_, _, tp, tn, _) = change,
            case let (st, id?)? = try? v.local.brick.statAndID(Brick.join(tp, tn)), st.kind == .file {
-            guard v.isOwed(id) || ((try? v.journal.peerFile(id)) ?? nil) != nil else {
-                log.notice("owed rename onto \(Brick.join(tp, tn).debugDescription) dropped: the peer removed that file while apart; its own replay settles it here")
-                return true
-            }
             switch v.pushFile(id) {
             case .ok, .gone: return true
             case .unreachable: return false

@@ -74,6 +74,7 @@ public final class PeerService: Sendable {
     /// refused as a split brain (both versions kept) once this node changed the entry too.
     private func handleGuarded(_ m: PeerMessage, _ expect: [EntryExpectation], _ change: PeerMessage, requestID: UInt64) -> PeerMessage {
         if volume.removedHereToo(expect, change: change) { return reply(requestID, ENOENT) }
+        if volume.renamesAnEntryRemovedHere(expect, change: change) { return reply(requestID, EIDRM) }
         let conflict: String?
         do throws(FSError) {
             conflict = try volume.owesConflictingAttributeChange(expect[0].stableID, change)
@@ -323,6 +324,18 @@ extension ReplicatedVolume {
         let (p, n) = name
         guard let e = expect.first, e.stableID != Self.absentID,
               let found = local.brick.readID(rel: Brick.join(p, n)), found != e.stableID else { return false }
+        try? journal.submit([], wait: .written)
+        return ((try? journal.inode(e.stableID)) ?? nil) == nil
+    }
+
+    /// A guarded rename of an entry this node removed while apart (gone from its name and from
+    /// the journal): answered EIDRM, not ENOENT, which also means "the rename's target
+    /// directory is not here" and makes the sender send its file whole. The sender drops the
+    /// rename; this node's own owed removal settles the entry on the sender (seed 478).
+    func renamesAnEntryRemovedHere(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
+        guard case let .rename(fp, fn, _, _, flags) = change, !RenameFlags(rawValue: flags).contains(.exchange),
+              let e = expect.first, e.stableID != Self.absentID, e.path == Brick.join(fp, fn),
+              local.brick.readID(rel: e.path) == nil else { return false }
         try? journal.submit([], wait: .written)
         return ((try? journal.inode(e.stableID)) ?? nil) == nil
     }
