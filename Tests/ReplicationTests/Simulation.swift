@@ -643,11 +643,17 @@ final class Simulation {
     /// under one of those names meets the other node's copy there: a conflict of its own,
     /// whatever the windows (seed 544: b renamed f1 away while a created the target name, a
     /// split brain; f1 stayed on a, and b's new f1 could not be placed there).
+    /// The names are the row's and every name the model saw its entry under (seed 814: a
+    /// replaced d0/f0, its copy of an entry in split brain, by a rename; b's copy of that
+    /// entry was at d0/f1, and a's rename was refused too).
     func unjustified(_ rows: [SplitBrainRow]) -> [SplitBrainRow] {
+        func names(_ r: SplitBrainRow) -> [String] {
+            Self.paths(of: r) + (r.id == 0 ? [] : touches.filter { $0.ids.contains(r.id) }.flatMap(\.paths))
+        }
         var left = rows.filter { !concurrent(Self.paths(of: $0), id: $0.id) }
-        var justified = rows.filter { r in !left.contains { $0.key == r.key } }.flatMap(Self.paths)
+        var justified = rows.filter { r in !left.contains { $0.key == r.key } }.flatMap(names)
         while let i = left.firstIndex(where: { r in Self.paths(of: r).contains { p in justified.contains { isWithin(p, $0) || isWithin($0, p) } } }) {
-            justified += Self.paths(of: left.remove(at: i))
+            justified += names(left.remove(at: i))
         }
         return left
     }
