@@ -370,7 +370,10 @@ final class Simulation {
         if let e = err, Self.notApplied.contains(e.errno) { return false }
         guard !settledAtStart || !inStep || paths.contains(where: inSplit) else { return false }
         apartInWindow = true
-        touches.append(Touch(node: n.side, window: window, paths: Set(paths), ids: idsBefore.union(ids(n, paths))))
+        // The directory a change is made in is changed too: a rename or removal of it by the
+        // other node meets the change (seed 111: a wrote d0/s/f0 while b renamed d0/s and removed it).
+        let parents = paths.map { ReplicatedVolume.split($0).0 }.filter { !$0.isEmpty }
+        touches.append(Touch(node: n.side, window: window, paths: Set(paths), ids: idsBefore.union(ids(n, paths + parents))))
         return true
     }
 
