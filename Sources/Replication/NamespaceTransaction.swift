@@ -138,6 +138,13 @@ extension ReplicatedVolume {
         defer { t.release() }
         var sent = false
         if t.entered == .live && gate.mode == .live {
+            // An entry made in a directory this node holds in split brain belongs to this
+            // node's copy of it, as an owed one does (`createsInSplitDirectory`): sent, the
+            // peer refuses it as a conflict of its own (seed 984).
+            if Self.created(by: msg) != nil, let dir = t.expect.first, isSplit(dir.stableID) || underSplitDirectory(dir.stableID) {
+                try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
+                return
+            }
             sent = true
             let sending = liveMessage(msg, t)
             switch channel.call(sending) {
@@ -156,7 +163,10 @@ extension ReplicatedVolume {
                 // An entry in split brain here, which the peer holds under another name
                 // (ENOENT) or refuses as its own copy in the same split (EBADE): the change
                 // is of this node's copy, listed already.
-                if e == ENOENT || e == splitBrainErrno, let id = t.expect.first?.stableID, isSplit(id) { return }
+                if e == ENOENT, let id = t.expect.first?.stableID, isSplit(id) { return }
+                // Refused as the peer's copy in a split brain: listed here already under the
+                // subject the peer records, or listed now (on both, the peer skips its own).
+                if e == splitBrainErrno, case let .entry(id) = Self.entryID(sending), isSplit(id) { return }
                 // Guarded: the peer had removed that entry too.
                 if e == ENOENT, case .guarded(_, .unlink) = sending { return }
                 if e == ENOENT, case .guarded(_, .rmdir) = sending { return }

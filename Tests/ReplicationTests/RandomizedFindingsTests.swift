@@ -796,3 +796,29 @@ final class LiveChangeUnderASplitNameTests: InProcessPairTestCase {
         XCTAssertNotEqual(a.local.brick.readID(rel: "u"), t, "a's file t is not moved by b's rename of its copy of f")
     }
 }
+
+/// Seed 984: a's directory d1 is in split brain (a made a new d1 where b kept its old one).
+/// Back in step, a makes d1/s: sent live, b refused it as a conflict of its own and listed it,
+/// while a, finding d1 listed, did not: a split brain listed on b only.
+final class LiveCreateInASplitDirectoryTests: InProcessPairTestCase {
+    func testAnEntryMadeLiveInADirectoryInSplitBrainStaysInThisNodesCopy() throws {
+        _ = try a.volume.mkdir(parent: .root, name: "d", mode: 0o755, ctx: ctx)
+        waitSettled()
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "f", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        XCTAssertFalse(rows(a).isEmpty, "the two renames of d are a split brain")
+        let e = try XCTUnwrap(a.ref("e"))
+        let (_, h) = try a.volume.create(parent: e, name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
+        try a.volume.release(handle: h)
+        waitSettled()
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path): \(r.reason)") }
+        XCTAssertFalse((rows(a) + rows(b)).contains { $0.path.hasSuffix("x") }, "x is in a's copy of d, no conflict of its own")
+        XCTAssertEqual(a.kind("e/x"), .file)
+    }
+}
