@@ -2,6 +2,7 @@ import Fixity
 import Foundation
 import Glibc
 import Journal
+import PeerProtocol
 import Replication
 import ReplicationTesting
 import TwinCore
@@ -681,5 +682,34 @@ final class AModeChangeAndARewriteApartTests: InProcessPairTestCase {
         XCTAssertEqual(mb, 0o640, "a's mode on b")
         XCTAssertEqual(try? readBytes(a.local.brick.absolute("f")), theirs)
         XCTAssertEqual(try? readBytes(b.local.brick.absolute("f")), theirs)
+    }
+}
+
+/// Seed 354's shape: while a is away, b moves f to g, then stores a new h and renames it onto
+/// g. Catch-up replays the first rename, a applies it and its answer is lost; sent again, a
+/// answered ENOENT (f is gone there), which b took for "a never had the file": it sent what
+/// it now holds at g (h's file) whole, and a, still holding f's file at g, refused it. Two
+/// split brains (g, and the rename) of changes only b made.
+final class AReplayedRenameWhoseAnswerWasLostTests: InProcessPairTestCase {
+    func testARenameAppliedBeforeIsDoneWhenReplayedAgain() throws {
+        let first = payload(3000, seed: 1)
+        try write(b, "f", first)
+        link.setPartitioned(true)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        let second = payload(5000, seed: 2)
+        try write(b, "h", second)
+        try b.volume.rename(parent: .root, name: "h", newParent: .root, newName: "g", flags: 0)
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .rename(_, "f", _, _, _)) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(link.stats.lostReplies, 1, "the first rename's answer was lost")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("g")), second)
+        XCTAssertEqual(a.local.brick.readID(rel: "g"), b.local.brick.readID(rel: "g"))
+        XCTAssertNil(a.kind("f"))
+        XCTAssertNil(a.kind("h"))
     }
 }
