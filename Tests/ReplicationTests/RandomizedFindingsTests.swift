@@ -713,3 +713,40 @@ final class AReplayedRenameWhoseAnswerWasLostTests: InProcessPairTestCase {
         XCTAssertNil(a.kind("h"))
     }
 }
+
+/// Seed 382's shape: while a is away, b stores f and g, then renames f onto g. Catch-up
+/// replays the two creates (a holds both as incomplete replicas) and a's disk refuses the
+/// rename for a while. a's healer asks b for f meanwhile: b sent it whole under its name on
+/// b, g, where a still holds g's file: a split brain of files only b changed. A node sends a
+/// file for a heal only once it owes no namespace change, as catch-up and pulls do.
+final class AHealSendBeforeTheOwedRenameTests: InProcessPairTestCase {
+    func testAHealSendWaitsForTheOwedNamespaceChanges() throws {
+        link.setPartitioned(true)
+        let mine = payload(4000, seed: 1)
+        try write(b, "f", mine)
+        try write(b, "g", payload(6000, seed: 2))
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        for _ in 0..<3 {
+            link.script(.refuse(ENOSPC), towards: .a) { m in
+                if case .guarded(_, .rename) = m { return true }
+                return false
+            }
+        }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        func waiting() -> Bool { a.local.brick.readID(rel: "f") == f && ((try? b.journal.peerBacklog().ops) ?? 0) == 1 }
+        while !waiting() && ContinuousClock.now < deadline { usleep(5_000) }
+        XCTAssertEqual(a.local.brick.readID(rel: "f"), f, "a holds f as an incomplete replica")
+        XCTAssertEqual(try b.journal.peerBacklog().ops, 1, "b still owes the rename")
+        // What a's healer asks for an incomplete replica.
+        let answer = a.volume.channel.call(.healFile(stableID: f, expected: PeerMessage.journalHashOnPeer))
+        XCTAssertEqual(answer, .refused(EBUSY), "asked again once b replayed its renames")
+        link.healAll()
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("g")), mine)
+        XCTAssertEqual(a.local.brick.readID(rel: "g"), f)
+        XCTAssertNil(a.kind("f"))
+    }
+}
