@@ -121,11 +121,14 @@ public final class PeerService: Sendable {
         case let .catchUpState(ops, files):
             volume.peerReportedCatchUp(ops: ops, files: files)
             // The peer owes nothing: a file its replay created here and that it deleted since
-            // (no name left here) or holds in split brain will never be committed. Its receipt
-            // goes (abandoned: the healer then finds it gone, or split) instead of staying open
-            // and awaited for as long as the link stays up.
+            // (no name left here) or holds in split brain, itself or in its copy of a directory
+            // in split brain here too (it never sends those, seed 382), will never be
+            // committed. Its receipt goes (abandoned: the healer then finds it gone, or split)
+            // instead of staying open and awaited for as long as the link stays up.
             if ops == 0 && files == 0 {
-                applier.release { id in volume.isSplit(id) || ((try? volume.journal.inode(id)) ?? nil) == nil }
+                applier.release { id in
+                    volume.isSplit(id) || volume.underSplitDirectory(id) || ((try? volume.journal.inode(id)) ?? nil) == nil
+                }
             }
             return reply(requestID, 0)
         case .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:

@@ -750,3 +750,28 @@ final class AHealSendBeforeTheOwedRenameTests: InProcessPairTestCase {
         XCTAssertNil(a.kind("f"))
     }
 }
+
+/// Seed 382, after the fix above: apart, a makes directory t while b stores d/f and renames d
+/// onto t. Back together, d is a split brain (both keep their copy), and f, replayed to a as
+/// an incomplete replica in a's d, belongs to b's copy of it, which b never sends. a held the
+/// receipt open for as long as the link stayed up, and once it was given up, b answered a's
+/// healer by sending f under its own path, t/f: a directory of a's, where a could not place a
+/// file it holds under another name. Never settled. Now the receipt goes once b owes nothing,
+/// and b answers that f is in split brain: a keeps its placeholder, listed, never served.
+final class AFileInTheCopyOfASplitDirectoryTests: InProcessPairTestCase {
+    func testAPlaceholderInASplitDirectoryIsListedNotAwaitedForever() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try mkdir(a, "t")
+        try write(b, "d/f", payload(4000, seed: 1))
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "d/f"))
+        let d = try XCTUnwrap(b.ref("d"))
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "t", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertTrue(a.volume.isSplit(d.id) && b.volume.isSplit(d.id), "d is a split brain")
+        XCTAssertEqual(a.local.brick.readID(rel: "d/f"), f, "a's placeholder of f, in a's d")
+        XCTAssertTrue(a.volume.isSplit(f), "listed on a")
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt of f left open")
+    }
+}
