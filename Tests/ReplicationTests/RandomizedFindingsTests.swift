@@ -775,3 +775,33 @@ final class AFileInTheCopyOfASplitDirectoryTests: InProcessPairTestCase {
         XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt of f left open")
     }
 }
+
+/// Seed 368's shape: apart, a rewrites f while b renames g onto f. b's replayed rename is
+/// refused (a changed f), and so is its removal of the f it replaced (a rewrote it); that
+/// answer is lost. b dropped the owed rename all the same, so it never recorded either
+/// conflict: both split brains were listed on a only.
+final class ARefusedRenameWhoseSettlingIsCutOffTests: InProcessPairTestCase {
+    func testTheRefusedRenameIsListedOnBothNodesWhenAnAnswerIsLost() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "f", payload(5000, seed: 3))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        // a's send of its f waits (b's disk refuses it for a while): b's replay meets a's f.
+        for _ in 0..<3 { link.script(.refuse(ENOSPC), towards: .b) { $0.type == .stageWhole } }
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .unlink) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertEqual(link.stats.lostReplies, 1)
+        XCTAssertFalse(rows(a).isEmpty, "the rename onto a file a rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+}
