@@ -128,8 +128,11 @@ public final class CatchUp: @unchecked Sendable {
                     log.error("\(PeerRefusal.describe(e, "apply the owed \(m.type) of \(ReplicatedVolume.describe(m).debugDescription)")); next try in \(delay)")
                     return false
                 case .refused(let e):
-                    drops.append(.dropPeerOp(seq: r.seq))
+                    // Kept while the link went down settling it (a lost answer to the removal of
+                    // the entry a refused rename replaced here): the next pass sends it again and
+                    // settles it whole, else the split brain stays listed on the peer only (seed 368).
                     guard replayReplacedTarget(of: m), settleRefusal(e, of: m, r) else { return false }
+                    drops.append(.dropPeerOp(seq: r.seq))
                 }
             }
         }

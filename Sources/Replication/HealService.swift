@@ -24,6 +24,11 @@ extension ReplicatedVolume {
                 return reply(EIO)
             }
         case let .healFile(id, expected):
+            // Files go after the owed namespace changes, as catch-up and pulls send them: a
+            // send names the file by its path here, which the peer may not have yet (seed 382:
+            // a rename onto another file's name, not replayed yet, made the send meet that
+            // file there, a split brain of a file only this node changed). Asked again later.
+            guard ((try? journal.peerBacklog().ops) ?? 1) == 0 else { return reply(EBUSY) }
             // 16 zero bytes on the wire: "to your journal's hash".
             return reply(sendForHeal(id, verify: expected.allSatisfy { $0 == 0 } ? .journalHash : .hash(expected)))
         case let .fileState(id, rehash):
@@ -98,7 +103,10 @@ extension ReplicatedVolume {
     /// Sends file `id` whole to the peer for a heal, its bytes checked (`verify`) before
     /// anything leaves. Answers an errno for the asking peer.
     func sendForHeal(_ id: UInt64, verify: SourceCheck) -> Int32 {
-        if isSplit(id) { return splitBrainErrno }
+        // In split brain, or in this node's copy of a directory that is: it stays in that copy,
+        // as catch-up leaves it (the peer's directory of that name is another one, where a
+        // send by this node's path would meet other entries, or no directory at all).
+        if isSplit(id) || underSplitDirectory(id) { return splitBrainErrno }
         // Only part of the file the peer was sending reached this node: no copy to give.
         // (A file this node changed while apart or owes is its own copy, whatever marks it.)
         if (try? journal.healPendingRow(id))??.kind == .incompleteReplica, !isOwed(id), !changedWhileApart(id) { return ENODATA }

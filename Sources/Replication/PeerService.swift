@@ -85,7 +85,10 @@ public final class PeerService: Sendable {
             // peer retries, never a conflict the disk's silence made up.
             return reply(requestID, error.errno)
         }
-        guard let why = conflict else { return handleBlocking(change, requestID: requestID) }
+        guard let why = conflict else {
+            if volume.renameAppliedAlready(expect, change: change) { return reply(requestID, 0) }
+            return handleBlocking(change, requestID: requestID)
+        }
         let subject = ReplicatedVolume.entryID(m)
         // Listed already (an earlier change of it met the conflict): the row keeps that
         // first reason, and the sender's change stays in the sender's copy.
@@ -119,11 +122,14 @@ public final class PeerService: Sendable {
         case let .catchUpState(ops, files):
             volume.peerReportedCatchUp(ops: ops, files: files)
             // The peer owes nothing: a file its replay created here and that it deleted since
-            // (no name left here) or holds in split brain will never be committed. Its receipt
-            // goes (abandoned: the healer then finds it gone, or split) instead of staying open
-            // and awaited for as long as the link stays up.
+            // (no name left here) or holds in split brain, itself or in its copy of a directory
+            // in split brain here too (it never sends those, seed 382), will never be
+            // committed. Its receipt goes (abandoned: the healer then finds it gone, or split)
+            // instead of staying open and awaited for as long as the link stays up.
             if ops == 0 && files == 0 {
-                applier.release { id in volume.isSplit(id) || ((try? volume.journal.inode(id)) ?? nil) == nil }
+                applier.release { id in
+                    volume.isSplit(id) || volume.underSplitDirectory(id) || ((try? volume.journal.inode(id)) ?? nil) == nil
+                }
             }
             return reply(requestID, 0)
         case .listDir, .healFile, .fileState, .volumeInfo, .healInfo, .resolveSplit:
@@ -338,6 +344,19 @@ extension ReplicatedVolume {
               local.brick.readID(rel: e.path) == nil else { return false }
         try? journal.submit([], wait: .written)
         return ((try? journal.inode(e.stableID)) ?? nil) == nil
+    }
+
+    /// A guarded rename this node applied already: sent again because its answer was lost (or
+    /// the sender stopped before it heard it), it finds its entry at the target here and
+    /// nothing of it under the source name. Done: applied again it would fail with ENOENT,
+    /// which the sender cannot tell from a peer that never had the entry, so it sent its file
+    /// under the target name, where this node still holds the entry it moved (seed 354: a
+    /// split brain of a file only the sender changed).
+    func renameAppliedAlready(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
+        guard case let .rename(fp, fn, tp, tn, flags) = change, !RenameFlags(rawValue: flags).contains(.exchange) else { return false }
+        let (from, to) = (Brick.join(fp, fn), Brick.join(tp, tn))
+        guard from != to, let moved = expect.first(where: { $0.path == from }), moved.stableID != Self.absentID else { return false }
+        return local.brick.readID(rel: to) == moved.stableID && local.brick.readID(rel: from) != moved.stableID
     }
 
     /// The name whose entry an unlink or a rename removes or replaces (nil for any other change).

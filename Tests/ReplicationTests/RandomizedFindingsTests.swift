@@ -2,6 +2,7 @@ import Fixity
 import Foundation
 import Glibc
 import Journal
+import PeerProtocol
 import Replication
 import ReplicationTesting
 import TwinCore
@@ -820,5 +821,126 @@ final class LiveCreateInASplitDirectoryTests: InProcessPairTestCase {
         for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path): \(r.reason)") }
         XCTAssertFalse((rows(a) + rows(b)).contains { $0.path.hasSuffix("x") }, "x is in a's copy of d, no conflict of its own")
         XCTAssertEqual(a.kind("e/x"), .file)
+    }
+}
+
+/// Seed 354's shape: while a is away, b moves f to g, then stores a new h and renames it onto
+/// g. Catch-up replays the first rename, a applies it and its answer is lost; sent again, a
+/// answered ENOENT (f is gone there), which b took for "a never had the file": it sent what
+/// it now holds at g (h's file) whole, and a, still holding f's file at g, refused it. Two
+/// split brains (g, and the rename) of changes only b made.
+final class AReplayedRenameWhoseAnswerWasLostTests: InProcessPairTestCase {
+    func testARenameAppliedBeforeIsDoneWhenReplayedAgain() throws {
+        let first = payload(3000, seed: 1)
+        try write(b, "f", first)
+        link.setPartitioned(true)
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        let second = payload(5000, seed: 2)
+        try write(b, "h", second)
+        try b.volume.rename(parent: .root, name: "h", newParent: .root, newName: "g", flags: 0)
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .rename(_, "f", _, _, _)) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertEqual(link.stats.lostReplies, 1, "the first rename's answer was lost")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("g")), second)
+        XCTAssertEqual(a.local.brick.readID(rel: "g"), b.local.brick.readID(rel: "g"))
+        XCTAssertNil(a.kind("f"))
+        XCTAssertNil(a.kind("h"))
+    }
+}
+
+/// Seed 382's shape: while a is away, b stores f and g, then renames f onto g. Catch-up
+/// replays the two creates (a holds both as incomplete replicas) and a's disk refuses the
+/// rename for a while. a's healer asks b for f meanwhile: b sent it whole under its name on
+/// b, g, where a still holds g's file: a split brain of files only b changed. A node sends a
+/// file for a heal only once it owes no namespace change, as catch-up and pulls do.
+final class AHealSendBeforeTheOwedRenameTests: InProcessPairTestCase {
+    func testAHealSendWaitsForTheOwedNamespaceChanges() throws {
+        link.setPartitioned(true)
+        let mine = payload(4000, seed: 1)
+        try write(b, "f", mine)
+        try write(b, "g", payload(6000, seed: 2))
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
+        for _ in 0..<3 {
+            link.script(.refuse(ENOSPC), towards: .a) { m in
+                if case .guarded(_, .rename) = m { return true }
+                return false
+            }
+        }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        func waiting() -> Bool { a.local.brick.readID(rel: "f") == f && ((try? b.journal.peerBacklog().ops) ?? 0) == 1 }
+        while !waiting() && ContinuousClock.now < deadline { usleep(5_000) }
+        XCTAssertEqual(a.local.brick.readID(rel: "f"), f, "a holds f as an incomplete replica")
+        XCTAssertEqual(try b.journal.peerBacklog().ops, 1, "b still owes the rename")
+        // What a's healer asks for an incomplete replica.
+        let answer = a.volume.channel.call(.healFile(stableID: f, expected: PeerMessage.journalHashOnPeer))
+        XCTAssertEqual(answer, .refused(EBUSY), "asked again once b replayed its renames")
+        link.healAll()
+        waitSettled()
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("g")), mine)
+        XCTAssertEqual(a.local.brick.readID(rel: "g"), f)
+        XCTAssertNil(a.kind("f"))
+    }
+}
+
+/// Seed 382, after the fix above: apart, a makes directory t while b stores d/f and renames d
+/// onto t. Back together, d is a split brain (both keep their copy), and f, replayed to a as
+/// an incomplete replica in a's d, belongs to b's copy of it, which b never sends. a held the
+/// receipt open for as long as the link stayed up, and once it was given up, b answered a's
+/// healer by sending f under its own path, t/f: a directory of a's, where a could not place a
+/// file it holds under another name. Never settled. Now the receipt goes once b owes nothing,
+/// and b answers that f is in split brain: a keeps its placeholder, listed, never served.
+final class AFileInTheCopyOfASplitDirectoryTests: InProcessPairTestCase {
+    func testAPlaceholderInASplitDirectoryIsListedNotAwaitedForever() throws {
+        try mkdir(a, "d")
+        link.setPartitioned(true)
+        try mkdir(a, "t")
+        try write(b, "d/f", payload(4000, seed: 1))
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "d/f"))
+        let d = try XCTUnwrap(b.ref("d"))
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "t", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        XCTAssertTrue(a.volume.isSplit(d.id) && b.volume.isSplit(d.id), "d is a split brain")
+        XCTAssertEqual(a.local.brick.readID(rel: "d/f"), f, "a's placeholder of f, in a's d")
+        XCTAssertTrue(a.volume.isSplit(f), "listed on a")
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt of f left open")
+    }
+}
+
+/// Seed 368's shape: apart, a rewrites f while b renames g onto f. b's replayed rename is
+/// refused (a changed f), and so is its removal of the f it replaced (a rewrote it); that
+/// answer is lost. b dropped the owed rename all the same, so it never recorded either
+/// conflict: both split brains were listed on a only.
+final class ARefusedRenameWhoseSettlingIsCutOffTests: InProcessPairTestCase {
+    func testTheRefusedRenameIsListedOnBothNodesWhenAnAnswerIsLost() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "f", payload(5000, seed: 3))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        // a's send of its f waits (b's disk refuses it for a while): b's replay meets a's f.
+        for _ in 0..<3 { link.script(.refuse(ENOSPC), towards: .b) { $0.type == .stageWhole } }
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .unlink) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertEqual(link.stats.lostReplies, 1)
+        XCTAssertFalse(rows(a).isEmpty, "the rename onto a file a rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
     }
 }

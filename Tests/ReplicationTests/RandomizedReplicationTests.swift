@@ -24,8 +24,9 @@ final class RandomizedReplicationTests: XCTestCase {
     /// - split brain the model does not find concurrent (48 seeds), mostly refused guarded
     ///   renames and creates answered EEXIST. Several are cascades: a name held on one node by an
     ///   entry already in split brain (a refused rename left it there), so a later create or
-    ///   rename of that name by the other node is refused too (seed 263); the model only counts
-    ///   touches of the same path in one window. Not all analysed;
+    ///   rename of that name by the other node is refused too (seed 263); the model now counts
+    ///   those, and entries beneath a directory in split brain, as justified by the split brain
+    ///   they follow from (`Simulation.withCascades`). Not all analysed;
     /// - did not settle (10): a receipt whose commit never comes (60, 140, 200, 348, 646), or a
     ///   file a node keeps owing (320, 448, 505, 718, 869);
     /// - bricks or journals differ, acknowledged write lost or not listed (581, 591, 869): 591
