@@ -187,10 +187,15 @@ public final class CatchUp: @unchecked Sendable {
         // Sent before, answer lost: the peer already renamed it.
         if e == ENOENT, r.uncertain, case .rename = change { return true }
         if e == ENOENT, case .rmdir = change { return true }
-        // The peer removed the entry while apart: its own owed removal settles it here.
-        // Sent back whole, the file would live on the peer only (seed 478).
-        if e == EIDRM, case .rename = change {
-            log.notice("owed rename of \(ReplicatedVolume.describe(change).debugDescription) dropped: the peer removed that entry while apart; its own replay settles it here")
+        // The peer removed the entry while apart: a conflict, listed, and this node keeps
+        // its copy. Sent back whole, it could live on the peer only once the peer's owed
+        // removal had reached here (seed 478); dropped, only here when that removal was a
+        // live one this node refused (seed 1100).
+        if e == EIDRM, case .rename = change, case let .entry(id) = ReplicatedVolume.entryID(m) {
+            if !v.isSplit(id) {
+                v.recordSplitBrainOnBoth(.entry(id), path: ReplicatedVolume.describe(m),
+                                         reason: "this node renamed it while the nodes were apart, and the peer removed it meanwhile: this node keeps its copy")
+            }
             return true
         }
         // The peer has nothing under the old name, or no target directory: the rename

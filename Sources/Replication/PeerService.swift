@@ -336,8 +336,8 @@ extension ReplicatedVolume {
 
     /// A guarded rename of an entry this node removed while apart (gone from its name and from
     /// the journal): answered EIDRM, not ENOENT, which also means "the rename's target
-    /// directory is not here" and makes the sender send its file whole. The sender drops the
-    /// rename; this node's own owed removal settles the entry on the sender (seed 478).
+    /// directory is not here" and makes the sender send its file whole (seed 478: sent back, it
+    /// outlived this node's removal on this node only). The sender lists the conflict.
     func renamesAnEntryRemovedHere(_ expect: [EntryExpectation], change: PeerMessage) -> Bool {
         guard case let .rename(fp, fn, _, _, flags) = change, !RenameFlags(rawValue: flags).contains(.exchange),
               let e = expect.first, e.stableID != Self.absentID, e.path == Brick.join(fp, fn),

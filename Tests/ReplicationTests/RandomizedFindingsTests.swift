@@ -944,3 +944,25 @@ final class ARefusedRenameWhoseSettlingIsCutOffTests: InProcessPairTestCase {
         for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
     }
 }
+
+/// Seed 1100: apart, b renames x to y; back in step, before b's replay of it lands (a's disk
+/// refuses it once), a deletes x live: b has no x (ENOENT), listed by name. b's replayed
+/// rename then meets an entry a removed: dropped as "a's own replay removes it here", b kept y
+/// and a had nothing, nothing listed by the file's id.
+final class RenameMeetsALiveRemovalTests: InProcessPairTestCase {
+    func testARenameOfAnEntryThePeerRemovedLiveKeepsBothNodesAlikeOrListed() throws {
+        try write(a, "x", payload(3000, seed: 1))
+        let x = try XCTUnwrap(a.local.brick.readID(rel: "x"))
+        link.setPartitioned(true)
+        try b.volume.rename(parent: .root, name: "x", newParent: .root, newName: "y", flags: 0)
+        link.script(.refuse(ENOSPC), towards: .a) { $0.type == .guarded }
+        link.setPartitioned(false)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while a.volume.mode != .live && ContinuousClock.now < deadline { usleep(2_000) }
+        try? a.volume.unlink(parent: .root, name: "x")
+        waitSettled()
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == x } }
+        let ya = a.local.brick.readID(rel: "y"), yb = b.local.brick.readID(rel: "y")
+        XCTAssertTrue(ya == yb || listed(a) && listed(b), "y on a: \(String(describing: ya)), on b: \(String(describing: yb)), listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
