@@ -192,12 +192,13 @@ extension ReplicatedVolume {
         try permitApart()
     }
 
-    /// A live change goes with what this node saw at its names while an entry is in split
-    /// brain here: each node keeps its copy of that entry, so a name may hold another entry
-    /// on the peer, which the bare change would rename, remove or change instead (seed 544).
-    /// Otherwise the pair is in step and the names agree; the peer skips the check.
+    /// A live change goes with what this node saw at its names while those may differ on the
+    /// peer: an entry is in split brain here (each node keeps its copy, seed 544), or the peer
+    /// still owes changes it made apart (its rename onto a name this node changes now, not
+    /// replayed yet, seed 1324). The bare change would rename, remove or change the peer's
+    /// other entry. Otherwise the pair is in step and the names agree; the peer skips the check.
     func liveMessage(_ msg: PeerMessage, _ t: Transaction) -> PeerMessage {
-        anySplit && !t.expect.isEmpty ? .guarded(expect: t.expect, change: msg) : msg
+        namesMayDiffer && !t.expect.isEmpty ? .guarded(expect: t.expect, change: msg) : msg
     }
 
     /// The id an expectation names for "no entry here": never allocated (ordinal byte 0xFF),

@@ -92,8 +92,10 @@ extension ReplicatedVolume {
     }
     public func isSplit(_ id: UInt64) -> Bool { state.with { $0.split.contains(id) } }
 
-    /// Whether any entry is in split brain here: its name may then hold another entry on the peer.
-    var anySplit: Bool { state.with { !$0.split.isEmpty } }
+    /// Whether a name may hold another entry on the peer than here: an entry is in split brain
+    /// here, or the peer still owes (or has not said whether it owes) namespace changes it
+    /// made while apart.
+    var namesMayDiffer: Bool { state.with { !$0.split.isEmpty || !$0.peerStateKnown || $0.peerOps > 0 } }
 
     /// Whether this node owes the peer a change of the same attributes of the same entry as
     /// `change` (a guarded setattr, setxattr or removexattr the peer replays): both nodes

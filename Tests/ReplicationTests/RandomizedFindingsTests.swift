@@ -966,3 +966,29 @@ final class RenameMeetsALiveRemovalTests: InProcessPairTestCase {
         XCTAssertTrue(ya == yb || listed(a) && listed(b), "y on a: \(String(describing: ya)), on b: \(String(describing: yb)), listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 1324: a renames x to t, and b's disk refuses it, so a owes it. b, in step as far as it
+/// knows, renames y onto t and later deletes t. Bare, b's rename replaced a's x (at t on a) on
+/// a; a's replayed rename then put x at t on b: x on b only, nothing listed.
+final class LiveChangeWhileThePeerOwesTests: InProcessPairTestCase {
+    func testALiveRenameOntoANameThePeerOwesAChangeOfKeepsBothNodesAlikeOrListed() throws {
+        try write(b, "x", payload(3000, seed: 1))
+        try write(b, "y", payload(4000, seed: 2))
+        waitSettled()
+        let x = try XCTUnwrap(a.local.brick.readID(rel: "x")), y = try XCTUnwrap(a.local.brick.readID(rel: "y"))
+        link.setDiskRefusal(EIO, on: .b)
+        try a.volume.rename(parent: .root, name: "x", newParent: .root, newName: "t", flags: 0)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !b.volume.peerOwesUs && ContinuousClock.now < deadline { usleep(2_000) }
+        XCTAssertTrue(b.volume.peerOwesUs, "b knows a owes its rename")
+        try b.volume.rename(parent: .root, name: "y", newParent: .root, newName: "t", flags: 0)
+        try b.volume.unlink(parent: .root, name: "t")
+        link.setDiskRefusal(nil, on: .b)
+        waitSettled()
+        func listed(_ id: UInt64, _ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == id } }
+        for (name, id) in [("x", x), ("y", y)] {
+            let onA = try tree(a.local).first { $0.value.id == id }?.key, onB = try tree(b.local).first { $0.value.id == id }?.key
+            XCTAssertTrue(onA == onB || listed(id, a) && listed(id, b), "\(name): on a at \(String(describing: onA)), on b at \(String(describing: onB)), listed on a \(listed(id, a)), on b \(listed(id, b))")
+        }
+    }
+}
