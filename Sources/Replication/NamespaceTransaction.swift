@@ -159,19 +159,7 @@ extension ReplicatedVolume {
                 log.error("\(why)")
                 markDegraded(why)
             case .refused(let e):
-                try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
-                // An entry in split brain here, which the peer holds under another name
-                // (ENOENT) or refuses as its own copy in the same split (EBADE): the change
-                // is of this node's copy, listed already.
-                if e == ENOENT, let id = t.expect.first?.stableID, isSplit(id) { return }
-                // Refused as the peer's copy in a split brain: listed here already under the
-                // subject the peer records, or listed now (on both, the peer skips its own).
-                if e == splitBrainErrno, case let .entry(id) = Self.entryID(sending), isSplit(id) { return }
-                // Guarded: the peer had removed that entry too.
-                if e == ENOENT, case .guarded(_, .unlink) = sending { return }
-                if e == ENOENT, case .guarded(_, .rmdir) = sending { return }
-                recordSplitBrainOnBoth(Self.entryID(sending), path: Self.describe(msg),
-                                 reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
+                settleLiveRefusal(e, t, msg, sending)
                 return
             case .unreachable(let why):
                 markDegraded(why)
@@ -190,6 +178,34 @@ extension ReplicatedVolume {
         // client was told it failed, and its replay at the peer meets split-brain detection
         // (a name or file the lease holder changed meanwhile is kept in both versions).
         try permitApart()
+    }
+
+    /// A live change the peer refused (not for its disk): nothing more to send of it, but a
+    /// rename still replaced an entry here, whose removal is owed on its own (guarded by what
+    /// this node saw there), as catch-up does for a refused replay (`replayReplacedTarget`):
+    /// else the peer keeps the entry only it still has (seed 1521).
+    func settleLiveRefusal(_ e: Int32, _ t: Transaction, _ msg: PeerMessage, _ sending: PeerMessage) {
+        if case let .rename(_, _, tp, tn, flags) = msg, !RenameFlags(rawValue: flags).contains(.exchange),
+           let replaced = t.expect.first(where: { $0.path == Brick.join(tp, tn) && $0.stableID != Self.absentID }) {
+            let removal = PeerMessage.guarded(expect: [replaced], change: .unlink(parentPath: tp, name: tn))
+            // In the change's own place among the owed ones (its row becomes the removal).
+            try? journal.submit([.peerOp(seq: t.seq, message: Self.encodeOp(removal), applied: true)], wait: .durable)
+            gate.wakeCatchUp()
+        } else {
+            try? journal.submit([.dropPeerOp(seq: t.seq)], wait: .queued)
+        }
+        // An entry in split brain here, which the peer holds under another name
+        // (ENOENT) or refuses as its own copy in the same split (EBADE): the change
+        // is of this node's copy, listed already.
+        if e == ENOENT, let id = t.expect.first?.stableID, isSplit(id) { return }
+        // Refused as the peer's copy in a split brain: listed here already under the
+        // subject the peer records, or listed now (on both, the peer skips its own).
+        if e == splitBrainErrno, case let .entry(id) = Self.entryID(sending), isSplit(id) { return }
+        // Guarded: the peer had removed that entry too.
+        if e == ENOENT, case .guarded(_, .unlink) = sending { return }
+        if e == ENOENT, case .guarded(_, .rmdir) = sending { return }
+        recordSplitBrainOnBoth(Self.entryID(sending), path: Self.describe(msg),
+                               reason: "the peer could not apply \(msg.type): \(String(cString: strerror(e))) (errno \(e)); the two namespaces differ here")
     }
 
     /// A live change goes with what this node saw at its names while those may differ on the
