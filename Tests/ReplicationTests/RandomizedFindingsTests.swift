@@ -683,3 +683,41 @@ final class AModeChangeAndARewriteApartTests: InProcessPairTestCase {
         XCTAssertEqual(try? readBytes(b.local.brick.absolute("f")), theirs)
     }
 }
+
+/// Seed 348's shape: b's live create of d/f reaches a but its answer is lost, so b owes the
+/// create (replayed) and f's bytes. a's receipt of f is released with the link and its healer
+/// fetches f whole from b before b's replayed create gets through (a's disk refused it once).
+/// That late create found f on a, whole and verified, and opened a receipt for it: f marked an
+/// incomplete replica again (not served on a), for bytes b had already delivered and would
+/// never send again, so the pair never settled.
+final class LateReplayedCreateTests: InProcessPairTestCase {
+    func testACreateReplayedAfterItsFileArrivedWholeLeavesItWhole() throws {
+        try mkdir(a, "d")
+        let bytes = payload(20_000, seed: 348)
+        // The replayed create is refused (a's disk) until a holds f whole.
+        let hold = Locked(true)
+        for _ in 0..<8 { link.script(.refuse(ENOSPC), towards: .a) { m in m.type == .guarded && hold.with { $0 } } }
+        link.script(.loseReply, towards: .a) { $0.type == .create }
+        try write(b, "d/f", bytes)
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "d/f"))
+        func whole(_ n: SimNode) -> Bool {
+            guard let r = try? n.journal.inode(f), !r.dirty, r.hash == XXH128Hasher.hash(bytes).bytes else { return false }
+            return (try? n.journal.healPendingRow(f)) == .some(nil)
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !whole(a) && ContinuousClock.now < deadline {
+            a.healer.kick()
+            usleep(20_000)
+        }
+        XCTAssertTrue(whole(a), "a's healer fetched f whole from b")
+        XCTAssertTrue(b.volume.mode != .live, "b still owes its create of f")
+        hold.with { $0 = false }
+        waitSettled()
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt left open on a")
+        XCTAssertTrue(whole(a), "f stays whole and servable on a")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("d/f")), bytes)
+        let h = try a.volume.open(NodeRef(id: f, path: "d/f"), flags: O_RDONLY)
+        try a.volume.release(handle: h)
+    }
+}
+
