@@ -721,3 +721,30 @@ final class LateReplayedCreateTests: InProcessPairTestCase {
     }
 }
 
+/// Seed 320's shape: b's disk refuses a's rename of d/f, so a owes it (degraded) and makes a new
+/// d/f; b, live, unlinks its d/f, which a refuses: its d/f is the new file, changed apart. a
+/// lists the new file as a split brain by its id, b by the name (b never knew that id). Back in
+/// step, a replayed the new file's create, and b opened a receipt for bytes a never sends (the
+/// file is in split brain on a): b held an incomplete replica open for as long as the link
+/// stayed up, and the pair never settled.
+final class CreateOfASplitEntryTests: InProcessPairTestCase {
+    func testAnOwedCreateOfAFileInSplitBrainIsNotReplayed() throws {
+        try mkdir(a, "d")
+        try write(b, "d/f", payload(9000, seed: 1))
+        link.setDiskRefusal(EIO, on: .b)
+        try a.volume.rename(parent: XCTUnwrap(a.ref("d")), name: "f", newParent: .root, newName: "g", flags: 0)
+        XCTAssertNotEqual(a.volume.mode, .live, "b's disk refused a's rename")
+        let mine = payload(12_000, seed: 2)
+        try write(a, "d/f", mine)
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "d/f"))
+        try b.volume.unlink(parent: XCTUnwrap(b.ref("d")), name: "f")
+        XCTAssertTrue(a.volume.isSplit(f), "a lists its new d/f as a split brain")
+        link.setDiskRefusal(nil, on: .b)
+        waitSettled()
+        XCTAssertEqual(b.service.applier.openFiles, 0, "no receipt left open on b")
+        XCTAssertEqual(try b.journal.healPending(limit: 10).map(\.id), [], "b awaits nothing")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("d/f")), mine, "a keeps its d/f")
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f || $0.path == "d/f" } }
+        XCTAssertTrue(listed(a) && listed(b), "d/f listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
