@@ -84,6 +84,8 @@ public final class ReplicaApplier: Sendable {
 
     /// Files currently held open by the applier.
     public var openFiles: Int { handles.with { $0.byID.count } }
+    /// The ids of the files being received (names what keeps a pair from settling).
+    public var openIDs: [UInt64] { handles.with { $0.byID.keys.sorted() } }
 
     /// Applies one message and answers `.reply(requestID: 0, errno:, payload: nil)`: errno 0 on
     /// success, else the errno of the failure. (`PeerListener` rewrites the request id.)
