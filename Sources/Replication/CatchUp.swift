@@ -125,8 +125,10 @@ public final class CatchUp: @unchecked Sendable {
                     log.error("\(PeerRefusal.describe(e, "apply the owed \(m.type) of \(ReplicatedVolume.describe(m).debugDescription)")); next try in \(delay)")
                     return false
                 case .refused(let e):
-                    drops.append(.dropPeerOp(seq: r.seq))
+                    // Dropped once settled: a link lost before then leaves it owed, and its
+                    // replay meets the same refusal and settles it (seed 368).
                     guard replayReplacedTarget(of: m), settleRefusal(e, of: m, r) else { return false }
+                    drops.append(.dropPeerOp(seq: r.seq))
                 }
             }
         }

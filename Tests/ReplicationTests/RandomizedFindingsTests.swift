@@ -748,3 +748,31 @@ final class CreateOfASplitEntryTests: InProcessPairTestCase {
         XCTAssertTrue(listed(a) && listed(b), "d/f listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 368 (its timing shifted by the two fixes above): apart, a rewrites f and b renames g
+/// onto f. Back in step, a refuses b's replayed rename (f rewritten there) and then the guarded
+/// removal of the f it replaced on b, listing both; the link broke before b heard that second
+/// refusal. b had dropped the rename's row already, so nothing replayed it again: the two split
+/// brains stayed listed on a only.
+final class RefusedRenameCutShortTests: InProcessPairTestCase {
+    func testARefusedRenameIsSettledOnceTheLinkIsBack() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "f", payload(5000, seed: 3))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .unlink) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertFalse(rows(a).isEmpty, "b's rename onto the f a rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+}
