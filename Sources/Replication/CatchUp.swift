@@ -155,7 +155,7 @@ public final class CatchUp: @unchecked Sendable {
             log.notice("owed unlink of \(Brick.join(p, n).debugDescription) dropped: the peer sent that file again since; both hold it")
             return true
         }
-        return createsInSplitDirectory(m)
+        return createsInSplitDirectory(m) || createsASplitEntry(m)
     }
 
     /// What a refusal (not a storage fault) of owed change `m` means: done already, kept in
@@ -223,6 +223,16 @@ public final class CatchUp: @unchecked Sendable {
         guard case let .guarded(expect, change) = m, ReplicatedVolume.created(by: change) != nil,
               let dir = expect.first, v.isSplit(dir.stableID) || v.underSplitDirectory(dir.stableID) else { return false }
         log.notice("owed \(change.type) of \(ReplicatedVolume.describe(change).debugDescription) not replayed: its directory is in split brain; it stays in this node's copy")
+        return true
+    }
+
+    /// An owed create of an entry this node holds in split brain (the peer refused a change of
+    /// its name because of it, seed 320): the entry is this node's copy, kept and listed, and
+    /// no byte of it is sent. Created on the peer, it would be a receipt there waiting for
+    /// those bytes, and an empty file the peer never lists by this id.
+    private func createsASplitEntry(_ m: PeerMessage) -> Bool {
+        guard let id = ReplicatedVolume.created(by: m), v.isSplit(id) else { return false }
+        log.notice("owed \(m.unguarded.type) of \(ReplicatedVolume.describe(m).debugDescription) not replayed: the entry is in split brain; it stays in this node's copy")
         return true
     }
 

@@ -84,6 +84,8 @@ public final class ReplicaApplier: Sendable {
 
     /// Files currently held open by the applier.
     public var openFiles: Int { handles.with { $0.byID.count } }
+    /// The ids of the files being received (names what keeps a pair from settling).
+    public var openIDs: [UInt64] { handles.with { $0.byID.keys.sorted() } }
 
     /// Applies one message and answers `.reply(requestID: 0, errno:, payload: nil)`: errno 0 on
     /// success, else the errno of the failure. (`PeerListener` rewrites the request id.)
@@ -533,18 +535,30 @@ public final class ReplicaApplier: Sendable {
 
     // MARK: - File content
 
-    private func create(_ parent: String, _ name: String, mode: UInt32, uid: UInt32, gid: UInt32, id: UInt64) throws(FSError) {
+    /// What a create finds already here under the name, with the same id, is for.
+    private enum ExistingFile {
+        /// A create sent again (its answer was lost, or catch-up replays it): the file is
+        /// here already, nothing changes. Its bytes, if owed, follow as a whole-file send,
+        /// which opens its own receipt; this node may hold them whole already (seed 348).
+        case leftAsIs
+        /// The start of a whole-file send received in place (`stageWhole`): its bytes follow.
+        case receivedInPlace
+    }
+
+    private func create(_ parent: String, _ name: String, mode: UInt32, uid: UInt32, gid: UInt32, id: UInt64,
+                        existing use: ExistingFile = .leftAsIs) throws(FSError) {
         let rel = try checked(.create, parent: parent, name: name)
         try checkedID(.create, id)
         do throws(FSError) {
             try shared { () throws(FSError) in
-                if let (st, found) = try existing(rel) {
-                    guard found == id && st.kind == .file else {
-                        log.error("peer's create of \(rel.debugDescription) (id \(id)): this node already has a \(st.kind) there with id \(found.map { String($0) } ?? "none")")
+                if let (st, current) = try existing(rel) {
+                    guard current == id && st.kind == .file else {
+                        log.error("peer's create of \(rel.debugDescription) (id \(id)): this node already has a \(st.kind) there with id \(current.map { String($0) } ?? "none")")
                         throw FSError.exists
                     }
-                    // Already created (a resent create): make sure a handle is open for the writes.
-                    done(try acquire(id, path: rel))
+                    // A receipt here would mark the file incomplete until a commit that, for a
+                    // create sent again, may never come.
+                    if use == .receivedInPlace { done(try acquire(id, path: rel)) }
                     return
                 }
                 let p = try node(parent)
@@ -663,7 +677,7 @@ public final class ReplicaApplier: Sendable {
         let found: (stat, UInt64?)?
         do throws(FSError) { found = try shared { () throws(FSError) in try existing(rel) } } catch { throw failed(.stageWhole, rel, error) }
         guard let (st, current) = found, st.kind == .file, current == id, st.st_nlink == 1 else {
-            try create(parent, name, mode: mode, uid: uid, gid: gid, id: id)
+            try create(parent, name, mode: mode, uid: uid, gid: gid, id: id, existing: .receivedInPlace)
             try setattr(rel, AttrUpdate(mode: mode & 0o7777, uid: uid, gid: gid, size: size))
             return
         }

@@ -231,7 +231,7 @@ public final class InProcessLink: Sendable {
     private enum Plan {
         case unreachable(String)
         case deliver(PeerService, connection: UInt64, delay: Duration?, loseReply: Bool)
-        case refuse(Int32)
+        case refuse(Int32, PeerService)
     }
 
     func send(_ m: PeerMessage, from: LinkSide, timeout: Duration, done: @escaping @Sendable (PeerOutcome) -> Void) {
@@ -281,7 +281,7 @@ public final class InProcessLink: Sendable {
                 return .unreachable("request lost")
             case let .refuse(e)? where changesBrick:
                 s.stats.refused += 1
-                return .refuse(e)
+                return .refuse(e, svc)
             case .loseReply?:
                 s.stats.lostReplies += 1
                 return .deliver(svc, connection: s.connection, delay: nil, loseReply: true)
@@ -296,7 +296,10 @@ public final class InProcessLink: Sendable {
         case .unreachable(let why):
             if why == "request lost" { tearDown() }
             once.complete(.unreachable(why))
-        case .refuse(let e):
+        case let .refuse(e, svc):
+            // A refusing disk never takes the message, but the receipt it was for ends there
+            // as the applier ends it when its own write or commit fails: unfinished, released.
+            if let id = Self.receiptID(m) { svc.applier.release { $0 == id } }
             once.complete(.refused(e))
         case let .deliver(svc, connection, delay, loseReply):
             state.with { $0.inFlight[to]! += 1 }
@@ -337,6 +340,14 @@ public final class InProcessLink: Sendable {
             return Array(s.services.values)
         }
         for svc in services { svc.peerDisconnected() }
+    }
+
+    /// The file whose receipt a write or commit is part of.
+    static func receiptID(_ m: PeerMessage) -> UInt64? {
+        switch m {
+        case let .write(_, id, _, _), let .commit(_, id, _, _, _): return id
+        default: return nil
+        }
     }
 
     static func changesBrick(_ m: PeerMessage) -> Bool {

@@ -1013,3 +1013,96 @@ final class RefusedLiveRenameReplacedTests: InProcessPairTestCase {
         XCTAssertTrue(onA == onB || listed(a) && listed(b), "t's file: on a at \(String(describing: onA)), on b at \(String(describing: onB)), listed on a \(listed(a)), on b \(listed(b))")
     }
 }
+
+/// Seed 348's shape: b's live create of d/f reaches a but its answer is lost, so b owes the
+/// create (replayed) and f's bytes. a's receipt of f is released with the link and its healer
+/// fetches f whole from b before b's replayed create gets through (a's disk refused it once).
+/// That late create found f on a, whole and verified, and opened a receipt for it: f marked an
+/// incomplete replica again (not served on a), for bytes b had already delivered and would
+/// never send again, so the pair never settled.
+final class LateReplayedCreateTests: InProcessPairTestCase {
+    func testACreateReplayedAfterItsFileArrivedWholeLeavesItWhole() throws {
+        try mkdir(a, "d")
+        let bytes = payload(20_000, seed: 348)
+        // The replayed create is refused (a's disk) until a holds f whole.
+        let hold = Locked(true)
+        for _ in 0..<8 { link.script(.refuse(ENOSPC), towards: .a) { m in m.type == .guarded && hold.with { $0 } } }
+        link.script(.loseReply, towards: .a) { $0.type == .create }
+        try write(b, "d/f", bytes)
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "d/f"))
+        func whole(_ n: SimNode) -> Bool {
+            guard let r = try? n.journal.inode(f), !r.dirty, r.hash == XXH128Hasher.hash(bytes).bytes else { return false }
+            return (try? n.journal.healPendingRow(f)) == .some(nil)
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !whole(a) && ContinuousClock.now < deadline {
+            a.healer.kick()
+            usleep(20_000)
+        }
+        XCTAssertTrue(whole(a), "a's healer fetched f whole from b")
+        XCTAssertTrue(b.volume.mode != .live, "b still owes its create of f")
+        hold.with { $0 = false }
+        waitSettled()
+        XCTAssertEqual(a.service.applier.openFiles, 0, "no receipt left open on a")
+        XCTAssertTrue(whole(a), "f stays whole and servable on a")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("d/f")), bytes)
+        let h = try a.volume.open(NodeRef(id: f, path: "d/f"), flags: O_RDONLY)
+        try a.volume.release(handle: h)
+    }
+}
+
+/// Seed 320's shape: b's disk refuses a's rename of d/f, so a owes it (degraded) and makes a new
+/// d/f; b, live, unlinks its d/f, which a refuses: its d/f is the new file, changed apart. a
+/// lists the new file as a split brain by its id, b by the name (b never knew that id). Back in
+/// step, a replayed the new file's create, and b opened a receipt for bytes a never sends (the
+/// file is in split brain on a): b held an incomplete replica open for as long as the link
+/// stayed up, and the pair never settled.
+final class CreateOfASplitEntryTests: InProcessPairTestCase {
+    func testAnOwedCreateOfAFileInSplitBrainIsNotReplayed() throws {
+        try mkdir(a, "d")
+        try write(b, "d/f", payload(9000, seed: 1))
+        link.setDiskRefusal(EIO, on: .b)
+        try a.volume.rename(parent: XCTUnwrap(a.ref("d")), name: "f", newParent: .root, newName: "g", flags: 0)
+        XCTAssertNotEqual(a.volume.mode, .live, "b's disk refused a's rename")
+        let mine = payload(12_000, seed: 2)
+        try write(a, "d/f", mine)
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "d/f"))
+        try b.volume.unlink(parent: XCTUnwrap(b.ref("d")), name: "f")
+        XCTAssertTrue(a.volume.isSplit(f), "a lists its new d/f as a split brain")
+        link.setDiskRefusal(nil, on: .b)
+        waitSettled()
+        XCTAssertEqual(b.service.applier.openFiles, 0, "no receipt left open on b")
+        XCTAssertEqual(try b.journal.healPending(limit: 10).map(\.id), [], "b awaits nothing")
+        XCTAssertEqual(try? readBytes(a.local.brick.absolute("d/f")), mine, "a keeps its d/f")
+        func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == f || $0.path == "d/f" } }
+        XCTAssertTrue(listed(a) && listed(b), "d/f listed on a \(listed(a)), on b \(listed(b))")
+    }
+}
+
+/// Seed 368 (its timing shifted by the two fixes above): apart, a rewrites f and b renames g
+/// onto f. Back in step, a refuses b's replayed rename (f rewritten there) and then the guarded
+/// removal of the f it replaced on b, listing both; the link broke before b heard that second
+/// refusal. b had dropped the rename's row already, so nothing replayed it again: the two split
+/// brains stayed listed on a only.
+final class RefusedRenameCutShortTests: InProcessPairTestCase {
+    func testARefusedRenameIsSettledOnceTheLinkIsBack() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "g", payload(4000, seed: 2))
+        link.setPartitioned(true)
+        try write(a, "f", payload(5000, seed: 3))
+        try b.volume.rename(parent: .root, name: "g", newParent: .root, newName: "f", flags: 0)
+        link.script(.loseReply, towards: .a) { m in
+            if case .guarded(_, .unlink) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
+        XCTAssertFalse(rows(a).isEmpty, "b's rename onto the f a rewrote apart is a split brain")
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+}

@@ -148,7 +148,7 @@ final class Simulation {
         let awaited = ((try? n.journal.healPending(limit: 8)) ?? []).map { r in
             "\((try? n.journal.path(of: r.id)).flatMap { $0 } ?? "?") (id \(r.id), \(r.kind)\(n.volume.isSplit(r.id) ? ", split" : ""))"
         }
-        return "\(n.side): \(n.volume.mode.rawValue), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?"), peer owes it: \(n.volume.peerOwesUs), link \(n.volume.channel.linkDescription), healer busy: \(n.healer.busy), replicas open: \(n.service.applier.openFiles), awaits \(awaited)"
+        return "\(n.side): \(n.volume.mode.rawValue), owes \(b.map { "\($0.ops) ops \($0.files) files" } ?? "?"), peer owes it: \(n.volume.peerOwesUs), link \(n.volume.channel.linkDescription), healer busy: \(n.healer.busy), replicas open: \(n.service.applier.openFiles) \(n.service.applier.openIDs), awaits \(awaited)"
     }
 
     /// Both nodes up, live, nothing owed or awaited either way.
