@@ -246,6 +246,33 @@ final class ReplicaApplierTests: XCTestCase {
         XCTAssertEqual(try Verifier(brick: p.b.brick, journal: p.jb).run().problems, [])
     }
 
+    /// Seed 348: a create sent again (catch-up's replay of a live create whose answer was lost)
+    /// reached a file this node already held whole and verified (a heal had fetched it): it
+    /// opened a receipt, which marked the file incomplete (not served) until a commit the
+    /// sender would never send. The pair never settled. (Since heal sends wait for the
+    /// sender's owed namespace changes, the pair no longer reaches this order; the applier
+    /// still must not undo a verified copy.)
+    func testACreateSentAgainOfAFileHeldWholeOpensNoReceipt() throws {
+        let p = try Pair(self)
+        defer { p.close() }
+        let applier = ReplicaApplier(volume: p.b, logger: LogStore().logger)
+        let id = StableID.make(nodeOrdinal: 1, counter: 348)
+        let bytes = payload(20_000, seed: 348)
+        let cr = PeerMessage.create(parentPath: "", name: "f", mode: 0o644, uid: 0, gid: 0, stableID: id)
+        XCTAssertEqual(errnoOf(applier.apply(cr)), 0)
+        XCTAssertEqual(errnoOf(applier.apply(.write(path: "f", stableID: id, offset: 0, data: ByteBuffer(bytes: bytes)))), 0)
+        XCTAssertEqual(errnoOf(applier.apply(.commit(path: "f", stableID: id, size: Int64(bytes.count),
+                                                      xxh128: XXH128Hasher.hash(bytes).bytes, mtimeNs: 0))), 0)
+        XCTAssertEqual(applier.openFiles, 0)
+        XCTAssertEqual(errnoOf(applier.apply(cr)), 0, "the create sent again keeps the file")
+        XCTAssertEqual(applier.openFiles, 0, "no receipt for bytes that will never come")
+        try p.jb.sync()
+        let row = try XCTUnwrap(p.jb.inode(id))
+        XCTAssertFalse(row.dirty, "the verified copy stays clean")
+        XCTAssertEqual(row.hash, XXH128Hasher.hash(bytes).bytes)
+        XCTAssertEqual(try? readBytes(p.b.brick.absolute("f")), bytes)
+    }
+
     /// More files in flight than the handle table holds, written interleaved and concurrently:
     /// idle handles are released and files reopened by path; every commit still matches.
     func testBoundedHandleTableWithInterleavedFiles() async throws {
