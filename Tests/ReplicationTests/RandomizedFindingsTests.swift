@@ -648,6 +648,24 @@ final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
         }
     }
 
+    /// Seeds 664 and 869: the same with a truncate (to a size above 0) instead of the rewrite,
+    /// once b awaits a's version of f (b's healer was told the receipt broke off): b's
+    /// truncate first fetches it (`prepareFile`), unless the healer brought it already, and
+    /// cuts a's version, on both nodes: a's bytes up to the size, zeros after them.
+    func testATruncateOfAnAwaitedReplicaCutsThePeersVersion() throws {
+        let (f, mine, _) = try incompleteOnB(refusals: 1)
+        let deadline = ContinuousClock.now + .seconds(5)
+        func holdsMine() -> Bool { (try? readBytes(b.local.brick.absolute("f"))) == mine }
+        while !(b.healer.busy || holdsMine()) && ContinuousClock.now < deadline { usleep(1_000) }
+        let size = 13_000
+        _ = try b.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(size: Int64(size)))
+        waitSettled()
+        let cut = mine + [UInt8](repeating: 0, count: size - mine.count)
+        XCTAssertTrue(try readBytes(a.local.brick.absolute("f")) == cut, "a holds a's f cut by b's truncate")
+        XCTAssertTrue(try readBytes(b.local.brick.absolute("f")) == cut, "b holds a's f cut by its truncate")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+    }
+
     func testAVersionThePeerCouldNotGetSurvivesItsRewrite() throws {
         let (f, mine, _) = try incompleteOnB(refusals: 50)
         try write(b, "f", payload(36_000, seed: 2))
