@@ -43,15 +43,12 @@ extension ReplicatedVolume {
         let release: () -> Void
         do { release = try takeLocks(["c/\(id)"], live: channel.isUp) } catch { return .failed("\(error)") }
         defer { release() }
-        do { try journal.submit([], wait: .written) } catch { return .failed("journal: \(error)") }
-        guard let path = try? journal.path(of: id), !path.isEmpty else { return .gone }
-        let fd: Int32
-        do { fd = try local.brick.openFile(path, flags: O_RDONLY) } catch { return error.errno == ENOENT ? .gone : .failed("open: \(error)") }
-        defer { close(fd) }
-        // .gone settles what is owed: only when the file is really not this one any more.
-        do throws(FSError) { guard try local.brick.storedID(fd: fd) == id else { return .gone } } catch {
-            return .failed("read its id: \(error)")
+        let fd: Int32, path: String
+        switch openForPush(id) {
+        case .success(let opened): (fd, path) = opened
+        case .failure(let stopped): return stopped.result
         }
+        defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else { return .failed("stat: \(FSError.last)") }
         guard st.kind == .file else { return .gone }
@@ -83,6 +80,41 @@ extension ReplicatedVolume {
         guard (now.st_mode, now.st_uid, now.st_gid) != (st.st_mode, st.st_uid, st.st_gid) else { return nil }
         let update = AttrUpdate(mode: UInt32(now.st_mode & 0o7777), uid: now.st_uid, gid: now.st_gid)
         return push.outcome(channel.call(.setattr(path: push.path, changes: update)), "setattr")
+    }
+
+    /// Opens file `id` under the name the journal gives it now. `.gone`, which settles what is
+    /// owed, only when the journal names it nowhere: a name that does not open, or holds
+    /// another file, may be changing under this push (a rename of the peer's, replayed here
+    /// between the journal's answer and the open; seed 95: the owed file was taken for gone,
+    /// and the peer's own version of it, changed apart too, then replaced this node's
+    /// acknowledged one on both nodes). Such a name is looked up again; after a few tries the
+    /// push fails, and the file stays owed.
+    func openForPush(_ id: UInt64) -> Result<(fd: Int32, path: String), PushStopped> {
+        func stop(_ r: PushResult) -> Result<(fd: Int32, path: String), PushStopped> { .failure(PushStopped(result: r)) }
+        for attempt in 0..<5 {
+            if attempt > 0 { usleep(20_000) }
+            let named: String?
+            do {
+                try journal.submit([], wait: .written)
+                named = try journal.path(of: id)
+            } catch {
+                return stop(.failed("journal: \(error)"))
+            }
+            guard let path = named, !path.isEmpty else { return stop(.gone) }
+            let fd: Int32
+            do { fd = try local.brick.openFile(path, flags: O_RDONLY) } catch {
+                if error.errno == ENOENT || error.errno == ENOTDIR { continue }
+                return stop(.failed("open: \(error)"))
+            }
+            do throws(FSError) {
+                if try local.brick.storedID(fd: fd) == id { return .success((fd, path)) }
+            } catch {
+                close(fd)
+                return stop(.failed("read its id: \(error)"))
+            }
+            close(fd)
+        }
+        return stop(.failed("its name changed while it was opened to be sent"))
     }
 
     /// Waits while another push of `id` runs, then claims it; false (nothing claimed) while a

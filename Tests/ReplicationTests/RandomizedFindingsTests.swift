@@ -666,6 +666,24 @@ final class RewriteOfAnIncompleteReplicaTests: InProcessPairTestCase {
         }
     }
 
+    /// Seeds 664 and 869: the same with a truncate (to a size above 0) instead of the rewrite,
+    /// once b awaits a's version of f (b's healer was told the receipt broke off): b's
+    /// truncate first fetches it (`prepareFile`), unless the healer brought it already, and
+    /// cuts a's version, on both nodes: a's bytes up to the size, zeros after them.
+    func testATruncateOfAnAwaitedReplicaCutsThePeersVersion() throws {
+        let (f, mine, _) = try incompleteOnB(refusals: 1)
+        let deadline = ContinuousClock.now + .seconds(5)
+        func holdsMine() -> Bool { (try? readBytes(b.local.brick.absolute("f"))) == mine }
+        while !(b.healer.busy || holdsMine()) && ContinuousClock.now < deadline { usleep(1_000) }
+        let size = 13_000
+        _ = try b.volume.setattr(NodeRef(id: f, path: "f"), handle: nil, changes: AttrChanges(size: Int64(size)))
+        waitSettled()
+        let cut = mine + [UInt8](repeating: 0, count: size - mine.count)
+        XCTAssertTrue(try readBytes(a.local.brick.absolute("f")) == cut, "a holds a's f cut by b's truncate")
+        XCTAssertTrue(try readBytes(b.local.brick.absolute("f")) == cut, "b holds a's f cut by its truncate")
+        XCTAssertEqual(try a.journal.splitBrains().map(\.path) + b.journal.splitBrains().map(\.path), [])
+    }
+
     func testAVersionThePeerCouldNotGetSurvivesItsRewrite() throws {
         let (f, mine, _) = try incompleteOnB(refusals: 50)
         try write(b, "f", payload(36_000, seed: 2))
@@ -1071,5 +1089,28 @@ final class RefusedRenameCutShortTests: InProcessPairTestCase {
         XCTAssertFalse(rows(a).isEmpty, "b's rename onto the f a rewrote apart is a split brain")
         for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
         for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+    }
+}
+
+/// Seed 95 (about 1 run in 100 alone): apart, b rewrote f (owed, changed apart); b crashed, and
+/// a rewrote f too and renamed it. When b came back, its catch-up read f's name from its
+/// journal to send it just as a's replayed rename moved it there: the open found nothing, the
+/// push took the file for gone and settled it, so b no longer held a version of its own, and
+/// a's send of its version then replaced b's acknowledged bytes: on neither node, nothing
+/// listed. Here a rename on b's brick the journal has not seen yet stands in for that race: a
+/// name that does not open, or holds another file, proves nothing gone.
+final class OwedFileMovedUnderItsPushTests: InProcessPairTestCase {
+    func testAnOwedFileWhoseNameChangedUnderItsPushStaysOwed() throws {
+        try write(b, "f", payload(3000, seed: 1))
+        link.setPartitioned(true)
+        try write(b, "f", payload(4000, seed: 2))
+        let f = try XCTUnwrap(b.local.brick.readID(rel: "f"))
+        XCTAssertTrue(b.volume.isOwed(f))
+        XCTAssertEqual(Glibc.rename(b.local.brick.absolute("f"), b.local.brick.absolute("g")), 0)
+        defer { _ = Glibc.rename(b.local.brick.absolute("g"), b.local.brick.absolute("f")) }
+        XCTAssertNotEqual(b.volume.pushFile(f), .gone, "f was only renamed")
+        try write(b, "h", payload(100, seed: 3))
+        XCTAssertEqual(Glibc.rename(b.local.brick.absolute("h"), b.local.brick.absolute("f")), 0)
+        XCTAssertNotEqual(b.volume.pushFile(f), .gone, "another file under f's name")
     }
 }

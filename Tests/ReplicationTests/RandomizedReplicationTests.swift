@@ -32,10 +32,13 @@ final class RandomizedReplicationTests: XCTestCase {
     /// - bricks or journals differ, acknowledged write lost or not listed (581, 591, 869): 591
     ///   was the check (an entry beneath a directory in split brain, renamed since, is now
     ///   excused by the directory's id); 581 and 869 did not reproduce (869 once showed an
-    ///   "acknowledged write on neither node" instead, not analysed). Seed 394's mode difference
+    ///   "acknowledged write on neither node" instead: the model's, as 664's, see below). Seed 394's mode difference
     ///   was the product (AModeChangeAndARewriteApartTests). 309, 483, 714 and 960 ("acknowledged write on neither node") were the
     ///   model's: its truncate cut bytes no node held, and a rewrite did not count the peer's
-    ///   version its open pulled first (RewriteOfAnIncompleteReplicaTests).
+    ///   version its open pulled first (RewriteOfAnIncompleteReplicaTests); 664 and 869 too: a
+    ///   truncate fetches the peer's version of a replica its node awaits and cuts that. 95
+    ///   was the product: an owed file's push, meeting the peer's replayed rename of it, took
+    ///   the file for gone (OwedFileMovedUnderItsPushTests).
     /// A process leaks about 23 descriptors per seed (each node's journal, lock, intent log and
     /// brick root stay open after the seed: its objects are never freed), so one process stops
     /// near seed 870 under a 20,000 descriptor limit ("unable to open database file"): run more
@@ -45,7 +48,7 @@ final class RandomizedReplicationTests: XCTestCase {
     /// 111, which fails 2-4 runs in 20 on a loaded machine (twice in a row once, while a build
     /// ran beside it): a split brain the model does not count as concurrent; and seed 95, which
     /// failed its run and rerun in a full suite and 2 of 12 runs alone ("acknowledged write
-    /// lost", b's write contested by truncates on both nodes): not analysed yet; and seed 77
+    /// lost": the product, fixed since, see above); and seed 77
     /// (a pair that does not settle), 1-2 runs in 10 alone, which failed its run and rerun once. One may
     /// still fail now and then (57, 12 and 77 each failed once and passed alone): on this list a
     /// seed that fails is run once more and fails the test only if it fails again; either way

@@ -461,9 +461,7 @@ final class Simulation {
         if closed || unknown {
             apart = touch(n, [path], nil)
             supersede(path, by: n, paths: [path])
-            acked.removeAll { w in
-                rewritten.contains(w.serial) || arrived.contains { $0.id == w.id && $0.xxh128 == XXH128Hasher.hash(w.bytes).bytes }
-            }
+            acked.removeAll { w in rewritten.contains(w.serial) || Self.reached(w, arrived) }
         }
         if closed {
             var w = AckedWrite(path: path, bytes: bytes, step: step, node: n.side, window: window, apart: apart,
@@ -475,6 +473,17 @@ final class Simulation {
             }
             acked.append(w)
         }
+    }
+
+    /// `bytes` after a truncate to `size`.
+    static func cut(_ bytes: [UInt8], to size: Int) -> [UInt8] {
+        bytes.count > size ? Array(bytes[..<size]) : bytes + [UInt8](repeating: 0, count: size - bytes.count)
+    }
+
+    /// Whether write `w`'s exact version (its file's id and its bytes) is among the commits
+    /// a node accepted from its peer during a call (see `InProcessLink.commits`).
+    static func reached(_ w: AckedWrite, _ arrived: [(id: UInt64, xxh128: [UInt8])]) -> Bool {
+        arrived.contains { $0.id == w.id && $0.xxh128 == XXH128Hasher.hash(w.bytes).bytes }
     }
 
     /// The writes whose file (same id) `n` holds at `path` with their bytes: its client sees
@@ -573,23 +582,31 @@ final class Simulation {
         // name the model follows a write by).
         let held = rewrittenHere(n, path), here = n.local.brick.readID(rel: path)
         let size = Int.random(in: 0...50_000, using: &rng)
+        // As a rewrite's open (seed 309), a truncate to a size above 0 first fetches the
+        // peer's version of a file this node awaits (an incomplete replica: `prepareFile`),
+        // and cuts that (seeds 664, 869). It did if that version reached `n` during the call
+        // and `n` holds it cut right after (a heal landing after the cut would not be cut).
+        let mark = link.commitCount
+        var arrived: [(id: UInt64, xxh128: [UInt8])] = []
+        var after: [UInt8]?
         let err = attempt { () throws(FSError) in
             guard let r = n.ref(path) else { throw FSError.notFound }
             guard n.kind(path) == .file else { throw FSError(EISDIR) }
             _ = try n.volume.setattr(r, handle: nil, changes: AttrChanges(size: Int64(size)))
+            arrived = link.commits(to: n.side, since: mark).filter { $0.id == r.id }
+            if !arrived.isEmpty { after = try? readBytes(n.local.brick.absolute(path)) }
         }
         let apart = !settledAtStart || !inStep || inSplit(path)
         record(n, "truncate \(path) to \(size)", err, touching: [path])
         guard err == nil else { return }
         func cut(_ w: AckedWrite) -> Bool {
-            held.contains(w.serial) || w.path == path && seen(w, by: n) && (w.id == nil || w.id == here)
+            held.contains(w.serial) || Self.reached(w, arrived) && after == Self.cut(w.bytes, to: size)
+                || w.path == path && seen(w, by: n) && (w.id == nil || w.id == here)
         }
         for i in acked.indices where acked[i].path == path && !cut(acked[i]) { acked[i].contestedBy.append(path) }
         for i in acked.indices where cut(acked[i]) {
             acked[i].path = path
-            var b = acked[i].bytes
-            if b.count > size { b.removeLast(b.count - size) } else { b += [UInt8](repeating: 0, count: size - b.count) }
-            acked[i].bytes = b
+            acked[i].bytes = Self.cut(acked[i].bytes, to: size)
             // Now this change of `n`'s.
             (acked[i].step, acked[i].node, acked[i].window, acked[i].apart) = (step, n.side, window, apart)
         }
