@@ -827,6 +827,10 @@ final class Simulation {
             if pa.contains(w.path) && pb.contains(w.path) { continue }
             // Moved along with a directory the other node renamed apart: on both under one name.
             if !w.contestedBy.isEmpty && !pa.intersection(pb).isEmpty { continue }
+            // Moved along with its file (same id) by the other node's rename, replayed after the
+            // write: on both under one name (seed 2471: a rewrote d1/f2 while b's rename of it
+            // to d0/s/f2 had not reached a yet).
+            if let id = w.id, pa.intersection(pb).contains(where: { ta[$0]?.id == id && tb[$0]?.id == id }) { continue }
             let kept = !pa.isEmpty || !pb.isEmpty || quarantined.contains(h)
             if kept && inSplit(w) { continue }
             let where_ = "a: \(pa.isEmpty ? "nowhere" : pa.sorted().joined(separator: ", ")); b: \(pb.isEmpty ? "nowhere" : pb.sorted().joined(separator: ", "))"
