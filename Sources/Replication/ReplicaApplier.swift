@@ -68,6 +68,8 @@ public final class ReplicaApplier: Sendable {
     private let stats = Locked(Statistics())
     /// Guards the ids created moments ago. Leaf, taken inside `namespace`.
     private let recent = Locked(RecentIDs(capacity: 65536))
+    /// Guards the ids whose creation is under way here. Leaf, taken inside `namespace`.
+    private let creating = Locked<Set<UInt64>>([])
     /// Told of each file whose receipt broke off before its commit (see `abandon`).
     private let abandonedHandler = Locked<(@Sendable (UInt64) -> Void)?>(nil)
     /// Whether this node owes the peer a change of file id's owner or mode. Leaf.
@@ -258,25 +260,34 @@ public final class ReplicaApplier: Sendable {
 
     /// Claims `id` for a new entry at `rel`, refusing an id this node already gives to another
     /// entry (two entries with one id would corrupt the journal's rows). The journal alone is
-    /// not enough: namespace results are committed in the background, so ids created moments
-    /// ago are remembered here too. `release` the claim if the creation fails.
+    /// not enough: namespace results are committed in the background, so an id being created
+    /// now is refused, and for one created moments ago the journal is read once its queue is
+    /// written. `release` the claim when the creation ends.
     private func claim(_ op: MessageType, _ rel: String, _ id: UInt64) throws(FSError) -> IDClaim {
         // Ids are never reused: an id this node already holds under another name is that very
         // entry, placed by an earlier replay whose answer was lost (and renamed since) or by a
         // rebuild's walk. Answered EALREADY, which a replay takes as done; never a second entry.
-        guard recent.with({ $0.insert(id) }) else {
-            log.notice("peer's \(op) of \(rel.debugDescription) (id \(id)): this node created that entry moments ago under another name; already applied")
+        guard creating.with({ $0.insert(id).inserted }) else {
+            log.notice("peer's \(op) of \(rel.debugDescription) (id \(id)): this node is creating that entry now; already applied")
             throw FSError(EALREADY)
         }
         let rec: InodeRecord?
-        do { rec = try volume.journal.inode(id) } catch {
-            recent.with { $0.remove(id) }
+        // Created here moments ago: its row may not be readable yet. Created and removed
+        // since, it is not held: a whole-file send brings back a file this node removed while
+        // the sender kept and changed it (seed 2958: refused EALREADY for as long as the id
+        // stayed in `recent`, so the sender owed the file forever).
+        let fresh = recent.with { $0.contains(id) }
+        do {
+            if fresh { try volume.journal.submit([], wait: .written) }
+            rec = try volume.journal.inode(id)
+        } catch {
+            creating.with { _ = $0.remove(id) }
             throw FSError.io
         }
         // A row whose file vanished from the brick under this very name (the caller found
         // nothing there): the peer's copy restores it under its own id.
-        if rec != nil, ((try? volume.journal.path(of: id)) ?? nil) != rel {
-            recent.with { $0.remove(id) }
+        if rec != nil, fresh || ((try? volume.journal.path(of: id)) ?? nil) != rel {
+            creating.with { _ = $0.remove(id) }
             log.notice("peer's \(op) of \(rel.debugDescription) (id \(id)): this node holds that entry under another name already; already applied")
             throw FSError(EALREADY)
         }
@@ -285,17 +296,20 @@ public final class ReplicaApplier: Sendable {
 
     struct IDClaim { let id: UInt64 }
 
-    private func release(_ claim: IDClaim) {
-        recent.with { $0.remove(claim.id) }
+    /// Ends a claim; a created entry's id is remembered until its row is surely readable.
+    private func release(_ claim: IDClaim, created: Bool) {
+        if created { recent.with { _ = $0.insert(claim.id) } }
+        creating.with { _ = $0.remove(claim.id) }
     }
 
-    /// Runs `create` with `id` claimed; the claim is dropped if it fails.
+    /// Runs `create` with `id` claimed.
     private func withClaim(_ op: MessageType, _ rel: String, _ id: UInt64, _ create: () throws(FSError) -> Void) throws(FSError) {
         let c = try claim(op, rel, id)
         do throws(FSError) { try create() } catch {
-            release(c)
+            release(c, created: false)
             throw error
         }
+        release(c, created: true)
     }
 
     private func shared<R>(_ body: () throws(FSError) -> R) throws(FSError) -> R {
@@ -958,6 +972,5 @@ struct RecentIDs {
         return true
     }
 
-    /// Forgets a claim that was not used (its slot in the ring is left to age out).
-    mutating func remove(_ id: UInt64) { set.remove(id) }
+    func contains(_ id: UInt64) -> Bool { set.contains(id) }
 }
