@@ -184,8 +184,11 @@ public final class CatchUp: @unchecked Sendable {
         // a rebuild of its replaced disk, or by this very replay sent before (its
         // answer lost) and renamed since. The owed renames that follow settle the name.
         if e == EALREADY, ReplicatedVolume.created(by: change) != nil { return true }
-        // Sent before, answer lost: the peer already renamed it.
-        if e == ENOENT, r.uncertain, case .rename = change { return true }
+        // Sent before, answer lost: the peer already renamed it. Unguarded only: a guarded
+        // rename the peer applied already is answered done (`renameAppliedAlready`), so its
+        // ENOENT says the peer never applied it (no target directory there: seed 3532, taken
+        // for done, left the file at its old name on the peer only).
+        if e == ENOENT, r.uncertain, case .rename = m { return true }
         if e == ENOENT, case .rmdir = change { return true }
         // The peer removed the entry while apart: a conflict, listed, and this node keeps
         // its copy. Sent back whole, it could live on the peer only once the peer's owed
