@@ -261,6 +261,13 @@ public final class CatchUp: @unchecked Sendable {
                                          reason: "this node replaced it by a rename while the nodes were apart, and the peer changed it meanwhile: the peer keeps its version")
             }
             return true
+        case .refused(let err) where PeerRefusal(errno: err) == .storageFault:
+            // Not applied: the rename stays owed and settles it again once the disk takes it
+            // (seed 438: taken for "not there", the replaced file lived on the peer only).
+            let delay = min((storageRetry?.delay ?? .milliseconds(500)) * 2, .seconds(60))
+            storageRetry = (ContinuousClock.now + delay, delay)
+            log.error("\(PeerRefusal.describe(err, "remove \(to.debugDescription), which the refused rename replaced here")); next try in \(delay)")
+            return false
         case .refused(let err):
             log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) is not there on the peer (\(String(cString: strerror(err))), errno \(err))")
             return true

@@ -51,3 +51,26 @@ final class UncertainRenameIntoARemovedDirectoryTests: DivergenceTestCase {
     }
 }
 
+/// Seed 438: apart, a rewrites f and b renames g onto t. b's replayed rename is refused (f is
+/// a's split brain), and the removal of t it replaced on b, sent next, met a's disk refusing
+/// changes: taken for "t is not there on the peer", the rename was dropped, and t's file
+/// lived on a only.
+final class ReplacedTargetRemovalOnAFullDiskTests: DivergenceTestCase {
+    func testTheRemovalOfTheReplacedEntryIsRetriedAfterAStorageFault() throws {
+        try write(a, "f", payload(3000, seed: 1))
+        try write(a, "t", payload(4000, seed: 2))
+        waitSettled()
+        let t = try XCTUnwrap(a.local.brick.readID(rel: "t"))
+        link.setPartitioned(true)
+        try write(a, "f", payload(5000, seed: 3))
+        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "t", flags: 0)
+        link.script(.refuse(EIO), towards: .a) { m in
+            if case .guarded(_, .unlink) = m { return true }
+            return false
+        }
+        link.setPartitioned(false)
+        waitSettled()
+        try assertAlikeOrListed(t, "t's file")
+    }
+}
+
