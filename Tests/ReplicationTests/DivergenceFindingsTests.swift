@@ -107,3 +107,23 @@ final class SendOfAFileRemovedApartTests: DivergenceTestCase {
         }
     }
 }
+
+/// Seed 1109: apart, b renames directory d to e and makes a new d; a moves f into its d. a's
+/// replayed rename named its target by path only, so b put f into its new d, while b's replayed
+/// rename moved a's d, with f, to e: f at d/f on b and at e/f on a, nothing listed (and a's
+/// later send of f, at e/f, refused by b for good: b held that id at d/f).
+final class RenameIntoADirectoryThePeerReplacedTests: DivergenceTestCase {
+    func testARenameIntoADirectoryThePeerRenamedAndMadeAnewIsASplitBrain() throws {
+        try mkdir(a, "d")
+        try write(a, "f", payload(3000, seed: 1))
+        waitSettled()
+        let f = try XCTUnwrap(a.local.brick.readID(rel: "f"))
+        link.setPartitioned(true)
+        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
+        try mkdir(b, "d")
+        try a.volume.rename(parent: .root, name: "f", newParent: XCTUnwrap(a.ref("d")), newName: "f", flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+        try assertAlikeOrListed(f, "f")
+    }
+}
