@@ -222,8 +222,9 @@ public struct EntryExpectation: Sendable, Equatable {
 }
 
 extension PeerMessage {
-    /// Guarded expectations at most per message (a rename names a source and a target).
-    public static let maxExpectations = 2
+    /// Guarded expectations at most per message (a rename names a source, a target and the
+    /// directory it moves into; protocol 5).
+    public static let maxExpectations = 3
 
     /// The changes a `guarded` message may carry: removals and renames (the entries they
     /// remove or replace), attribute and xattr changes (the entry they change), and creates

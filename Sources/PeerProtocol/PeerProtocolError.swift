@@ -43,7 +43,8 @@ public enum PeerProtocolError: Error, Sendable, Equatable, CustomStringConvertib
 
 /// The wire protocol version, carried in every frame header and in hello. 4: `guarded` may
 /// carry attribute, xattr and create changes (a release speaking 3 would refuse them as
-/// malformed mid-catch-up; the version mismatch refuses the link at once instead).
+/// malformed mid-catch-up; the version mismatch refuses the link at once instead). 5: a
+/// guarded rename also expects the directory it moves into (three expectations).
 public enum PeerProtocolVersion {
-    public static let current: UInt16 = 4
+    public static let current: UInt16 = 5
 }

@@ -184,8 +184,11 @@ public final class CatchUp: @unchecked Sendable {
         // a rebuild of its replaced disk, or by this very replay sent before (its
         // answer lost) and renamed since. The owed renames that follow settle the name.
         if e == EALREADY, ReplicatedVolume.created(by: change) != nil { return true }
-        // Sent before, answer lost: the peer already renamed it.
-        if e == ENOENT, r.uncertain, case .rename = change { return true }
+        // Sent before, answer lost: the peer already renamed it. Unguarded only: a guarded
+        // rename the peer applied already is answered done (`renameAppliedAlready`), so its
+        // ENOENT says the peer never applied it (no target directory there: seed 3532, taken
+        // for done, left the file at its old name on the peer only).
+        if e == ENOENT, r.uncertain, case .rename = m { return true }
         if e == ENOENT, case .rmdir = change { return true }
         // The peer removed the entry while apart: a conflict, listed, and this node keeps
         // its copy. Sent back whole, it could live on the peer only once the peer's owed
@@ -258,6 +261,13 @@ public final class CatchUp: @unchecked Sendable {
                                          reason: "this node replaced it by a rename while the nodes were apart, and the peer changed it meanwhile: the peer keeps its version")
             }
             return true
+        case .refused(let err) where PeerRefusal(errno: err) == .storageFault:
+            // Not applied: the rename stays owed and settles it again once the disk takes it
+            // (seed 438: taken for "not there", the replaced file lived on the peer only).
+            let delay = min((storageRetry?.delay ?? .milliseconds(500)) * 2, .seconds(60))
+            storageRetry = (ContinuousClock.now + delay, delay)
+            log.error("\(PeerRefusal.describe(err, "remove \(to.debugDescription), which the refused rename replaced here")); next try in \(delay)")
+            return false
         case .refused(let err):
             log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) is not there on the peer (\(String(cString: strerror(err))), errno \(err))")
             return true

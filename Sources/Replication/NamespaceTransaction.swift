@@ -243,8 +243,13 @@ extension ReplicatedVolume {
         case let .rename(fp, fn, tp, tn, flags) where !RenameFlags(rawValue: flags).contains(.exchange):
             // No entry at the target: expected absent, so a replay does not replace an entry the
             // peer's client created there meanwhile.
+            // And the directory it moves into, as a create expects its directory: where the
+            // peer renamed that directory and made another of its name, the bare rename put the
+            // entry into the other one (seed 1109: the file at two paths under one id, and its
+            // later send refused there for good).
             let to = Brick.join(tp, tn)
-            return [seen(Brick.join(fp, fn)), seen(to) ?? EntryExpectation(path: to, stableID: Self.absentID, xxh128: [])].compactMap { $0 }
+            let into = tp.isEmpty ? nil : seen(tp).map(Self.idOnly)
+            return [seen(Brick.join(fp, fn)), seen(to) ?? EntryExpectation(path: to, stableID: Self.absentID, xxh128: []), into].compactMap { $0 }
         case let .setattr(path, _) where !path.isEmpty, let .setxattr(path, _, _, _) where !path.isEmpty,
              let .removexattr(path, _) where !path.isEmpty:
             // The entry's id only. A mode, owner or time change composes with the peer's rewrite

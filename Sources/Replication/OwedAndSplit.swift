@@ -106,6 +106,26 @@ extension ReplicatedVolume {
         return owesAttributeChange(id, of: theirs)
     }
 
+    /// Whether this node removed entry `id` (unlinked it, or replaced it by a rename) while the
+    /// peer could not be told, and still owes the peer that removal: the peer's whole-file send
+    /// of it, arriving first, would bring it back here, and the owed changes of the entry
+    /// before the removal would then apply to the peer's copy alone (seed 3621: a's chmods,
+    /// replayed after b's send, left the two copies' modes different). The peer changed a
+    /// file this node removed: a split brain, the peer keeping its copy.
+    func removedApart(_ id: UInt64) -> Bool {
+        guard ((try? journal.inode(id)) ?? nil) == nil else { return false }
+        var after: Int64 = 0
+        while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
+            after = last.seq
+            for r in rows {
+                guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, change) = m,
+                      let gone = Self.removed(by: change) else { continue }
+                if expect.contains(where: { $0.path == gone && $0.stableID == id }) { return true }
+            }
+        }
+        return false
+    }
+
     /// Whether this node owes the peer a change of any of `attributes` (as `attributes(of:)`
     /// names them) of entry `id`.
     func owesAttributeChange(_ id: UInt64, of attributes: Set<String>) -> Bool {

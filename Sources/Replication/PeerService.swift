@@ -163,6 +163,11 @@ public final class PeerService: Sendable {
            volume.local.brick.readID(rel: Brick.join(p, n)) == id {
             return 0
         }
+        if case let .stageWhole(p, n, _, _, _, id, _) = m, volume.removedApart(id) {
+            volume.recordSplitBrain(.entry(id), path: Brick.join(p, n),
+                                    reason: "the peer sent its copy, but this node removed the file while the nodes were apart and owes the peer that removal")
+            return splitBrainErrno
+        }
         if let id = contentTarget(m), volume.holdsUnsentVersion(id) {
             if !volume.isSplit(id) {
                 volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
