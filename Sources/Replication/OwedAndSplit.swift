@@ -53,8 +53,9 @@ extension ReplicatedVolume {
     }
 
     /// A split brain this node found from a refusal the peer does not know is one (a replayed
-    /// or live change it could not apply, a whole-file send of a name it holds otherwise):
-    /// recorded here and told to the peer, so both nodes list it.
+    /// or live change it could not apply, a whole-file send of a name it holds otherwise), or
+    /// by refusing the peer's change itself (the EBADE answer can be lost): recorded here and
+    /// told to the peer, so both nodes list it.
     func recordSplitBrainOnBoth(_ subject: SplitSubject, path: String, reason: String) {
         recordSplitBrain(subject, path: path, reason: reason)
         let r = String(decoding: Array(reason.utf8.prefix(PeerMessage.maxReasonBytes - 32)), as: UTF8.self)

@@ -93,7 +93,10 @@ public final class PeerService: Sendable {
         // Listed already (an earlier change of it met the conflict): the row keeps that
         // first reason, and the sender's change stays in the sender's copy.
         if case let .entry(id) = subject, volume.isSplit(id) { return reply(requestID, splitBrainErrno) }
-        volume.recordSplitBrain(subject, path: ReplicatedVolume.describe(change),
+        // Noted to the peer too, not left to this answer: lost with the link, the peer replays
+        // the change later, and by then this node may have removed its copy (the replay is
+        // then done, ENOENT), leaving the split listed here only (seeds 2628, 3485).
+        volume.recordSplitBrainOnBoth(subject, path: ReplicatedVolume.describe(change),
                                 reason: "the peer's \(change.type) of it, made while the nodes were apart, arrived after this node changed it (\(why)); both versions are kept")
         return reply(requestID, splitBrainErrno)
     }
@@ -169,8 +172,10 @@ public final class PeerService: Sendable {
             return splitBrainErrno
         }
         if let id = contentTarget(m), volume.holdsUnsentVersion(id) {
+            // Noted to the peer as well, as a refused guarded change is: the answer alone
+            // may be lost, and the sender's file gone (or sent) before it tries again.
             if !volume.isSplit(id) {
-                volume.recordSplitBrain(.entry(id), path: ReplicatedVolume.describe(m),
+                volume.recordSplitBrainOnBoth(.entry(id), path: ReplicatedVolume.describe(m),
                                         reason: "the peer sent its copy, but this node changed the file too while the nodes were apart")
             }
             return splitBrainErrno
