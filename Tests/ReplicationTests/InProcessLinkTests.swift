@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Journal
 import Replication
 import ReplicationTesting
 import TwinCore
@@ -27,6 +28,22 @@ class InProcessPairTestCase: XCTestCase {
     override func tearDown() {
         a?.stop(clean: true)
         b?.stop(clean: true)
+    }
+
+    func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+
+    func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool {
+        rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path }
+    }
+
+    /// Every row on either node is listed on the other (the note may still be on its way).
+    func assertListedOnBoth(file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while (rows(a).contains { !listed($0, on: b) } || rows(b).contains { !listed($0, on: a) }) && ContinuousClock.now < deadline {
+            usleep(10_000)
+        }
+        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)", file: file, line: line) }
+        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)", file: file, line: line) }
     }
 
     func mkdir(_ n: SimNode, _ name: String) throws {

@@ -9,23 +9,7 @@ import XCTest
 
 /// Split brains found by the receiving side of a change (it answers EBADE and records the
 /// entry) must be listed on the sender too, even when that answer never reaches it.
-class OneSidedSplitTestCase: InProcessPairTestCase {
-    func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
-
-    func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool {
-        rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path }
-    }
-
-    /// Every row on either node is listed on the other (the note may still be on its way).
-    func assertListedOnBoth(file: StaticString = #filePath, line: UInt = #line) {
-        let deadline = ContinuousClock.now + .seconds(5)
-        while (rows(a).contains { !listed($0, on: b) } || rows(b).contains { !listed($0, on: a) }) && ContinuousClock.now < deadline {
-            usleep(10_000)
-        }
-        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)", file: file, line: line) }
-        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)", file: file, line: line) }
-    }
-}
+class OneSidedSplitTestCase: InProcessPairTestCase {}
 
 /// Seeds 2628 and 3485: apart, b rewrote f (3485: renamed it) and a deleted it. Back in step,
 /// b refused a's replayed unlink and recorded the split brain, but the answer was lost; b's

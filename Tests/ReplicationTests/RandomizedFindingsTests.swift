@@ -64,13 +64,8 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
         link.script(.refuse(ENOSPC), towards: .b) { $0.type == .guarded }
         link.setPartitioned(false)
         waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
-        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
         XCTAssertFalse(rows(a).isEmpty, "the rename onto a file both rewrote apart is a split brain")
-        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
-        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+        assertListedOnBoth()
     }
 
     /// Seed 28: apart, a renames f to g while b renames it to h and then changes its mode. The
@@ -347,7 +342,6 @@ final class ReplayAfterPeerRenamedParentTests: InProcessPairTestCase {
 /// and 2). Each now carries the id it expects there (`guarded`), and a different entry is a
 /// split brain listed on both nodes with both versions kept, never a silent difference.
 final class GuardedReplayTests: InProcessPairTestCase {
-    func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
     func listedOnBoth(_ id: UInt64) -> Bool { rows(a).contains { $0.id == id } && rows(b).contains { $0.id == id } }
     func mode(_ n: SimNode, _ rel: String) -> mode_t? { (try? n.local.brick.lstat(rel)).map { $0.st_mode & 0o7777 } }
 
@@ -834,9 +828,7 @@ final class LiveCreateInASplitDirectoryTests: InProcessPairTestCase {
         let (_, h) = try a.volume.create(parent: e, name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
         try a.volume.release(handle: h)
         waitSettled()
-        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
-        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path): \(r.reason)") }
-        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path): \(r.reason)") }
+        assertListedOnBoth()
         XCTAssertFalse((rows(a) + rows(b)).contains { $0.path.hasSuffix("x") }, "x is in a's copy of d, no conflict of its own")
         XCTAssertEqual(a.kind("e/x"), .file)
     }
@@ -952,14 +944,9 @@ final class ARefusedRenameWhoseSettlingIsCutOffTests: InProcessPairTestCase {
         }
         link.setPartitioned(false)
         waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
-        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
         XCTAssertEqual(link.stats.lostReplies, 1)
         XCTAssertFalse(rows(a).isEmpty, "the rename onto a file a rewrote apart is a split brain")
-        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
-        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+        assertListedOnBoth()
     }
 }
 
@@ -1082,13 +1069,8 @@ final class RefusedRenameCutShortTests: InProcessPairTestCase {
         }
         link.setPartitioned(false)
         waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
-        func listed(_ r: SplitBrainRow, on n: SimNode) -> Bool { rows(n).contains { $0.id != 0 && $0.id == r.id || $0.path == r.path } }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while rows(a).contains(where: { !listed($0, on: b) }) && ContinuousClock.now < deadline { usleep(10_000) }
         XCTAssertFalse(rows(a).isEmpty, "b's rename onto the f a rewrote apart is a split brain")
-        for r in rows(a) { XCTAssertTrue(listed(r, on: b), "listed on a only: \(r.path) (id \(r.id)): \(r.reason)") }
-        for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)") }
+        assertListedOnBoth()
     }
 }
 
