@@ -46,6 +46,16 @@ class InProcessPairTestCase: XCTestCase {
         for r in rows(b) { XCTAssertTrue(listed(r, on: a), "listed on b only: \(r.path) (id \(r.id)): \(r.reason)", file: file, line: line) }
     }
 
+    /// Apart, a renames `name` to `onA` and b to `onB`; back in step: that entry in split
+    /// brain on both nodes, each holding its copy under its own name.
+    func renamedApart(_ name: String, onA: String, onB: String) throws {
+        link.setPartitioned(true)
+        try a.volume.rename(parent: .root, name: name, newParent: .root, newName: onA, flags: 0)
+        try b.volume.rename(parent: .root, name: name, newParent: .root, newName: onB, flags: 0)
+        link.setPartitioned(false)
+        waitSettled()
+    }
+
     func mkdir(_ n: SimNode, _ name: String) throws {
         _ = try n.volume.mkdir(parent: .root, name: name, mode: 0o755, ctx: ctx)
     }

@@ -216,12 +216,7 @@ final class RandomizedFindingsTests: InProcessPairTestCase {
     /// which a never touched, for an entry listed in split brain already.
     func testAnUnlinkOfACopyInSplitBrainAddsNoSplitBrain() throws {
         try write(a, "f", payload(3000, seed: 1))
-        link.setPartitioned(true)
-        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
-        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
-        link.setPartitioned(false)
-        waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        try renamedApart("f", onA: "g", onB: "h")
         XCTAssertFalse(rows(b).isEmpty, "the two renames of f are a split brain")
         try b.volume.unlink(parent: .root, name: "h")
         waitSettled()
@@ -817,12 +812,7 @@ final class LiveCreateInASplitDirectoryTests: InProcessPairTestCase {
     func testAnEntryMadeLiveInADirectoryInSplitBrainStaysInThisNodesCopy() throws {
         _ = try a.volume.mkdir(parent: .root, name: "d", mode: 0o755, ctx: ctx)
         waitSettled()
-        link.setPartitioned(true)
-        try a.volume.rename(parent: .root, name: "d", newParent: .root, newName: "e", flags: 0)
-        try b.volume.rename(parent: .root, name: "d", newParent: .root, newName: "f", flags: 0)
-        link.setPartitioned(false)
-        waitSettled()
-        func rows(_ n: SimNode) -> [SplitBrainRow] { (try? n.journal.splitBrains()) ?? [] }
+        try renamedApart("d", onA: "e", onB: "f")
         XCTAssertFalse(rows(a).isEmpty, "the two renames of d are a split brain")
         let e = try XCTUnwrap(a.ref("e"))
         let (_, h) = try a.volume.create(parent: e, name: "x", mode: 0o644, flags: O_WRONLY | O_CREAT, ctx: ctx)
@@ -1006,11 +996,7 @@ final class RefusedLiveRenameReplacedTests: InProcessPairTestCase {
         try write(a, "f", payload(3000, seed: 1))
         try write(a, "t", payload(4000, seed: 2))
         let t = try XCTUnwrap(a.local.brick.readID(rel: "t"))
-        link.setPartitioned(true)
-        try a.volume.rename(parent: .root, name: "f", newParent: .root, newName: "g", flags: 0)
-        try b.volume.rename(parent: .root, name: "f", newParent: .root, newName: "h", flags: 0)
-        link.setPartitioned(false)
-        waitSettled()
+        try renamedApart("f", onA: "g", onB: "h")
         try b.volume.rename(parent: .root, name: "h", newParent: .root, newName: "t", flags: 0)
         waitSettled()
         func listed(_ n: SimNode) -> Bool { ((try? n.journal.splitBrains()) ?? []).contains { $0.id == t } }
