@@ -249,7 +249,7 @@ public final class CatchUp: @unchecked Sendable {
         guard case let .guarded(expect, .rename(_, _, tp, tn, flags)) = m, !RenameFlags(rawValue: flags).contains(.exchange) else { return true }
         let to = Brick.join(tp, tn)
         guard let e = expect.first(where: { $0.path == to && $0.stableID != ReplicatedVolume.absentID }),
-              ((try? v.journal.inode(e.stableID)) ?? nil) == nil else { return true }
+              v.journalLacks(e.stableID) else { return true }
         switch v.channel.call(.guarded(expect: [e], change: .unlink(parentPath: tp, name: tn))) {
         case .ok:
             log.notice("the replayed rename onto \(to.debugDescription) was refused; the entry it replaced here (id \(e.stableID)) was removed on the peer too")

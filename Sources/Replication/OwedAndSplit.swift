@@ -114,32 +114,37 @@ extension ReplicatedVolume {
     /// replayed after b's send, left the two copies' modes different). The peer changed a
     /// file this node removed: a split brain, the peer keeping its copy.
     func removedApart(_ id: UInt64) -> Bool {
-        guard ((try? journal.inode(id)) ?? nil) == nil else { return false }
+        guard journalLacks(id) else { return false }
+        return anyOwedGuarded { expect, change in
+            guard let gone = Self.removed(by: change) else { return false }
+            return expect.contains { $0.path == gone && $0.stableID == id }
+        }
+    }
+
+    /// Whether `found` holds for one of the guarded changes this node owes the peer, in order.
+    func anyOwedGuarded(_ found: (_ expect: [EntryExpectation], _ change: PeerMessage) -> Bool) -> Bool {
         var after: Int64 = 0
         while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
             after = last.seq
             for r in rows {
-                guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, change) = m,
-                      let gone = Self.removed(by: change) else { continue }
-                if expect.contains(where: { $0.path == gone && $0.stableID == id }) { return true }
+                guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, change) = m else { continue }
+                if found(expect, change) { return true }
             }
         }
         return false
     }
 
+    /// Whether the journal holds no entry `id` (never had it, or it was removed); a journal
+    /// that cannot be read counts as lacking it, as every caller did before.
+    func journalLacks(_ id: UInt64) -> Bool { ((try? journal.inode(id)) ?? nil) == nil }
+
     /// Whether this node owes the peer a change of any of `attributes` (as `attributes(of:)`
     /// names them) of entry `id`.
     func owesAttributeChange(_ id: UInt64, of attributes: Set<String>) -> Bool {
-        var after: Int64 = 0
-        while let rows = try? journal.peerOps(after: after, limit: 256), let last = rows.last {
-            after = last.seq
-            for r in rows {
-                guard let m = try? Self.decodeOp(r.message), case let .guarded(expect, mine) = m,
-                      expect.first?.stableID == id, let a = Self.attributes(of: mine) else { continue }
-                if !a.isDisjoint(with: attributes) { return true }
-            }
+        anyOwedGuarded { expect, mine in
+            guard expect.first?.stableID == id, let a = Self.attributes(of: mine) else { return false }
+            return !a.isDisjoint(with: attributes)
         }
-        return false
     }
 
     /// The attributes an attribute change sets ("mode", "owner", "times", "xattr:NAME"); nil

@@ -131,7 +131,7 @@ public final class PeerService: Sendable {
             // instead of staying open and awaited for as long as the link stays up.
             if ops == 0 && files == 0 {
                 applier.release { id in
-                    volume.isSplit(id) || volume.underSplitDirectory(id) || ((try? volume.journal.inode(id)) ?? nil) == nil
+                    volume.isSplit(id) || volume.underSplitDirectory(id) || volume.journalLacks(id)
                 }
             }
             return reply(requestID, 0)
@@ -341,7 +341,7 @@ extension ReplicatedVolume {
         guard let e = expect.first, e.stableID != Self.absentID,
               let found = local.brick.readID(rel: Brick.join(p, n)), found != e.stableID else { return false }
         try? journal.submit([], wait: .written)
-        return ((try? journal.inode(e.stableID)) ?? nil) == nil
+        return journalLacks(e.stableID)
     }
 
     /// A guarded rename of an entry this node removed while apart (gone from its name and from
@@ -353,7 +353,7 @@ extension ReplicatedVolume {
               let e = expect.first, e.stableID != Self.absentID, e.path == Brick.join(fp, fn),
               local.brick.readID(rel: e.path) == nil else { return false }
         try? journal.submit([], wait: .written)
-        return ((try? journal.inode(e.stableID)) ?? nil) == nil
+        return journalLacks(e.stableID)
     }
 
     /// A guarded rename this node applied already: sent again because its answer was lost (or
